@@ -1,0 +1,5 @@
+"""`python -m imgcls` (and `torchrun -m imgcls`) run the command line."""
+
+from imgcls.cli import main
+
+main()

