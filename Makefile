@@ -1,0 +1,29 @@
+# Set-up and checks. `make demo` and `make test` each create .venv when missing.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+.PHONY: demo test lint format clean
+
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $(INSTALLED)
+
+demo: $(INSTALLED)
+	$(VENV)/bin/imgcls predict samples/
+
+test: $(INSTALLED)
+	$(PY) -m pytest -q
+
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check src tests
+	$(VENV)/bin/ruff format --check src tests
+
+format: $(INSTALLED)
+	$(VENV)/bin/ruff format src tests
+	$(VENV)/bin/ruff check --fix src tests
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache
