@@ -66,7 +66,9 @@ class ImageClassifier:
         """Top-k predictions for one image (path, encoded bytes, RGB array or PIL image)."""
         return self.classify_images([image], top_k=top_k)[0]
 
-    def classify_images(self, images: Sequence[ImageSource], top_k: int = 5) -> list[list[Prediction]]:
+    def classify_images(
+        self, images: Sequence[ImageSource], top_k: int = 5
+    ) -> list[list[Prediction]]:
         """Top-k predictions for each image, run through the model in batches."""
         results: list[list[Prediction]] = []
         for start in range(0, len(images), self.batch_size):
@@ -118,7 +120,8 @@ class ImageClassifier:
         ]
 
     def __repr__(self) -> str:
-        return f"ImageClassifier({self.name!r}, classes={self.num_classes}, backend={self.runtime.backend!r})"
+        backend = self.runtime.backend
+        return f"ImageClassifier({self.name!r}, classes={self.num_classes}, backend={backend!r})"
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -133,4 +136,3 @@ def _num_classes(module) -> int:
     if num_classes is None:  # torchvision models keep it only in their last layer
         num_classes = module.classifier[-1].out_features
     return int(num_classes)
-

@@ -39,9 +39,14 @@ def _root() -> None:
 @app.command()
 def predict(
     inputs: Annotated[
-        list[Path], typer.Argument(metavar="INPUT...", help="Image files or directories (searched recursively).")
+        list[Path],
+        typer.Argument(
+            metavar="INPUT...", help="Image files or directories (searched recursively)."
+        ),
     ],
-    model: Annotated[str, typer.Option("--model", "-m", help="Architecture name or run directory.")] = "efficientnet_lite0",
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Architecture name or run directory.")
+    ] = "efficientnet_lite0",
     weights: Annotated[
         Path | None, typer.Option(help="Weights file: safetensors, or a state dict (.pth/.bin).")
     ] = None,
@@ -55,7 +60,9 @@ def predict(
     """Classify images: top-k labels with probabilities for each INPUT."""
     entries = _expand_inputs(inputs)
     paths = [entry for entry in entries if isinstance(entry, Path)]
-    classifier = _load_classifier(model, weights=weights, batch_size=batch_size, max_pixels=max_pixels)
+    classifier = _load_classifier(
+        model, weights=weights, batch_size=batch_size, max_pixels=max_pixels
+    )
 
     results: list[dict[str, Any]] = []
     outcomes = classifier.classify_paths(paths, top_k=top_k)
@@ -86,7 +93,9 @@ def _expand_inputs(inputs: list[Path]) -> list[Path | tuple[Path, Exception]]:
     for item in inputs:
         if item.is_dir():
             found = list_images(item)
-            entries.extend(found or [(item, FileNotFoundError(f"{item}: no image files in this directory"))])
+            entries.extend(
+                found or [(item, FileNotFoundError(f"{item}: no image files in this directory"))]
+            )
         else:
             entries.append(item)  # a missing file is reported by the classifier, in place
     return entries
@@ -117,8 +126,12 @@ class _progress:
 
     def __init__(self, total: int, description: str, enabled: bool = True) -> None:
         self.bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TimeRemainingColumn(), console=stderr, transient=True,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=stderr,
+            transient=True,
             disable=not (enabled and stderr.is_terminal),
         )
         self.task = self.bar.add_task(description, total=total)
@@ -144,7 +157,9 @@ def _print_predictions(results: list[dict[str, Any]]) -> None:
         table.add_column("")
         for rank, p in enumerate(record["predictions"], 1):
             bar = "█" * max(1, round(p["score"] * 20)) if p["score"] >= 0.025 else ""
-            table.add_row(str(rank), p["label"], p["class_id"], f"{p['score']:.1%}", f"[cyan]{bar}[/cyan]")
+            table.add_row(
+                str(rank), p["label"], p["class_id"], f"{p['score']:.1%}", f"[cyan]{bar}[/cyan]"
+            )
         stdout.print(table)
         stdout.print()
 

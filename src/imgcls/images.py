@@ -30,8 +30,24 @@ __all__ = [
 
 DEFAULT_MAX_PIXELS = 64_000_000
 IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".dib", ".tif", ".tiff", ".gif",
-     ".ppm", ".pgm", ".pbm", ".pnm", ".jp2", ".avif"}
+    {
+        ".jpg",
+        ".jpeg",
+        ".jpe",
+        ".png",
+        ".webp",
+        ".bmp",
+        ".dib",
+        ".tif",
+        ".tiff",
+        ".gif",
+        ".ppm",
+        ".pgm",
+        ".pbm",
+        ".pnm",
+        ".jp2",
+        ".avif",
+    }
 )
 
 # What `load_image` accepts: a file path, encoded file bytes, an RGB array or a PIL image.
@@ -73,7 +89,9 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     )
 
 
-def decode_image_bytes(data: bytes, *, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def decode_image_bytes(
+    data: bytes, *, name: str, max_pixels: int = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """Decode encoded image bytes; `name` is how errors refer to the input."""
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)")
@@ -97,7 +115,8 @@ def list_images(directory: str | os.PathLike) -> list[Path]:
     """All image files under `directory`, recursively, sorted for a stable order."""
     root = Path(directory)
     return sorted(
-        p for p in root.rglob("*")
+        p
+        for p in root.rglob("*")
         if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file() and not p.name.startswith(".")
     )
 
@@ -129,6 +148,7 @@ def _read_header(data: bytes, name: str) -> _Header | None:
                 )
                 orientation = _orientation(im)
     except Image.DecompressionBombError as exc:
+        # Pillow refuses above twice its MAX_IMAGE_PIXELS (about 179 MP) on its own.
         raise ImageError(f"{name}: refused, too many pixels ({exc})") from None
     except UnidentifiedImageError:
         return None
@@ -198,7 +218,11 @@ def _pil_to_rgb(im: Image.Image, name: str, max_pixels: int | None) -> np.ndarra
     if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         return _array_to_rgb(np.asarray(im), name, None)
     if im.mode != "RGB":
-        im = im.convert("RGBA") if ("A" in im.mode or "transparency" in im.info) else im.convert("RGB")
+        im = (
+            im.convert("RGBA")
+            if ("A" in im.mode or "transparency" in im.info)
+            else im.convert("RGB")
+        )
     return _array_to_rgb(np.asarray(im), name, None)
 
 

@@ -7,7 +7,10 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+import socket
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -54,6 +57,9 @@ _TORCHVISION = {
 }
 
 
+_HUB_HOST = "huggingface.co"  # where timm's pretrained weights live
+
+
 class ModelError(ValueError):
     """A model that cannot be built as asked; the message says what to do instead."""
 
@@ -77,7 +83,11 @@ def build_model(
     timm's or torchvision's hub cache, when `pretrained`. `num_classes` replaces the
     classifier head (new head weights start random).
     """
+    import timm
+
     arch = canonical_name(name)
+    if arch not in _TORCHVISION and arch not in BUNDLED and not timm.is_model(arch.split(".")[0]):
+        raise ModelError(f"unknown model {name!r}{_suggest(arch)}")
     if arch in _TORCHVISION:
         module, preprocess = _build_torchvision(arch, pretrained and weights is None, num_classes)
     elif arch in BUNDLED:
@@ -89,13 +99,16 @@ def build_model(
     return module.eval(), preprocess
 
 
-def _build_timm(arch: str, pretrained: bool, num_classes: int | None) -> tuple[nn.Module, Preprocess]:
+def _build_timm(
+    arch: str, pretrained: bool, num_classes: int | None
+) -> tuple[nn.Module, Preprocess]:
     import timm
     from timm.data import resolve_data_config
 
-    if not timm.is_model(arch.split(".")[0]):
-        raise ModelError(f"unknown model {arch!r}{_suggest(arch)}")
     kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    if pretrained and not _in_local_cache(arch) and not _hub_reachable():
+        # Without this check the hub client retries for about 45 s before giving up.
+        raise ModelError(_no_weights_message(arch, OSError("the model hub cannot be reached")))
     try:
         module = timm.create_model(arch, pretrained=pretrained, **kwargs)
     except Exception as exc:  # any hub or network failure: say what to do instead
@@ -105,7 +118,9 @@ def _build_timm(arch: str, pretrained: bool, num_classes: int | None) -> tuple[n
     return module, Preprocess.from_config(resolve_data_config({}, model=module))
 
 
-def _build_bundled(arch: str, pretrained: bool, num_classes: int | None) -> tuple[nn.Module, Preprocess]:
+def _build_bundled(
+    arch: str, pretrained: bool, num_classes: int | None
+) -> tuple[nn.Module, Preprocess]:
     import timm
     from timm.data import resolve_data_config
 
@@ -137,12 +152,16 @@ def _load_by_order(module: nn.Module, source_state: dict[str, torch.Tensor], sou
     for key, value in zip(target, values, strict=True):
         expected = module.state_dict()[key].shape
         if value.shape != expected:
-            raise ModelError(f"{source}: tensor for {key} is {tuple(value.shape)}, expected {tuple(expected)}")
+            raise ModelError(
+                f"{source}: tensor for {key} is {tuple(value.shape)}, expected {tuple(expected)}"
+            )
         mapped[key] = value
     module.load_state_dict(mapped, strict=False)
 
 
-def _build_torchvision(arch: str, pretrained: bool, num_classes: int | None) -> tuple[nn.Module, Preprocess]:
+def _build_torchvision(
+    arch: str, pretrained: bool, num_classes: int | None
+) -> tuple[nn.Module, Preprocess]:
     import torchvision
 
     builder_name, preprocess = _TORCHVISION[arch]
@@ -174,6 +193,33 @@ def _load_weights(module: nn.Module, weights: str | os.PathLike, arch: str) -> N
             f"unexpected tensors, e.g. {(missing or unexpected)[:3]}); "
             "is it a state dict of this architecture?"
         )
+
+
+def _in_local_cache(arch: str) -> bool:
+    """Whether timm would find pretrained weights for `arch` without the network."""
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models import get_pretrained_cfg
+
+    cfg = get_pretrained_cfg(arch)
+    if cfg is None:
+        return False
+    if cfg.hf_hub_id:
+        repo = cfg.hf_hub_id.split("@")[0]
+        for filename in (cfg.hf_hub_filename, "model.safetensors", "pytorch_model.bin"):
+            if filename and isinstance(try_to_load_from_cache(repo, filename), str):
+                return True
+    if cfg.url:
+        cached = Path(torch.hub.get_dir(), "checkpoints", Path(urlparse(cfg.url).path).name)
+        return cached.is_file()
+    return bool(cfg.file) and Path(cfg.file).is_file()
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    try:
+        socket.create_connection((_HUB_HOST, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
 
 
 def _no_weights_message(arch: str, exc: Exception) -> str:

@@ -61,60 +61,28 @@ def preprocess_image(
 ) -> np.ndarray:
     """RGB uint8 HxWx3 → normalized float32 3xHxW, as timm's eval transform.
 
-    timm resizes the shorter side to floor(size / crop_pct), then center crops. Here the
-    crop window is mapped back to the source and only that window is resized: the same
-    result, less work. `out` may be a preallocated (3, H, W) float32 slot of a batch.
+    Resize the shorter side to floor(size / crop_pct), center crop, normalize. Downscaling
+    uses INTER_AREA, an anti-aliasing filter like Pillow's resize (OpenCV's bicubic would
+    alias); upscaling uses the configured interpolation. `out` may be a preallocated
+    (3, H, W) float32 slot of a batch.
     """
     crop_h, crop_w = config.size
     height, width = image.shape[:2]
     scale_size = math.floor(min(crop_h, crop_w) / config.crop_pct)
-    scale = scale_size / min(height, width)
-    # Resized size as torchvision computes it (the longer side truncated), then the crop
-    # offsets as its CenterCrop rounds them.
+    # Sizes and offsets as torchvision's Resize (longer side truncated) and CenterCrop.
     resized_h = scale_size if height <= width else int(scale_size * height / width)
     resized_w = scale_size if width <= height else int(scale_size * width / height)
+    resized_h, resized_w = max(resized_h, crop_h), max(resized_w, crop_w)
+    shrinking = resized_h < height
+    interpolation = cv2.INTER_AREA if shrinking else _CV2_INTERPOLATION[config.interpolation]
+    resized = cv2.resize(image, (resized_w, resized_h), interpolation=interpolation)
     top = int(round((resized_h - crop_h) / 2.0))
     left = int(round((resized_w - crop_w) / 2.0))
-    window = (top / scale, left / scale, crop_h / scale, crop_w / scale)  # in source pixels
-    crop = _resize_window(image, window, (crop_h, crop_w), config.interpolation)
+    crop = resized[top : top + crop_h, left : left + crop_w]
 
     mean = np.asarray(config.mean, dtype=np.float32) * 255.0
     inv_std = 1.0 / (np.asarray(config.std, dtype=np.float32) * 255.0)
-    normalized = (crop.astype(np.float32) - mean) * inv_std  # HxWx3
     if out is None:
         out = np.empty((3, crop_h, crop_w), dtype=np.float32)
-    out[...] = normalized.transpose(2, 0, 1)
+    out[...] = ((crop.astype(np.float32) - mean) * inv_std).transpose(2, 0, 1)
     return out
-
-
-def _resize_window(
-    image: np.ndarray,
-    window: tuple[float, float, float, float],
-    out_size: tuple[int, int],
-    interpolation: str,
-) -> np.ndarray:
-    """Resize the sub-pixel window (top, left, height, width) of `image` to `out_size`.
-
-    Downscaling uses INTER_AREA, an anti-aliasing filter, as Pillow's resize antialiases
-    (cv2's bicubic would alias); upscaling uses the configured interpolation through a
-    warpAffine that maps the exact fractional window, so the crop lands where timm's does.
-    """
-    top, left, src_h, src_w = window
-    out_h, out_w = out_size
-    if src_h > out_h or src_w > out_w:
-        # INTER_AREA takes no sub-pixel offset, so the window is rounded to whole pixels.
-        y0, x0 = max(round(top), 0), max(round(left), 0)
-        y1 = min(y0 + max(round(src_h), 1), image.shape[0])
-        x1 = min(x0 + max(round(src_w), 1), image.shape[1])
-        return cv2.resize(image[y0:y1, x0:x1], (out_w, out_h), interpolation=cv2.INTER_AREA)
-    sx, sy = out_w / src_w, out_h / src_h
-    # Pixel-center convention: dst = (src - origin + 0.5) * s - 0.5.
-    matrix = np.array(
-        [[sx, 0.0, (0.5 - left) * sx - 0.5], [0.0, sy, (0.5 - top) * sy - 0.5]],
-        dtype=np.float64,
-    )
-    return cv2.warpAffine(
-        image, matrix, (out_w, out_h),
-        flags=_CV2_INTERPOLATION[interpolation],
-        borderMode=cv2.BORDER_REFLECT_101,
-    )

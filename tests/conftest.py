@@ -1,0 +1,96 @@
+"""Shared fixtures: the shipped sample photos and one loaded default classifier."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "samples"
+# Domestic-cat classes of ImageNet: tabby, tiger cat, Persian, Siamese, Egyptian cat.
+CAT_IDS = {"n02123045", "n02123159", "n02123394", "n02123597", "n02124075"}
+ESPRESSO_ID = "n07920052"
+
+
+@pytest.fixture(scope="session")
+def samples() -> Path:
+    return SAMPLES
+
+
+@pytest.fixture(scope="session")
+def classifier():
+    from imgcls import ImageClassifier
+
+    return ImageClassifier()
+
+
+def cli_env() -> dict[str, str]:
+    """Environment for `python -m imgcls` subprocesses that sees this checkout's src."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO / "src"), env.get("PYTHONPATH")]))
+    return env
+
+
+def imgcls_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "imgcls", *args]
+
+
+def write_format_variants(source: Path, directory: Path) -> dict[str, Path]:
+    """The same photo in every format and pixel layout the decoder must handle."""
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    directory.mkdir(parents=True, exist_ok=True)
+    bgr = cv2.imread(str(source), cv2.IMREAD_COLOR)
+    pil = Image.open(source).convert("RGB")
+    paths: dict[str, Path] = {"jpeg": source}
+
+    def out(name: str) -> Path:
+        paths[name.split(".")[0]] = directory / name
+        return directory / name
+
+    cv2.imwrite(str(out("png.png")), bgr)
+    cv2.imwrite(str(out("png16.png")), bgr.astype(np.uint16) * 257)
+    cv2.imwrite(str(out("gray.png")), cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
+    alpha = np.full(bgr.shape[:2], 255, np.uint8)
+    alpha[:8], alpha[-8:] = 0, 0  # transparent bands: composited, not left black
+    cv2.imwrite(str(out("rgba.png")), np.dstack([bgr, alpha]))
+    pil.convert("P", palette=Image.Palette.ADAPTIVE, colors=256).save(out("palette.png"))
+    pil.convert("CMYK").save(out("cmyk.jpg"), quality=95)
+    pil.save(out("progressive.jpg"), quality=92, progressive=True)
+    pil.save(out("webp.webp"), quality=92)
+    pil.save(out("bmp.bmp"))
+    pil.save(out("tiff.tiff"))
+    pil.save(out("gif.gif"))
+    # Stored turned 90° counter-clockwise, with EXIF orientation 6 ("rotate 90° CW to view").
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    pil.transpose(Image.Transpose.ROTATE_90).save(out("exif_rotated.jpg"), quality=92, exif=exif)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def espresso_variants(tmp_path_factory) -> dict[str, Path]:
+    return write_format_variants(SAMPLES / "espresso.jpg", tmp_path_factory.mktemp("variants"))
+
+
+@pytest.fixture
+def no_network(monkeypatch) -> list[str]:
+    """Block every outgoing connection in this process; returns the attempts made."""
+    import socket
+
+    attempts: list[str] = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(repr(args[:2]))
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    return attempts
