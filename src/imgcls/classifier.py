@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -82,23 +83,30 @@ class ImageClassifier:
     ) -> Iterator[tuple[str, list[Prediction] | Exception]]:
         """Classify files in order, batching them; a file that fails yields its exception
         (FileNotFoundError or ImageError) in its place while the others go on."""
-        pending: list[tuple[str, np.ndarray | Exception]] = []
+        for chunk in self._prepared_batches(paths):
+            yield from _apply_to_batch(chunk, lambda batch: self.predict_batch(batch, top_k))
 
-        def flush() -> Iterator[tuple[str, list[Prediction] | Exception]]:
-            arrays = [item for _, item in pending if isinstance(item, np.ndarray)]
-            predictions = iter(self.predict_batch(np.stack(arrays), top_k) if arrays else [])
-            for path, item in pending:
-                yield path, next(predictions) if isinstance(item, np.ndarray) else item
-            pending.clear()
+    def features_paths(
+        self, paths: Iterable[str | os.PathLike]
+    ) -> Iterator[tuple[str, np.ndarray | Exception]]:
+        """Pooled penultimate features of each file, in order, failures in place."""
+        for chunk in self._prepared_batches(paths):
+            yield from _apply_to_batch(chunk, self.runtime.features)
 
+    def _prepared_batches(
+        self, paths: Iterable[str | os.PathLike]
+    ) -> Iterator[list[tuple[str, np.ndarray | Exception]]]:
+        chunk: list[tuple[str, np.ndarray | Exception]] = []
         for path in paths:
             try:
-                pending.append((str(path), self.prepare(path)))
+                chunk.append((str(path), self.prepare(path)))
             except (FileNotFoundError, ImageError) as exc:
-                pending.append((str(path), exc))
-            if len(pending) >= self.batch_size:
-                yield from flush()
-        yield from flush()
+                chunk.append((str(path), exc))
+            if len(chunk) == self.batch_size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
 
     def prepare(self, image: ImageSource) -> np.ndarray:
         """Decode and preprocess one image to the model's (3, H, W) float32 input."""
@@ -129,6 +137,16 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     exp = np.exp(shifted)
     return exp / exp.sum(axis=1, keepdims=True)
+
+
+def _apply_to_batch(
+    chunk: list[tuple[str, np.ndarray | Exception]], model_call: Callable[[np.ndarray], Sequence]
+) -> Iterator[tuple[str, Any]]:
+    """Run `model_call` once on the decoded items of `chunk`; failures pass through."""
+    arrays = [item for _, item in chunk if isinstance(item, np.ndarray)]
+    outputs = iter(model_call(np.stack(arrays)) if arrays else [])
+    for path, item in chunk:
+        yield path, next(outputs) if isinstance(item, np.ndarray) else item
 
 
 def _num_classes(module) -> int:

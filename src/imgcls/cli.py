@@ -86,6 +86,134 @@ def predict(
     raise typer.Exit(EXIT_INPUT_FAILED if failed else EXIT_OK)
 
 
+@app.command()
+def evaluate(
+    model: Annotated[str, typer.Argument(help="Architecture name or run directory.")],
+    data: Annotated[Path, typer.Argument(help="DATA/<split>/<class>/* or DATA/<class>/*.")],
+    split: Annotated[str, typer.Option(help="Which split folder to evaluate.")] = "test",
+    compare: Annotated[
+        list[str] | None,
+        typer.Option("--model", "-m", help="Another model to compare (repeatable)."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write metrics.json, predictions.csv and plots here.")
+    ] = None,
+    weights: Annotated[Path | None, typer.Option(help="Weights file for MODEL.")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 32,
+) -> None:
+    """Accuracy, top-5, per-class precision/recall/F1, confusion matrix and calibration."""
+    from imgcls.evaluate import EvaluationError, evaluate, find_labelled_images, write_report
+
+    try:
+        samples = find_labelled_images(data, split)
+    except EvaluationError as exc:
+        _fail_usage(str(exc))
+    names = [model, *(compare or [])]
+    reports = []
+    for name in names:
+        classifier = _load_classifier(
+            name, weights=weights if name == model else None, batch_size=batch_size
+        )
+        with _progress(len(samples), f"evaluating {name}", enabled=not json_output) as advance:
+            try:
+                evaluation = evaluate(classifier, samples, progress=advance)
+            except EvaluationError as exc:
+                _fail_usage(str(exc))
+        metrics = evaluation.metrics()
+        if out is not None:
+            write_report(evaluation, metrics, out if len(names) == 1 else out / _safe_name(name))
+        reports.append(metrics)
+
+    if json_output:
+        print(
+            json.dumps(reports[0] if len(reports) == 1 else reports, ensure_ascii=False, indent=2)
+        )
+    else:
+        _print_evaluations(reports)
+    raise typer.Exit(EXIT_INPUT_FAILED if any(r["failed"] for r in reports) else EXIT_OK)
+
+
+@app.command()
+def features(
+    data: Annotated[Path, typer.Argument(help="A folder of images (class folders give labels).")],
+    out: Annotated[Path, typer.Option(help="The .npz file to write.")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Backbone name or run directory.")
+    ] = "efficientnet_lite0",
+    weights: Annotated[Path | None, typer.Option(help="Weights file for the model.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 32,
+) -> None:
+    """Embeddings: pooled penultimate features of every image under DATA, to an .npz file
+    with `paths`, `labels` (the parent folder names) and `features` (N x D float32)."""
+    import numpy as np
+
+    if not data.is_dir():
+        _fail_usage(f"{data}: no such directory")
+    paths = list_images(data)
+    if not paths:
+        _fail_usage(f"{data}: no image files in this directory")
+    classifier = _load_classifier(model, weights=weights, batch_size=batch_size)
+    kept, vectors, failed = [], [], 0
+    with _progress(len(paths), "extracting features") as advance:
+        for path, outcome in classifier.features_paths(paths):
+            advance()
+            if isinstance(outcome, Exception):
+                stderr.print(f"[red]✗[/red] {outcome}", highlight=False)
+                failed += 1
+            else:
+                kept.append(path)
+                vectors.append(outcome)
+    np.savez_compressed(
+        out,
+        paths=np.asarray([str(Path(p).relative_to(data)) for p in kept]),
+        labels=np.asarray([Path(p).parent.name for p in kept]),
+        features=np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, 0), np.float32),
+    )
+    stdout.print(
+        f"{len(kept)} images → {out} ({vectors[0].shape[0] if vectors else 0} features each)"
+    )
+    raise typer.Exit(EXIT_INPUT_FAILED if failed else EXIT_OK)
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip("/"))
+
+
+def _print_evaluations(reports: list[dict[str, Any]]) -> None:
+    table = Table(title="evaluation", title_justify="left")
+    for column in ("model", "images", "accuracy", "top-5", "macro F1", "ECE", "images/s"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for r in reports:
+        top5 = f"{r['top5_accuracy']:.1%}" if "top5_accuracy" in r else "-"
+        table.add_row(
+            r["model"],
+            str(r["num_images"]),
+            f"{r['accuracy']:.1%}",
+            top5,
+            f"{r['macro_f1']:.3f}",
+            f"{r['expected_calibration_error']:.3f}",
+            f"{r['images_per_s']:.1f}",
+        )
+    stdout.print(table)
+    if len(reports) == 1:
+        per_class = Table(title="per class", title_justify="left")
+        for column in ("class", "precision", "recall", "F1", "support"):
+            per_class.add_column(column, justify="left" if column == "class" else "right")
+        for name, m in reports[0]["per_class"].items():
+            per_class.add_row(
+                name,
+                f"{m['precision']:.3f}",
+                f"{m['recall']:.3f}",
+                f"{m['f1']:.3f}",
+                str(m["support"]),
+            )
+        stdout.print(per_class)
+    for r in reports:
+        for failure in r["failed"]:
+            stderr.print(f"[red]✗[/red] {failure['error']}", highlight=False)
+
+
 def _expand_inputs(inputs: list[Path]) -> list[Path | tuple[Path, Exception]]:
     """Image files from files and directories, in the order given; an input with nothing
     to classify stays in its place as a (path, error) pair."""

@@ -23,3 +23,17 @@ class TorchRuntime:
         with torch.inference_mode():
             logits = self.module(torch.from_numpy(batch).to(self.device))
         return logits.float().cpu().numpy()
+
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, H, W) float32 → (N, D) pooled penultimate features, the classifier's input."""
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self.device)
+            if hasattr(self.module, "forward_head"):  # every timm model
+                features = self.module.forward_head(
+                    self.module.forward_features(x), pre_logits=True
+                )
+            else:  # torchvision's AlexNet: everything but the last linear layer
+                features = self.module.classifier[:-1](
+                    torch.flatten(self.module.avgpool(self.module.features(x)), 1)
+                )
+        return features.float().cpu().numpy()

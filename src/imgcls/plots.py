@@ -1,0 +1,94 @@
+"""Pictures of results, drawn with matplotlib's Agg backend (no display needed)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import numpy as np  # noqa: E402
+
+from imgcls.images import ImageError, load_image  # noqa: E402
+
+__all__ = ["confusion_matrix", "mistakes", "reliability"]
+
+# Above this many classes tick labels would overlap: they are hidden.
+MAX_LABELLED_CLASSES = 30
+
+
+def confusion_matrix(matrix: np.ndarray, classes: list[str], path: str | os.PathLike) -> None:
+    """Row-normalised confusion matrix (each true class sums to 1)."""
+    n = len(classes)
+    totals = matrix.sum(axis=1, keepdims=True)
+    normalised = np.divide(matrix, totals, out=np.zeros(matrix.shape, float), where=totals > 0)
+    size = min(4 + 0.35 * n, 16)
+    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= MAX_LABELLED_CLASSES:
+        ax.set_xticks(range(n), classes, rotation=90)
+        ax.set_yticks(range(n), classes)
+        if n <= 12:
+            for (i, j), count in np.ndenumerate(matrix):
+                colour = "white" if normalised[i, j] > 0.5 else "black"
+                ax.text(j, i, str(count), ha="center", va="center", color=colour, fontsize=8)
+    else:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    ax.set_title(f"Confusion matrix ({int(matrix.sum())} images)")
+    _save(fig, path)
+
+
+def mistakes(items: list[tuple[str, str, str, float]], path: str | os.PathLike) -> None:
+    """A grid of (image path, true, predicted, score): the most confident errors first."""
+    columns = 4
+    rows = max(1, math.ceil(len(items) / columns))
+    fig, axes = plt.subplots(rows, columns, figsize=(columns * 3, rows * 3.3), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (image_path, true, predicted, score) in zip(axes.flat, items, strict=False):
+        try:
+            ax.imshow(load_image(image_path))
+        except (ImageError, OSError):
+            ax.text(0.5, 0.5, "unreadable", ha="center", va="center")
+        ax.set_title(
+            f"true: {true}\npred: {predicted} ({score:.0%})", fontsize=9, color="firebrick"
+        )
+    if not items:
+        axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=14)
+    fig.suptitle("Most confident mistakes")
+    _save(fig, path)
+
+
+def reliability(
+    confidence: np.ndarray, correct: np.ndarray, bins: int, path: str | os.PathLike
+) -> None:
+    """Reliability diagram: accuracy against confidence per bin, and the diagonal."""
+    edges = np.linspace(0, 1, bins + 1)
+    index = np.minimum((confidence * bins).astype(int), bins - 1)
+    accuracy = [correct[index == b].mean() if (index == b).any() else 0.0 for b in range(bins)]
+    counts = [int((index == b).sum()) for b in range(bins)]
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.bar(edges[:-1], accuracy, width=1 / bins, align="edge", edgecolor="black", label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
+    for b, count in enumerate(counts):
+        if count:
+            ax.text(edges[b] + 0.5 / bins, 0.02, str(count), ha="center", fontsize=7, rotation=90)
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend(loc="upper left")
+    ax.set_title("Reliability")
+    _save(fig, path)
+
+
+def _save(fig, path: str | os.PathLike) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,46 @@
+"""The runtime: logits and the pooled features the classifier head sees."""
+
+from __future__ import annotations
+
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from conftest import cli_env, imgcls_command
+
+from imgcls.models import build_model
+from imgcls.runtime import TorchRuntime
+
+
+@pytest.mark.parametrize(("name", "width"), [("efficientnet_lite0", 1280), ("alexnet", 4096)])
+def test_features_are_what_the_last_layer_reads(name, width):
+    module, preprocess = build_model(name, pretrained=False, num_classes=3)
+    runtime = TorchRuntime(module)
+    batch = np.random.default_rng(0).standard_normal((2, *preprocess.input_size), np.float32)
+    features = runtime.features(batch)
+    assert features.shape == (2, width)
+    last = module.get_classifier() if hasattr(module, "get_classifier") else module.classifier[-1]
+    with torch.inference_mode():
+        logits = last(torch.from_numpy(features)).numpy()
+    assert np.allclose(logits, runtime(batch), atol=1e-4)
+
+
+def test_features_command_writes_paths_labels_and_vectors(tmp_path, samples):
+    for folder, name in (("cats", "cat.jpg"), ("cups", "espresso.jpg")):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        (tmp_path / "data" / folder / name).write_bytes((samples / name).read_bytes())
+    out = tmp_path / "feats.npz"
+    result = subprocess.run(
+        imgcls_command("features", str(tmp_path / "data"), "--out", str(out)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=cli_env(),
+    )
+    assert result.returncode == 0, result.stderr
+    saved = np.load(out)
+    assert list(saved["paths"]) == ["cats/cat.jpg", "cups/espresso.jpg"]
+    assert list(saved["labels"]) == ["cats", "cups"]
+    assert saved["features"].shape == (2, 1280) and np.isfinite(saved["features"]).all()
+    assert not np.allclose(saved["features"][0], saved["features"][1])
