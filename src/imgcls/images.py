@@ -195,8 +195,7 @@ def _decode_with_opencv(data: bytes, header: _Header | None) -> np.ndarray | Non
     if header is not None and header.has_alpha:
         decoded = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
         return None if decoded is None else _array_to_rgb(decoded, "", None, bgr=True)
-    decoded = cv2.imdecode(buffer, cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
-    return decoded
+    return cv2.imdecode(buffer, cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
 
 
 def _decode_with_pillow(data: bytes, name: str) -> np.ndarray:
@@ -262,9 +261,9 @@ def _to_uint8(array: np.ndarray, name: str) -> np.ndarray:
         # Floating images are taken to be in [0, 1], the convention of OpenCV and skimage.
         clean = np.nan_to_num(array.astype(np.float32), nan=0.0, posinf=1.0, neginf=0.0)
         return (np.clip(clean, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
-    if np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_:
-        if array.dtype == np.bool_:
-            return array.astype(np.uint8) * 255
+    if array.dtype == np.bool_:
+        return array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.integer):
         return np.clip(array, 0, 255).astype(np.uint8)
     raise ImageError(f"{name}: unsupported pixel type {array.dtype}")
 
