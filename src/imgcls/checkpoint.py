@@ -1,19 +1,53 @@
-"""Reading weight files safely: safetensors, or a tensor-only state dict.
+"""Weight files and run directories, read safely and written atomically.
 
 Nothing a user hands in is unpickled: `.pth`/`.bin`/`.pt` files go through
 `torch.load(weights_only=True)`, which refuses any object that is not tensors and
 containers of them.
+
+A run directory (what `imgcls train` writes) holds:
+
+    config.json         architecture, class names, preprocessing, training arguments
+    best.safetensors    weights of the best validation epoch (what the run predicts with)
+    last.safetensors    weights after the last finished epoch
+    ema.safetensors     EMA weights after the last epoch (with --ema)
+    state.pt            resume state: model, optimizer, scheduler, RNG, epoch (tensors and
+                        primitives only, read back with weights_only=True)
+    metrics.csv         one row per epoch;  curves.png  loss and accuracy plots
+    skipped.txt         files that did not decode (when there were any)
+
+Every file is replaced atomically (written to a temporary file, then `os.replace`), and
+state.pt is written last, so a kill at any moment leaves a consistent last checkpoint.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
-__all__ = ["WeightsError", "load_state_dict_file"]
+__all__ = [
+    "RUN_CONFIG",
+    "RUN_STATE",
+    "WeightsError",
+    "atomic_write",
+    "is_run_dir",
+    "load_run_state",
+    "load_state_dict_file",
+    "read_run_config",
+    "save_run_state",
+    "save_weights",
+    "write_json",
+    "write_text",
+]
+
+RUN_CONFIG = "config.json"
+RUN_STATE = "state.pt"
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema")
 
@@ -63,3 +97,63 @@ def _unwrap(loaded: object, path: Path) -> dict[str, torch.Tensor]:
     ):
         raise WeightsError(f"{path}: expected a state dict (parameter name -> tensor)")
     return {k.removeprefix("module."): v for k, v in loaded.items()}
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """Whether `path` is a run directory written by `imgcls train`."""
+    return (Path(path) / RUN_CONFIG).is_file()
+
+
+def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The `config.json` of a run directory."""
+    path = Path(run_dir) / RUN_CONFIG
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"{path}: not a readable run config ({exc})") from None
+    missing = {"architecture", "class_names", "preprocess", "weights"} - set(config)
+    if missing:
+        raise WeightsError(f"{path}: not an imgcls run config (missing {sorted(missing)})")
+    return config
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Call `write(temporary_path)`, then move the result over `path` in one step."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]) -> None:
+    """A state dict as safetensors (tensors made contiguous, shared storage split)."""
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp))
+
+
+def save_run_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
+    """Resume state; it must hold only tensors, numbers, strings and containers of them."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_run_state(path: str | os.PathLike) -> dict[str, Any]:
+    """Resume state written by `save_run_state`, read without unpickling objects."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:
+        raise WeightsError(f"{path}: not a usable resume state ({exc})") from None

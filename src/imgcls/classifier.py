@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from imgcls.checkpoint import is_run_dir, read_run_config
 from imgcls.images import DEFAULT_MAX_PIXELS, ImageError, ImageSource, load_image
 from imgcls.labels import Labels, labels_for
 from imgcls.models import DEFAULT_MODEL, build_model, canonical_name
@@ -53,9 +54,13 @@ class ImageClassifier:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         module, self.preprocess = build_model(model, pretrained=pretrained, weights=weights)
-        self.name = canonical_name(model)
         self.runtime = TorchRuntime(module, device=device)
-        self.labels: Labels = labels_for(_num_classes(module))
+        if is_run_dir(model):  # a trained run: its class folder names are the labels
+            self.name = str(model)
+            self.labels: Labels = Labels.from_names(read_run_config(model)["class_names"])
+        else:
+            self.name = canonical_name(model)
+            self.labels = labels_for(_num_classes(module))
         self.batch_size = batch_size
         self.max_pixels = max_pixels
 

