@@ -9,18 +9,20 @@ import pytest
 import torch
 from conftest import cli_env, imgcls_command
 
-from imgcls.models import build_model
+from imgcls.models import build_model, classifier_head
 from imgcls.runtime import TorchRuntime
 
 
-@pytest.mark.parametrize(("name", "width"), [("efficientnet_lite0", 1280), ("alexnet", 4096)])
+@pytest.mark.parametrize(
+    ("name", "width"), [("efficientnet_lite0", 1280), ("alexnet", 4096), ("simple_cnn", 256)]
+)
 def test_features_are_what_the_last_layer_reads(name, width):
     module, preprocess = build_model(name, pretrained=False, num_classes=3)
     runtime = TorchRuntime(module)
     batch = np.random.default_rng(0).standard_normal((2, *preprocess.input_size), np.float32)
     features = runtime.features(batch)
     assert features.shape == (2, width)
-    last = module.get_classifier() if hasattr(module, "get_classifier") else module.classifier[-1]
+    last = classifier_head(module)
     with torch.inference_mode():
         logits = last(torch.from_numpy(features)).numpy()
     assert np.allclose(logits, runtime(batch), atol=1e-4)

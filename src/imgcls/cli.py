@@ -296,7 +296,9 @@ def _print_predictions(results: list[dict[str, Any]]) -> None:
 def train(
     data: Annotated[
         Path,
-        typer.Argument(help="Image folders: DATA/<class>/* or DATA/train/<class>/* (+ val/, test/)."),
+        typer.Argument(
+            help="Image folders: DATA/<class>/* or DATA/train/<class>/* (+ val/, test/)."
+        ),
     ],
     out: Annotated[Path | None, typer.Option(help="Run directory to write.")] = None,
     model: Annotated[
@@ -307,7 +309,9 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Images per step (per process).")] = 32,
     img_size: Annotated[int | None, typer.Option(help="Square input size in pixels.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    weight_decay: Annotated[float, typer.Option(help="Weight decay (not on norms, biases).")] = 0.05,
+    weight_decay: Annotated[
+        float, typer.Option(help="Weight decay (not on norms, biases).")
+    ] = 0.05,
     optimizer: Annotated[str, typer.Option(help="adamw | sgd.")] = "adamw",
     warmup_epochs: Annotated[float, typer.Option(help="Linear warm-up before cosine.")] = 1.0,
     label_smoothing: Annotated[float, typer.Option(help="Cross-entropy smoothing.")] = 0.0,
@@ -315,7 +319,9 @@ def train(
     mixup: Annotated[float, typer.Option(help="MixUp alpha (0: off).")] = 0.0,
     cutmix: Annotated[float, typer.Option(help="CutMix alpha (0: off).")] = 0.0,
     freeze_backbone: Annotated[bool, typer.Option(help="Train only the classifier head.")] = False,
-    balance: Annotated[bool, typer.Option(help="Weight the loss by inverse class frequency.")] = False,
+    balance: Annotated[
+        bool, typer.Option(help="Weight the loss by inverse class frequency.")
+    ] = False,
     clip_grad: Annotated[float | None, typer.Option(help="Max gradient norm.")] = None,
     patience: Annotated[int | None, typer.Option(help="Early stopping patience (epochs).")] = None,
     val_split: Annotated[float, typer.Option(help="Held-out fraction without DATA/val.")] = 0.2,

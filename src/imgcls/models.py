@@ -179,6 +179,8 @@ def pooled_features(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The pooled penultimate features of a batch: what the classifier head reads."""
     if hasattr(module, "forward_head"):  # timm's interface
         return module.forward_head(module.forward_features(x), pre_logits=True)
+    if isinstance(module, SimpleCNN):
+        return module.pre_logits(module.features(x))
     # torchvision's AlexNet: everything but the last linear layer
     return module.classifier[:-1](torch.flatten(module.avgpool(module.features(x)), 1))
 

@@ -6,6 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from imgcls.models import pooled_features
+
 __all__ = ["TorchRuntime"]
 
 
@@ -28,12 +30,5 @@ class TorchRuntime:
         """(N, 3, H, W) float32 → (N, D) pooled penultimate features, the classifier's input."""
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device)
-            if hasattr(self.module, "forward_head"):  # every timm model
-                features = self.module.forward_head(
-                    self.module.forward_features(x), pre_logits=True
-                )
-            else:  # torchvision's AlexNet: everything but the last linear layer
-                features = self.module.classifier[:-1](
-                    torch.flatten(self.module.avgpool(self.module.features(x)), 1)
-                )
+            features = pooled_features(self.module, x)
         return features.float().cpu().numpy()

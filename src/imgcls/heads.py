@@ -1,0 +1,122 @@
+"""Classical classifiers on frozen CNN features: softmax regression, SVM, MLP, k-NN.
+
+`fit_head` fits a scikit-learn pipeline (standardisation, then the classifier) and picks its
+main hyper-parameter on the validation split from a small grid; the chosen model is then
+refitted on train + validation. Heads are stored as ONNX (skl2onnx) and run with ONNX
+Runtime, so loading a run never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["HEAD_KINDS", "FittedHead", "OnnxHead", "fit_head", "save_head_onnx"]
+
+# The grid searched on the validation split for each kind: (parameter, values).
+_GRIDS: dict[str, tuple[str, list[Any]]] = {
+    "logreg": ("C", [0.01, 0.1, 1.0, 10.0]),  # inverse L2 strength
+    "svm": ("C", [0.1, 1.0, 10.0]),  # RBF kernel, Platt-scaled probabilities
+    "mlp": ("alpha", [1e-4, 1e-2, 1.0]),  # L2 penalty of a 512-unit hidden layer
+    "knn": ("n_neighbors", [1, 5, 15]),  # distance-weighted votes, cosine metric
+}
+HEAD_KINDS = tuple(_GRIDS)
+
+
+@dataclass
+class FittedHead:
+    kind: str
+    pipeline: Any  # sklearn Pipeline
+    params: dict[str, Any]
+    val_accuracy: float | None
+    search: list[dict[str, Any]] = field(default_factory=list)  # every grid point tried
+
+
+def _make(kind: str, value: Any, seed: int, n_train: int):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.neural_network import MLPClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import Normalizer, StandardScaler
+    from sklearn.svm import SVC
+
+    if kind == "logreg":
+        return make_pipeline(StandardScaler(), LogisticRegression(C=value, max_iter=2000))
+    if kind == "svm":
+        return make_pipeline(StandardScaler(), SVC(C=value, probability=True, random_state=seed))
+    if kind == "mlp":
+        return make_pipeline(
+            StandardScaler(),
+            MLPClassifier(
+                (512,), alpha=value, max_iter=500, early_stopping=n_train >= 50, random_state=seed
+            ),
+        )
+    # k-NN on L2-normalised features: Euclidean distance then ranks like cosine distance.
+    return make_pipeline(
+        Normalizer(), KNeighborsClassifier(n_neighbors=min(value, n_train), weights="distance")
+    )
+
+
+def fit_head(
+    kind: str,
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    val_x: np.ndarray | None = None,
+    val_y: np.ndarray | None = None,
+    seed: int = 0,
+) -> FittedHead:
+    """Fit a `kind` head; with validation data, choose its hyper-parameter there."""
+    if kind not in _GRIDS:
+        raise ValueError(f"classifier must be one of {', '.join(HEAD_KINDS)}; got {kind!r}")
+    name, values = _GRIDS[kind]
+    search: list[dict[str, Any]] = []
+    best_value, best_accuracy = values[len(values) // 2], None
+    if val_x is not None and val_y is not None and len(val_y):
+        for value in values:
+            pipeline = _make(kind, value, seed, len(train_y)).fit(train_x, train_y)
+            accuracy = float((pipeline.predict(val_x) == val_y).mean())
+            search.append({name: value, "val_accuracy": accuracy})
+            if best_accuracy is None or accuracy > best_accuracy:
+                best_value, best_accuracy = value, accuracy
+        train_x = np.concatenate([train_x, val_x])
+        train_y = np.concatenate([train_y, val_y])
+    pipeline = _make(kind, best_value, seed, len(train_y)).fit(train_x, train_y)
+    return FittedHead(kind, pipeline, {name: best_value}, best_accuracy, search)
+
+
+def save_head_onnx(head: FittedHead, num_features: int, path: str | os.PathLike) -> None:
+    """Write the fitted pipeline as ONNX: float features in, class probabilities out."""
+    from skl2onnx import to_onnx
+
+    from imgcls.checkpoint import atomic_write
+
+    onnx_model = to_onnx(
+        head.pipeline,
+        np.zeros((1, num_features), np.float32),
+        options={id(head.pipeline.steps[-1][1]): {"zipmap": False}},
+        target_opset=17,
+    )
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(onnx_model.SerializeToString()))
+
+
+class OnnxHead:
+    """A saved head, run by ONNX Runtime: features (N, D) → probabilities (N, classes)."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_name = next(
+            o.name for o in self.session.get_outputs() if "prob" in o.name.lower()
+        )
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        (probabilities,) = self.session.run(
+            [self.output_name], {self.input_name: features.astype(np.float32)}
+        )
+        return np.asarray(probabilities, dtype=np.float64)
