@@ -9,6 +9,7 @@ Runtime, so loading a run never unpickles anything.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,8 @@ class FittedHead:
     search: list[dict[str, Any]] = field(default_factory=list)  # every grid point tried
 
 
-def _make(kind: str, value: Any, seed: int, n_train: int):
+def _make(kind: str, value: Any, seed: int, train_y: np.ndarray):
+    from sklearn.calibration import CalibratedClassifierCV
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.neural_network import MLPClassifier
@@ -47,17 +49,26 @@ def _make(kind: str, value: Any, seed: int, n_train: int):
     if kind == "logreg":
         return make_pipeline(StandardScaler(), LogisticRegression(C=value, max_iter=2000))
     if kind == "svm":
-        return make_pipeline(StandardScaler(), SVC(C=value, probability=True, random_state=seed))
+        # Probabilities by Platt scaling, fitted on held-out folds of the training set.
+        folds = max(2, min(3, int(np.bincount(train_y).min())))
+        svc = SVC(C=value, random_state=seed)
+        return make_pipeline(
+            StandardScaler(), CalibratedClassifierCV(svc, method="sigmoid", cv=folds)
+        )
     if kind == "mlp":
         return make_pipeline(
             StandardScaler(),
             MLPClassifier(
-                (512,), alpha=value, max_iter=500, early_stopping=n_train >= 50, random_state=seed
+                (512,),
+                alpha=value,
+                max_iter=500,
+                early_stopping=len(train_y) >= 50,
+                random_state=seed,
             ),
         )
     # k-NN on L2-normalised features: Euclidean distance then ranks like cosine distance.
     return make_pipeline(
-        Normalizer(), KNeighborsClassifier(n_neighbors=min(value, n_train), weights="distance")
+        Normalizer(), KNeighborsClassifier(n_neighbors=min(value, len(train_y)), weights="distance")
     )
 
 
@@ -77,14 +88,14 @@ def fit_head(
     best_value, best_accuracy = values[len(values) // 2], None
     if val_x is not None and val_y is not None and len(val_y):
         for value in values:
-            pipeline = _make(kind, value, seed, len(train_y)).fit(train_x, train_y)
+            pipeline = _make(kind, value, seed, train_y).fit(train_x, train_y)
             accuracy = float((pipeline.predict(val_x) == val_y).mean())
             search.append({name: value, "val_accuracy": accuracy})
             if best_accuracy is None or accuracy > best_accuracy:
                 best_value, best_accuracy = value, accuracy
         train_x = np.concatenate([train_x, val_x])
         train_y = np.concatenate([train_y, val_y])
-    pipeline = _make(kind, best_value, seed, len(train_y)).fit(train_x, train_y)
+    pipeline = _make(kind, best_value, seed, train_y).fit(train_x, train_y)
     return FittedHead(kind, pipeline, {name: best_value}, best_accuracy, search)
 
 
@@ -94,12 +105,15 @@ def save_head_onnx(head: FittedHead, num_features: int, path: str | os.PathLike)
 
     from imgcls.checkpoint import atomic_write
 
-    onnx_model = to_onnx(
-        head.pipeline,
-        np.zeros((1, num_features), np.float32),
-        options={id(head.pipeline.steps[-1][1]): {"zipmap": False}},
-        target_opset=17,
-    )
+    with warnings.catch_warnings():
+        # skl2onnx reads SVC attributes that scikit-learn 1.9 deprecates; nothing to act on.
+        warnings.filterwarnings("ignore", message="Attribute `prob[AB]_` was deprecated")
+        onnx_model = to_onnx(
+            head.pipeline,
+            np.zeros((1, num_features), np.float32),
+            options={id(head.pipeline.steps[-1][1]): {"zipmap": False}},
+            target_opset=17,
+        )
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(onnx_model.SerializeToString()))
 
 
