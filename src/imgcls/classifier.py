@@ -5,15 +5,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from imgcls.checkpoint import is_run_dir, read_run_config
+from imgcls.heads import OnnxHead
 from imgcls.images import DEFAULT_MAX_PIXELS, ImageError, ImageSource, load_image
 from imgcls.labels import Labels, labels_for
 from imgcls.models import DEFAULT_MODEL, build_model, canonical_name
-from imgcls.runtime import TorchRuntime
+from imgcls.runtime import HeadRuntime, TorchRuntime
 from imgcls.transforms import preprocess_image
 
 __all__ = ["ImageClassifier", "Prediction"]
@@ -54,10 +56,14 @@ class ImageClassifier:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         module, self.preprocess = build_model(model, pretrained=pretrained, weights=weights)
-        self.runtime = TorchRuntime(module, device=device)
+        self.runtime: TorchRuntime | HeadRuntime = TorchRuntime(module, device=device)
         if is_run_dir(model):  # a trained run: its class folder names are the labels
+            config = read_run_config(model)
             self.name = str(model)
-            self.labels: Labels = Labels.from_names(read_run_config(model)["class_names"])
+            self.labels: Labels = Labels.from_names(config["class_names"])
+            if config.get("classifier", "softmax") != "softmax":
+                head = OnnxHead(Path(model) / config["head"])
+                self.runtime = HeadRuntime(self.runtime, head)
         else:
             self.name = canonical_name(model)
             self.labels = labels_for(_num_classes(module))

@@ -123,7 +123,13 @@ class OnnxHead:
     def __init__(self, path: str | os.PathLike) -> None:
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        from imgcls.checkpoint import WeightsError
+
+        try:
+            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
+            reason = str(exc).splitlines()[0][:200]
+            raise WeightsError(f"{path}: not an ONNX classifier head ({reason})") from None
         self.input_name = self.session.get_inputs()[0].name
         self.output_name = next(
             o.name for o in self.session.get_outputs() if "prob" in o.name.lower()

@@ -168,9 +168,9 @@ def classifier_head(module: nn.Module) -> nn.Module:
 def _build_run(run_dir: str | os.PathLike, weights: str | os.PathLike | None):
     """The trained model of a run directory, with the preprocessing it was trained with."""
     config = read_run_config(run_dir)
-    module, _ = build_model(
-        config["architecture"], pretrained=False, num_classes=len(config["class_names"])
-    )
+    # A classical-head run keeps its backbone's own classifier (it reads features only).
+    num_classes = config.get("backbone_num_classes", len(config["class_names"]))
+    module, _ = build_model(config["architecture"], pretrained=False, num_classes=num_classes)
     _load_weights(module, weights or os.path.join(run_dir, config["weights"]), str(run_dir))
     return module.eval(), Preprocess.from_config(config["preprocess"])
 

@@ -6,9 +6,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from imgcls.heads import OnnxHead
 from imgcls.models import pooled_features
 
-__all__ = ["TorchRuntime"]
+__all__ = ["HeadRuntime", "TorchRuntime"]
 
 
 class TorchRuntime:
@@ -32,3 +33,23 @@ class TorchRuntime:
             x = torch.from_numpy(batch).to(self.device)
             features = pooled_features(self.module, x)
         return features.float().cpu().numpy()
+
+
+class HeadRuntime:
+    """A backbone's features through a classical head (logreg, SVM, MLP, k-NN).
+
+    Its "logits" are log-probabilities, so the softmax every caller applies gives the
+    head's probabilities back unchanged.
+    """
+
+    def __init__(self, backbone: TorchRuntime, head: OnnxHead) -> None:
+        self.backbone = backbone
+        self.head = head
+        self.backend = backbone.backend
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        probabilities = self.head.predict_proba(self.backbone.features(batch))
+        return np.log(np.maximum(probabilities, 1e-30)).astype(np.float32)
+
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        return self.backbone.features(batch)
