@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 some input failed (the rest were still processed), 2 us
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -241,7 +242,7 @@ def _load_classifier(model: str, **kwargs: Any):
 
 
 def _fail_usage(message: str):
-    stderr.print(f"[red]error:[/red] {message}", highlight=False, markup=True)
+    stderr.print(f"[red]error:[/red] {message}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(EXIT_USAGE)
 
 
@@ -357,6 +358,8 @@ def train(
         result = run_find_lr(config) if find_lr else run_train(config)
     except (ConfigError, DataError, ModelError, WeightsError, FileNotFoundError) as exc:
         _fail_usage(str(exc))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
+        return
     if find_lr:
         summary = {"suggested_lr": result.suggested_lr, "plot": result.plot}
         if json_output:

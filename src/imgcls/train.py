@@ -66,7 +66,7 @@ METRICS_COLUMNS = (
 )  # fmt: skip
 EMA_COLUMNS = ("ema_val_loss", "ema_val_acc")
 
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class ConfigError(ValueError):
@@ -226,9 +226,11 @@ def train(config: TrainConfig) -> TrainResult:
         write_json(out / RUN_CONFIG, _run_config(config, splits, preprocess))
         _write_metrics(out, rows, ema is not None)  # drops a row logged after the last state
         _write_skipped(out, splits)
-    if splits.skipped:
-        say(f"[yellow]warning:[/yellow] skipped {len(splits.skipped)} file(s) that do not decode "
-            f"(listed in {out / 'skipped.txt'})")  # fmt: skip
+    if splits.skipped and master:  # a warning, shown even when progress is off
+        console.print(
+            f"[yellow]warning:[/yellow] skipped {len(splits.skipped)} file(s) that do not "
+            f"decode (listed in {out / 'skipped.txt'})"
+        )
     say(f"{config.model}: {num_classes} classes, {len(splits.train)} train / {len(splits.val)} "
         f"val images, {preprocess.size[0]} px, {device.type} × {world}")  # fmt: skip
     raw_model = model

@@ -1,0 +1,114 @@
+"""Image-folder data sets: layouts, splits, corrupt files, and the training transforms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from imgcls.data import DataError, ImageFolder, find_splits
+from imgcls.transforms import Preprocess, preprocess_image, train_transform
+
+
+def write_images(folder: Path, count: int, gray: bool = False, value: int = 0) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(value)
+    for i in range(count):
+        shape = (20, 24) if gray else (20, 24, 3)
+        cv2.imwrite(str(folder / f"{i}.png"), rng.integers(0, 255, shape, dtype=np.uint8))
+
+
+def test_class_folders_are_split_stratified_and_seeded(tmp_path):
+    write_images(tmp_path / "a", 10)
+    write_images(tmp_path / "b", 5)
+    splits = find_splits(tmp_path, val_split=0.2, seed=1)
+    assert splits.class_names == ["a", "b"]
+    val_counts = [sum(label == i for _, label in splits.val) for i in range(2)]
+    assert val_counts == [2, 1]
+    assert splits.class_counts() == [8, 4]
+    assert splits.val == find_splits(tmp_path, val_split=0.2, seed=1).val
+    assert splits.val != find_splits(tmp_path, val_split=0.2, seed=2).val
+    assert not set(splits.train) & set(splits.val)
+
+
+def test_train_val_test_layout_uses_its_folders(tmp_path):
+    for split, count in (("train", 4), ("val", 2), ("test", 3)):
+        write_images(tmp_path / split / "cat", count)
+        write_images(tmp_path / split / "dog", count)
+    splits = find_splits(tmp_path, val_split=0.5)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (8, 4, 6)
+
+
+def test_train_layout_without_val_splits_train(tmp_path):
+    write_images(tmp_path / "train" / "cat", 5)
+    write_images(tmp_path / "train" / "dog", 5)
+    splits = find_splits(tmp_path, val_split=0.4)
+    assert (len(splits.train), len(splits.val)) == (6, 4)
+
+
+def test_corrupt_files_are_skipped_and_reported(tmp_path):
+    write_images(tmp_path / "a", 3)
+    write_images(tmp_path / "b", 3)
+    (tmp_path / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (tmp_path / "b" / "empty.png").write_bytes(b"")
+    splits = find_splits(tmp_path, val_split=0)
+    assert sorted(p.name for p, _ in splits.skipped) == ["broken.jpg", "empty.png"]
+    assert len(splits.train) == 6
+
+
+def test_fewer_than_two_classes_is_an_error(tmp_path):
+    write_images(tmp_path / "only", 3)
+    with pytest.raises(DataError, match="need at least 2"):
+        find_splits(tmp_path)
+
+
+def test_class_without_usable_images_is_an_error(tmp_path):
+    write_images(tmp_path / "a", 3)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"b: no usable image"):
+        find_splits(tmp_path)
+
+
+def test_val_class_unknown_to_train_is_an_error(tmp_path):
+    write_images(tmp_path / "train" / "a", 2)
+    write_images(tmp_path / "train" / "b", 2)
+    write_images(tmp_path / "val" / "c", 2)
+    with pytest.raises(DataError, match="not in the training set"):
+        find_splits(tmp_path)
+
+
+def test_grayscale_images_become_rgb_tensors(tmp_path):
+    write_images(tmp_path / "a", 2, gray=True)
+    write_images(tmp_path / "b", 2, gray=True)
+    splits = find_splits(tmp_path, val_split=0)
+    config = Preprocess(input_size=(3, 16, 16))
+    image, label = ImageFolder(splits.train, train_transform(config, "strong", seed=0))[0]
+    assert image.shape == (3, 16, 16) and label == 0
+
+
+@pytest.mark.parametrize("augment", ["none", "light", "strong"])
+def test_train_transform_output_and_normalisation_match_the_model(augment):
+    config = Preprocess(input_size=(3, 24, 24), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    flat = np.full((40, 30, 3), 191, dtype=np.uint8)  # (0.75 - 0.5) / 0.25 = 1.0 everywhere
+    transform = train_transform(config, augment, seed=0)
+    out = transform(flat)
+    assert out.shape == (3, 24, 24) and out.dtype == np.float32
+    if augment != "strong":  # strong changes colours on purpose
+        np.testing.assert_allclose(out, preprocess_image(flat, config), atol=0.02)
+
+
+def test_train_transform_is_reproducible_with_a_seed():
+    config = Preprocess(input_size=(3, 24, 24))
+    image = np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8)
+    first, second = train_transform(config, "strong"), train_transform(config, "strong")
+    first.set_random_seed(5)
+    second.set_random_seed(5)
+    np.testing.assert_array_equal(first(image), second(image))
+
+
+def test_unknown_augment_preset_is_refused():
+    with pytest.raises(ValueError, match="augment must be one of"):
+        train_transform(Preprocess(), "heavy")
