@@ -94,3 +94,25 @@ def no_network(monkeypatch) -> list[str]:
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr(socket, "getaddrinfo", refuse)
     return attempts
+
+
+def write_photo_crops(root: Path, per_class: int, size: int = 96, seed: int = 0) -> Path:
+    """root/<cat|espresso|rocket>/*.jpg: random square crops of the three sample photos,
+    a small photo data set that ImageNet features separate and random weights do not."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for name in ("cat", "espresso", "rocket"):
+        photo = cv2.imread(str(SAMPLES / f"{name}.jpg"))
+        (root / name).mkdir(parents=True, exist_ok=True)
+        height, width = photo.shape[:2]
+        for i in range(per_class):
+            side = int(min(height, width) * rng.uniform(0.5, 0.8))
+            y, x = int(rng.integers(0, height - side)), int(rng.integers(0, width - side))
+            crop = photo[y : y + side, x : x + side]
+            if rng.random() < 0.5:
+                crop = crop[:, ::-1]
+            crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
+            cv2.imwrite(str(root / name / f"{i}.jpg"), crop)
+    return root

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import pickle
+import shutil
+import subprocess
+from pathlib import Path
+
 import numpy as np
 import pytest
+from conftest import cli_env, imgcls_command, write_photo_crops
 
+from imgcls import ImageClassifier
+from imgcls.checkpoint import WeightsError, read_run_config
+from imgcls.evaluate import evaluate, find_labelled_images
 from imgcls.heads import HEAD_KINDS, OnnxHead, fit_head, save_head_onnx
+from imgcls.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -36,3 +47,73 @@ def test_head_learns_and_onnx_matches_scikit_learn(tmp_path, blobs, kind):
 def test_unknown_kind_is_refused(blobs):
     with pytest.raises(ValueError, match="logreg, svm, mlp, knn"):
         fit_head("forest", *blobs)
+
+
+@pytest.fixture(scope="module")
+def crops(tmp_path_factory) -> Path:
+    return write_photo_crops(tmp_path_factory.mktemp("crops"), per_class=12)
+
+
+@pytest.fixture(scope="module")
+def head_runs(crops, tmp_path_factory) -> dict[str, tuple[Path, object]]:
+    runs = {}
+    for kind in HEAD_KINDS:
+        out = tmp_path_factory.mktemp("runs") / kind
+        result = train(
+            TrainConfig(
+                data=str(crops), out=str(out), classifier=kind, val_split=0.25, progress=False
+            )  # fmt: skip
+        )
+        runs[kind] = (out, result)
+    return runs
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+def test_head_run_trains_predicts_and_evaluates(head_runs, crops, kind):
+    out, result = head_runs[kind]
+    assert result.best_val_accuracy >= 0.8
+    config = read_run_config(out)
+    assert config["classifier"] == kind and config["head"] == "head.onnx"
+    assert {"best.safetensors", "head.onnx", "config.json", "metrics.csv"} <= {
+        p.name for p in out.iterdir()
+    }
+    classifier = ImageClassifier(str(out))
+    assert classifier.labels.names == ("cat", "espresso", "rocket")
+    samples = find_labelled_images(crops)
+    metrics = evaluate(classifier, samples).metrics()
+    assert metrics["accuracy"] >= 0.9  # train + val images: the head has seen most of them
+    predictions = classifier.classify_image(samples[0][0], top_k=3)
+    assert sum(p.score for p in predictions) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_head_run_works_from_the_command_line(head_runs, samples):
+    out, _ = head_runs["logreg"]
+    result = subprocess.run(
+        imgcls_command("predict", str(samples / "espresso.jpg"), "--model", str(out), "--json"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=cli_env(),
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["predictions"][0]["label"] == "espresso"
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_loading_a_head_run_never_unpickles(head_runs, tmp_path):
+    source, _ = head_runs["knn"]
+    run = tmp_path / "planted"
+    shutil.copytree(source, run)
+    marker = tmp_path / "pwned"
+    with open(run / "head.onnx", "wb") as f:
+        pickle.dump(_Exploit(marker), f)
+    with pytest.raises(WeightsError, match="not an ONNX classifier head"):
+        ImageClassifier(str(run))
+    assert not marker.exists()

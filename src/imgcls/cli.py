@@ -320,6 +320,10 @@ def train(
     mixup: Annotated[float, typer.Option(help="MixUp alpha (0: off).")] = 0.0,
     cutmix: Annotated[float, typer.Option(help="CutMix alpha (0: off).")] = 0.0,
     freeze_backbone: Annotated[bool, typer.Option(help="Train only the classifier head.")] = False,
+    classifier: Annotated[
+        str,
+        typer.Option(help="softmax (end to end) | logreg | svm | mlp | knn on frozen features."),
+    ] = "softmax",
     balance: Annotated[
         bool, typer.Option(help="Weight the loss by inverse class frequency.")
     ] = False,

@@ -54,12 +54,14 @@ from imgcls.checkpoint import (
     write_text,
 )
 from imgcls.data import DataSplits, ImageFolder, find_splits
+from imgcls.heads import HEAD_KINDS, fit_head, save_head_onnx
 from imgcls.models import DEFAULT_MODEL, build_model, canonical_name, classifier_head
 from imgcls.transforms import AUGMENT_PRESETS, Preprocess, preprocess_image, train_transform
 
 __all__ = ["ConfigError", "TrainConfig", "TrainResult", "find_lr", "train"]
 
 OPTIMIZERS = ("adamw", "sgd")
+CLASSIFIERS = ("softmax", *HEAD_KINDS)
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}
 METRICS_COLUMNS = (
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s",
@@ -93,6 +95,7 @@ class TrainConfig:
     mixup: float = 0.0  # MixUp alpha (0: off)
     cutmix: float = 0.0  # CutMix alpha (0: off); with both, one is drawn per batch
     freeze_backbone: bool = False  # train only the classifier head
+    classifier: str = "softmax"  # softmax (trained end to end) | logreg | svm | mlp | knn
     balance: bool = False  # weight the loss by inverse class frequency
     clip_grad: float | None = None  # max gradient norm (None: no clipping)
     patience: int | None = None  # stop after this many epochs without a better val accuracy
@@ -131,6 +134,9 @@ class TrainConfig:
         _check(0 <= self.val_split < 1, "--val-split", "in [0, 1)", self.val_split)
         _check(0 < self.ema_decay < 1, "--ema-decay", "in (0, 1)", self.ema_decay)
         _check(self.workers >= 0, "--workers", "≥ 0", self.workers)
+        _check(
+            self.classifier in CLASSIFIERS, "--classifier", "|".join(CLASSIFIERS), self.classifier
+        )
 
     @property
     def peak_lr(self) -> float:
@@ -162,6 +168,8 @@ def train(config: TrainConfig) -> TrainResult:
     out = Path(config.out)
     if is_run_dir(out) and not config.resume:
         raise ConfigError(f"--out: {out} already holds a run; add --resume or choose another")
+    if config.classifier != "softmax":
+        return train_head(config)
 
     # -- set-up: processes and device -----------------------------------------------------
     rank, world, device = _init_distributed(config.device)
@@ -523,6 +531,87 @@ def _evaluate(
 
 
 # -- the run directory --------------------------------------------------------------------
+
+
+def train_head(config: TrainConfig) -> TrainResult:
+    """Fit a scikit-learn classifier (`config.classifier`) on frozen features of the
+    pretrained backbone: one pass of feature extraction, no backprop.
+
+    The run directory holds the backbone weights, the head as ONNX (`head.onnx`) and a
+    config.json like any other run's, so predict, evaluate and serve use it unchanged.
+    """
+    import numpy as np
+
+    from imgcls.classifier import ImageClassifier
+
+    started = time.perf_counter()
+    if not config.pretrained or is_run_dir(config.model):
+        raise ConfigError("--classifier: a head needs a pretrained registry backbone's features")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("--classifier: fitting a head runs in one process, not torchrun")
+    say = console.print if config.progress else _quiet
+    splits = find_splits(config.data, config.val_split, config.seed)
+    backbone = ImageClassifier(config.model, batch_size=config.batch_size)
+    if config.img_size is not None:
+        backbone.preprocess = backbone.preprocess.with_size(config.img_size)
+
+    def features(samples: list[tuple[Path, int]]) -> tuple[np.ndarray, np.ndarray]:
+        if not samples:
+            return np.zeros((0, 0), np.float32), np.zeros(0, int)
+        vectors = [f for _, f in backbone.features_paths([p for p, _ in samples])]
+        return np.stack(vectors), np.array([label for _, label in samples])
+
+    extracting = time.perf_counter()
+    train_x, train_y = features(splits.train)
+    val_x, val_y = features(splits.val)
+    test_x, test_y = features(splits.test)
+    num_images = len(train_y) + len(val_y) + len(test_y)
+    images_per_s = num_images / (time.perf_counter() - extracting)
+    say(f"{config.model}: {train_x.shape[1]} features from {num_images} images "
+        f"({images_per_s:.1f} images/s); fitting {config.classifier}")  # fmt: skip
+    head = fit_head(config.classifier, train_x, train_y, val_x, val_y, seed=config.seed)
+    test_accuracy = float((head.pipeline.predict(test_x) == test_y).mean()) if len(test_y) else None
+
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_weights(out / "best.safetensors", backbone.runtime.module.state_dict())
+    save_head_onnx(head, train_x.shape[1], out / "head.onnx")
+    run_config = _run_config(config, splits, backbone.preprocess)
+    run_config.update(
+        classifier=config.classifier,
+        head="head.onnx",
+        head_params=head.params,
+        head_search=head.search,
+        backbone_num_classes=backbone.num_classes,
+    )
+    write_json(out / RUN_CONFIG, run_config)
+    seconds = time.perf_counter() - started
+    row = {
+        "epoch": 1,
+        "train_acc": float((head.pipeline.predict(train_x) == train_y).mean()),
+        "val_acc": head.val_accuracy,
+        "seconds": seconds,
+        "images_per_s": images_per_s,
+    }
+    _write_metrics(out, [row], ema=False)
+    _write_skipped(out, splits)
+    say(f"{config.classifier} {head.params}: val accuracy {_fmt(head.val_accuracy)}, "
+        f"test accuracy {_fmt(test_accuracy)}; run directory {out}")  # fmt: skip
+    return TrainResult(
+        run_dir=str(out),
+        epochs=1,
+        best_epoch=1,
+        best_val_accuracy=head.val_accuracy,
+        test_accuracy=test_accuracy,
+        num_train=len(splits.train),
+        num_val=len(splits.val),
+        skipped=len(splits.skipped),
+        seconds=seconds,
+    )
+
+
+def _fmt(accuracy: float | None) -> str:
+    return "n/a" if accuracy is None else f"{accuracy:.4f}"
 
 
 def _run_config(config: TrainConfig, splits: DataSplits, preprocess: Preprocess) -> dict:
