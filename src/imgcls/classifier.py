@@ -11,14 +11,17 @@ from typing import Any
 import numpy as np
 
 from imgcls.checkpoint import is_run_dir, read_run_config
+from imgcls.export import OnnxMetadata, cached_export, read_metadata
 from imgcls.heads import OnnxHead
 from imgcls.images import DEFAULT_MAX_PIXELS, ImageError, ImageSource, load_image
 from imgcls.labels import Labels, labels_for
 from imgcls.models import DEFAULT_MODEL, build_model, canonical_name
-from imgcls.runtime import HeadRuntime, TorchRuntime
+from imgcls.runtime import HeadRuntime, OnnxRuntime, TorchRuntime
 from imgcls.transforms import preprocess_image
 
-__all__ = ["ImageClassifier", "Prediction"]
+__all__ = ["BACKENDS", "ImageClassifier", "Prediction"]
+
+BACKENDS = ("torch", "onnx")
 
 
 @dataclass(frozen=True)
@@ -50,25 +53,49 @@ class ImageClassifier:
         weights: str | os.PathLike | None = None,
         pretrained: bool = True,
         device: str = "cpu",
+        backend: str = "torch",
         batch_size: int = 32,
         max_pixels: int = DEFAULT_MAX_PIXELS,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        module, self.preprocess = build_model(model, pretrained=pretrained, weights=weights)
-        self.runtime: TorchRuntime | HeadRuntime = TorchRuntime(module, device=device)
-        if is_run_dir(model):  # a trained run: its class folder names are the labels
-            config = read_run_config(model)
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if str(model).endswith(".onnx"):  # an export carries its labels and preprocessing
+            metadata = read_metadata(model)
             self.name = str(model)
-            self.labels: Labels = Labels.from_names(config["class_names"])
-            if config.get("classifier", "softmax") != "softmax":
-                head = OnnxHead(Path(model) / config["head"])
-                self.runtime = HeadRuntime(self.runtime, head)
+            self.labels, self.preprocess = metadata.labels, metadata.preprocess
+            self.runtime: TorchRuntime | OnnxRuntime | HeadRuntime = OnnxRuntime(model)
+        else:
+            self._load(str(model), weights, pretrained, device, backend)
+        self.batch_size = batch_size
+        self.max_pixels = max_pixels
+
+    def _load(
+        self, model: str, weights: str | os.PathLike | None, pretrained: bool, device: str,
+        backend: str,
+    ) -> None:  # fmt: skip
+        module, self.preprocess = build_model(model, pretrained=pretrained, weights=weights)
+        config = read_run_config(model) if is_run_dir(model) else None
+        if config is not None:  # a trained run: its class folder names are the labels
+            self.name = model
+            self.labels = Labels.from_names(config["class_names"])
         else:
             self.name = canonical_name(model)
             self.labels = labels_for(_num_classes(module))
-        self.batch_size = batch_size
-        self.max_pixels = max_pixels
+        if backend == "onnx":
+            self.runtime = OnnxRuntime(cached_export(module, self.export_metadata(module)))
+        else:
+            self.runtime = TorchRuntime(module, device=device)
+        if config is not None and config.get("classifier", "softmax") != "softmax":
+            self.runtime = HeadRuntime(self.runtime, OnnxHead(Path(model) / config["head"]))
+
+    def export_metadata(self, module) -> OnnxMetadata:
+        """What an ONNX export of `module` says of itself (a head run's backbone keeps its
+        own, ImageNet, outputs)."""
+        outputs = _num_classes(module)
+        labels = self.labels if len(self.labels) == outputs else labels_for(outputs)
+        return OnnxMetadata(self.name, labels, self.preprocess)
 
     @property
     def num_classes(self) -> int:

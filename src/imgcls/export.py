@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import numpy as np
 from imgcls.labels import Labels
 from imgcls.transforms import Preprocess
 
-__all__ = ["OnnxMetadata", "cache_dir", "export_onnx", "read_metadata"]
+__all__ = ["OnnxMetadata", "cache_dir", "cached_export", "export_onnx", "parity", "read_metadata"]
 
 METADATA_KEY = "imgcls"
 OPSET = 17
@@ -71,17 +72,20 @@ def export_onnx(module, metadata: OnnxMetadata, path: str | os.PathLike) -> Path
 
     def write(tmp: str) -> None:
         # The TorchScript-based exporter: about 1 s for these CNNs, where the dynamo
-        # exporter takes over 10 s, and the cache pays it on a user's first run.
-        torch.onnx.export(
-            LogitsAndFeatures().eval(),
-            (example,),
-            tmp,
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=["input"],
-            output_names=["logits", "features"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}},
-        )
+        # exporter takes over 10 s, and the cache pays it on a user's first run. It is
+        # deprecated, not gone, in the torch releases pyproject.toml admits.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "You are using the legacy TorchScript")
+            torch.onnx.export(
+                LogitsAndFeatures().eval(),
+                (example,),
+                tmp,
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=["input"],
+                output_names=["logits", "features"],
+                dynamic_axes={name: {0: "batch"} for name in ("input", "logits", "features")},
+            )
         model = onnx.load(tmp)
         entry = model.metadata_props.add()
         entry.key, entry.value = METADATA_KEY, metadata.to_json()
@@ -117,13 +121,24 @@ def cache_dir() -> Path:
     return Path(base) / "imgcls" / "onnx"
 
 
-def cache_key(name: str, weight_files: list[Path]) -> str:
-    """A digest of the model name and the bytes of every file its weights come from."""
-    digest = hashlib.sha256(name.encode())
-    for file in weight_files:
-        with open(file, "rb") as f:
-            digest.update(hashlib.file_digest(f, "sha256").digest())
-    return digest.hexdigest()[:16]
+def cached_export(module, metadata: OnnxMetadata) -> Path:
+    """The ONNX export of `module` from the cache, exported there on first use.
+
+    The key is a digest of the metadata and of every weight tensor, so a retrained run or
+    other weights never meet a stale export.
+    """
+    digest = hashlib.sha256(metadata.to_json().encode())
+    for name, tensor in module.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    path = cache_dir() / f"{_safe(metadata.name)}-{digest.hexdigest()[:16]}.onnx"
+    if not path.is_file():
+        export_onnx(module, metadata, path)
+    return path
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip("/"))[-60:]
 
 
 def parity(torch_logits: np.ndarray, onnx_logits: np.ndarray) -> dict[str, float]:

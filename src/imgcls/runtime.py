@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 from torch import nn
@@ -9,7 +11,7 @@ from torch import nn
 from imgcls.heads import OnnxHead
 from imgcls.models import pooled_features
 
-__all__ = ["HeadRuntime", "TorchRuntime"]
+__all__ = ["HeadRuntime", "OnnxRuntime", "TorchRuntime"]
 
 
 class TorchRuntime:
@@ -35,6 +37,33 @@ class TorchRuntime:
         return features.float().cpu().numpy()
 
 
+class OnnxRuntime:
+    """ONNX Runtime on the CPU, for a file written by `imgcls.export.export_onnx`."""
+
+    backend = "onnx"
+
+    def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        # The cores this process may use (a container or taskset may allow fewer than
+        # the machine has); one inter-op thread, as these graphs are one chain of ops.
+        options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Denormal floats make CPU kernels many times slower; flush them to zero.
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, H, W) float32 → (N, num_classes) float32 logits."""
+        return self.session.run(["logits"], {"input": np.ascontiguousarray(batch)})[0]
+
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, H, W) float32 → (N, D) pooled penultimate features."""
+        return self.session.run(["features"], {"input": np.ascontiguousarray(batch)})[0]
+
+
 class HeadRuntime:
     """A backbone's features through a classical head (logreg, SVM, MLP, k-NN).
 
@@ -42,7 +71,7 @@ class HeadRuntime:
     head's probabilities back unchanged.
     """
 
-    def __init__(self, backbone: TorchRuntime, head: OnnxHead) -> None:
+    def __init__(self, backbone: TorchRuntime | OnnxRuntime, head: OnnxHead) -> None:
         self.backbone = backbone
         self.head = head
         self.backend = backbone.backend
