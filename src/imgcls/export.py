@@ -75,7 +75,7 @@ def export_onnx(module, metadata: OnnxMetadata, path: str | os.PathLike) -> Path
         # exporter takes over 10 s, and the cache pays it on a user's first run. It is
         # deprecated, not gone, in the torch releases pyproject.toml admits.
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "You are using the legacy TorchScript")
+            warnings.simplefilter("ignore", DeprecationWarning)  # its own and its internals'
             torch.onnx.export(
                 LogitsAndFeatures().eval(),
                 (example,),
