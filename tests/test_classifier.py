@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 from conftest import CAT_IDS, ESPRESSO_ID
 from PIL import Image
 
-from imgcls import ImageClassifier, ImageError, Prediction
+from imgcls import ImageClassifier, ImageError, Prediction, load_image
+from imgcls.transforms import preprocess_image
 
 
 def test_cat_photo_gives_a_domestic_cat(classifier, samples):
@@ -109,3 +111,15 @@ def test_classify_paths_keeps_order_and_isolates_failures(classifier, samples, t
     assert isinstance(outcomes[1][1], ImageError)
     assert isinstance(outcomes[2][1], FileNotFoundError)
     assert outcomes[3][1][0].class_id == ESPRESSO_ID
+
+
+def test_large_jpeg_reduced_decoding_keeps_the_answer(classifier, samples, tmp_path):
+    photo = cv2.imread(str(samples / "espresso.jpg"))
+    path = tmp_path / "large.jpg"
+    cv2.imwrite(str(path), cv2.resize(photo, (4000, 3000), interpolation=cv2.INTER_CUBIC))
+    fast = classifier.classify_image(path, top_k=1000)  # decoded at 1/8 scale
+    full = preprocess_image(load_image(path), classifier.preprocess)[None]
+    reference = classifier.predict_batch(full, top_k=1000)[0]
+    assert fast[0].class_id == reference[0].class_id == ESPRESSO_ID
+    by_index = {p.index: p.score for p in reference}
+    assert max(abs(p.score - by_index[p.index]) for p in fast) < 0.02

@@ -197,3 +197,29 @@ def test_list_images_recurses_and_skips_non_images(tmp_path, samples):
     (tmp_path / "notes.txt").write_text("no")
     (tmp_path / ".hidden.jpg").write_bytes(b"")
     assert [p.name for p in list_images(tmp_path)] == ["x.JPG", "y.png"]
+
+
+@pytest.fixture(scope="module")
+def large_jpeg(tmp_path_factory, reference) -> tuple:
+    big = cv2.resize(reference, (4000, 3000), interpolation=cv2.INTER_CUBIC)
+    path = tmp_path_factory.mktemp("large") / "large.jpg"
+    cv2.imwrite(str(path), cv2.cvtColor(big, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return path, big
+
+
+@pytest.mark.parametrize(
+    ("min_side", "shape"),
+    [(256, (375, 500)), (400, (750, 1000)), (1500, (1500, 2000)), (2000, (3000, 4000))],
+)
+def test_large_jpeg_decodes_reduced_but_never_below_min_side(large_jpeg, min_side, shape):
+    path, big = large_jpeg
+    image = load_image(path, min_side=min_side)
+    assert image.shape[:2] == shape
+    expected = cv2.resize(big, (shape[1], shape[0]), interpolation=cv2.INTER_AREA)
+    assert np.abs(image.astype(int) - expected).mean() < LOSSY_TOLERANCE
+
+
+def test_reduced_decoding_is_only_for_jpeg(tmp_path, large_jpeg):
+    _, big = large_jpeg
+    cv2.imwrite(str(tmp_path / "large.png"), big[:1000, :1500])
+    assert load_image(tmp_path / "large.png", min_side=100).shape[:2] == (1000, 1500)

@@ -148,7 +148,10 @@ class ImageClassifier:
 
     def prepare(self, image: ImageSource) -> np.ndarray:
         """Decode and preprocess one image to the model's (3, H, W) float32 input."""
-        return preprocess_image(load_image(image, max_pixels=self.max_pixels), self.preprocess)
+        decoded = load_image(
+            image, max_pixels=self.max_pixels, min_side=self.preprocess.resize_size
+        )
+        return preprocess_image(decoded, self.preprocess)
 
     def predict_batch(self, batch: np.ndarray, top_k: int = 5) -> list[list[Prediction]]:
         """Top-k predictions for a preprocessed (N, 3, H, W) batch."""

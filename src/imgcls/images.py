@@ -54,6 +54,9 @@ IMAGE_EXTENSIONS = frozenset(
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray | Image.Image
 
 _EXIF_ORIENTATION = 0x0112
+# Scale factors libjpeg decodes at directly, with the bit that asks OpenCV for each (the
+# IMREAD_REDUCED_* bits; combined with IMREAD_COLOR_RGB they keep RGB order).
+_JPEG_REDUCTIONS = ((8, 64), (4, 32), (2, 16))
 
 
 class ImageError(ValueError):
@@ -66,11 +69,16 @@ class _Header:
     height: int
     has_alpha: bool
     orientation: int  # EXIF orientation 1..8; 1 means upright
+    format: str  # Pillow's name: JPEG, PNG, ...
 
 
-def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def load_image(
+    source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None
+) -> np.ndarray:
     """Return `source` as an RGB uint8 array of shape (H, W, 3), upright per its EXIF tag.
 
+    With `min_side`, a large JPEG may be decoded at 1/2, 1/4 or 1/8 scale (libjpeg scales
+    while decoding, several times faster), never with its shorter side below `min_side`.
     Raises FileNotFoundError for a missing path and ImageError for anything that is not
     an acceptable image: empty, not an image, truncated, or over `max_pixels` pixels.
     """
@@ -79,18 +87,19 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
     if isinstance(source, Image.Image):
         return _pil_to_rgb(source, _describe(source), max_pixels)
     if isinstance(source, bytes | bytearray | memoryview):
-        return decode_image_bytes(bytes(source), name="<bytes>", max_pixels=max_pixels)
-    if isinstance(source, str | os.PathLike):
-        path = Path(source)
-        return decode_image_bytes(_read_file(path), name=str(path), max_pixels=max_pixels)
-    raise TypeError(
-        f"cannot read an image from {type(source).__name__}; "
-        "give a path, encoded bytes, a numpy array or a PIL image"
-    )
+        data, name = bytes(source), "<bytes>"
+    elif isinstance(source, str | os.PathLike):
+        data, name = _read_file(Path(source)), str(source)
+    else:
+        raise TypeError(
+            f"cannot read an image from {type(source).__name__}; "
+            "give a path, encoded bytes, a numpy array or a PIL image"
+        )
+    return decode_image_bytes(data, name=name, max_pixels=max_pixels, min_side=min_side)
 
 
 def decode_image_bytes(
-    data: bytes, *, name: str, max_pixels: int = DEFAULT_MAX_PIXELS
+    data: bytes, *, name: str, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None
 ) -> np.ndarray:
     """Decode encoded image bytes; `name` is how errors refer to the input."""
     if not data:
@@ -99,7 +108,7 @@ def decode_image_bytes(
     if header is not None:
         _check_pixels(header.width, header.height, name, max_pixels)
         _check_not_truncated(data, name)
-    image = _decode_with_opencv(data, header)
+    image = _decode_with_opencv(data, header, min_side)
     if image is None:
         image = _decode_with_pillow(data, name)
     elif header is None:
@@ -147,6 +156,7 @@ def _read_header(data: bytes, name: str) -> _Header | None:
                     "transparency" in im.info
                 )
                 orientation = _orientation(im)
+                image_format = im.format or ""
     except Image.DecompressionBombError as exc:
         # Pillow refuses above twice its MAX_IMAGE_PIXELS (about 179 MP) on its own.
         raise ImageError(f"{name}: refused, too many pixels ({exc})") from None
@@ -154,7 +164,7 @@ def _read_header(data: bytes, name: str) -> _Header | None:
         return None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageError(f"{name}: not a valid image ({exc})") from None
-    return _Header(width, height, has_alpha, orientation)
+    return _Header(width, height, has_alpha, orientation, image_format)
 
 
 def _orientation(im: Image.Image) -> int:
@@ -188,14 +198,23 @@ def _check_not_truncated(data: bytes, name: str) -> None:
         raise ImageError(f"{name}: truncated PNG (no IEND chunk)")
 
 
-def _decode_with_opencv(data: bytes, header: _Header | None) -> np.ndarray | None:
+def _decode_with_opencv(
+    data: bytes, header: _Header | None, min_side: int | None
+) -> np.ndarray | None:
     buffer = np.frombuffer(data, dtype=np.uint8)
     # Orientation is applied by us from the EXIF tag Pillow read, the same way for every
     # format, so OpenCV is told to ignore it.
     if header is not None and header.has_alpha:
         decoded = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
         return None if decoded is None else _array_to_rgb(decoded, "", None, bgr=True)
-    return cv2.imdecode(buffer, cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION)
+    flags = cv2.IMREAD_COLOR_RGB | cv2.IMREAD_IGNORE_ORIENTATION
+    if min_side and header is not None and header.format == "JPEG":
+        shorter = min(header.width, header.height)
+        for factor, reduce_flag in _JPEG_REDUCTIONS:
+            if shorter // factor >= min_side:
+                flags |= reduce_flag
+                break
+    return cv2.imdecode(buffer, flags)
 
 
 def _decode_with_pillow(data: bytes, name: str) -> np.ndarray:

@@ -56,6 +56,11 @@ class Preprocess:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
     @property
+    def resize_size(self) -> int:
+        """The shorter side an image is resized to before the center crop."""
+        return math.floor(min(self.size) / self.crop_pct)
+
+    @property
     def size(self) -> tuple[int, int]:
         """(height, width) of the model input."""
         return self.input_size[1], self.input_size[2]
@@ -77,7 +82,7 @@ def preprocess_image(
     """
     crop_h, crop_w = config.size
     height, width = image.shape[:2]
-    scale_size = math.floor(min(crop_h, crop_w) / config.crop_pct)
+    scale_size = config.resize_size
     # Sizes and offsets as torchvision's Resize (longer side truncated) and CenterCrop.
     resized_h = scale_size if height <= width else int(scale_size * height / width)
     resized_w = scale_size if width <= height else int(scale_size * width / height)
