@@ -83,6 +83,7 @@ _MULTIPART_BODY = {
                     "properties": {
                         "file": {
                             "type": "array",
+                            "minItems": 1,
                             "items": {"type": "string", "format": "binary"},
                             "description": "One or more image files.",
                         }
