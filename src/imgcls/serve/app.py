@@ -205,11 +205,13 @@ def run(config: ServeConfig) -> None:
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         server.run()
+    except SystemExit:  # how uvicorn reports a failed start-up (model load, busy port)
+        cause = app.state.startup_error
+        raise StartupError(
+            str(cause) if cause else "the server did not start (see the log above)"
+        ) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if not server.started:
-        cause = app.state.startup_error
-        raise StartupError(str(cause) if cause else "the server did not start (see the log)")
 
 
 async def _read_files(request: Request, max_files: int) -> list[tuple[str, bytes]]:
