@@ -103,6 +103,9 @@ def serve(
     max_pixels: Annotated[
         int, typer.Option(min=1, help="Refuse images with more pixels than this (422).")
     ] = DEFAULT_MAX_PIXELS,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="Threads per model call (default: torch's choice).")
+    ] = None,
 ) -> None:
     """Serve models over HTTP: REST, KServe/Triton v2 and Prometheus metrics."""
     from imgcls.serve import ServeConfig, StartupError, run
@@ -110,7 +113,7 @@ def serve(
     config = ServeConfig(
         models=tuple(model or ["efficientnet_lite0"]), host=host, port=port,
         max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue,
-        max_upload_mb=max_upload_mb, max_pixels=max_pixels,
+        max_upload_mb=max_upload_mb, max_pixels=max_pixels, threads=threads,
     )
     try:
         run(config)

@@ -9,6 +9,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from starlette.concurrency import run_in_threadpool
 
 from imgcls.classifier import ImageClassifier, Prediction
@@ -37,6 +38,7 @@ class ServeConfig:
     max_upload_mb: float = 20.0  # request body cap, MB (10^6 bytes)
     max_pixels: int = DEFAULT_MAX_PIXELS  # decoded image cap (width x height)
     device: str = "cpu"
+    threads: int | None = None  # model (torch intra-op) threads; None: torch's default
 
     @property
     def max_upload_bytes(self) -> int:
@@ -126,6 +128,10 @@ class Service:
 
     async def load(self, stack: AsyncExitStack) -> None:
         """Load every configured model and start its batcher (stopped when `stack` closes)."""
+        if self.config.threads is not None:
+            # Process-wide. Fewer model threads than cores leaves room for decoding, and
+            # avoids OpenMP threads spinning against each other on a busy machine.
+            torch.set_num_threads(self.config.threads)
         for spec in self.config.models:
             classifier = await run_in_threadpool(
                 ImageClassifier,
