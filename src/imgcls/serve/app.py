@@ -14,12 +14,13 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Annotated, Any
 
 import uvicorn
-from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
+from fastapi import APIRouter, FastAPI, Query, Request, Response
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
 from imgcls import __version__
 from imgcls.serve import v2
+from imgcls.serve.deps import ServiceDep
 from imgcls.serve.errors import ApiError, ErrorResponse, install_error_handlers
 from imgcls.serve.limits import BodySizeLimitMiddleware
 from imgcls.serve.metrics import CONTENT_TYPE_LATEST, Metrics, RequestMetricsMiddleware
@@ -95,11 +96,6 @@ _MULTIPART_BODY = {
 }
 
 
-def get_service(request: Request) -> Service:
-    return request.app.state.service
-
-
-ServiceDep = Annotated[Service, Depends(get_service)]
 router = APIRouter()
 
 
@@ -144,16 +140,15 @@ async def classify(
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(request: Request) -> Response:
+async def metrics(service: ServiceDep) -> Response:
     """Prometheus text format."""
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 def create_app(config: ServeConfig | None = None) -> FastAPI:
     """The service for `config`; its models load when the app starts (lifespan)."""
     config = config or ServeConfig()
-    metrics_ = Metrics()
-    service = Service(config, metrics_)
+    service = Service(config, Metrics())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -175,14 +170,13 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.service = service
-    app.state.metrics = metrics_
     app.state.startup_error = None
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(v2.router)
     # Added last, runs first: requests are timed and counted including a 413 from the cap.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.max_upload_bytes)
-    app.add_middleware(RequestMetricsMiddleware, metrics=metrics_)
+    app.add_middleware(RequestMetricsMiddleware, metrics=service.metrics)
     return app
 
 

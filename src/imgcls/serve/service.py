@@ -4,7 +4,7 @@ then batch through each model's `Batcher`. No HTTP here besides the errors it ra
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
@@ -154,5 +154,5 @@ class Service:
             self.metrics.track_queue(name, lambda b=batcher: b.depth)
             self.models[name] = ServedModel(classifier, batcher, self.config.max_pixels)
 
-    def _observer(self, name: str, labels: Sequence[str]):
+    def _observer(self, name: str, labels: Sequence[str]) -> Callable[[np.ndarray], None]:
         return lambda probabilities: self.metrics.observe_batch(name, labels, probabilities)

@@ -16,12 +16,13 @@ import struct
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field, ValidationError
 
 from imgcls import __version__
+from imgcls.serve.deps import ServiceDep
 from imgcls.serve.errors import ApiError
-from imgcls.serve.service import ServedModel, Service
+from imgcls.serve.service import ServedModel
 
 __all__ = ["router"]
 
@@ -139,11 +140,6 @@ _INFER_BODY = {
 }
 
 
-def get_service(request: Request) -> Service:
-    return request.app.state.service
-
-
-ServiceDep = Annotated[Service, Depends(get_service)]
 router = APIRouter(prefix="/v2", tags=["v2"])
 
 
