@@ -71,6 +71,10 @@ class Batcher:
         """Images waiting for the model (not counting the batch it is running)."""
         return len(self._pending)
 
+    def has_room(self, count: int) -> bool:
+        """Whether `count` more images fit in the queue now."""
+        return self.depth + count <= self.max_queue
+
     async def __aenter__(self) -> Batcher:
         self._worker = asyncio.create_task(self._run())
         return self
@@ -91,7 +95,7 @@ class Batcher:
     async def submit(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """Model outputs for `arrays`, one row each, in order. Raises `Overloaded` at once,
         queuing nothing, when the queue has no room for all of them."""
-        if self.depth + len(arrays) > self.max_queue:
+        if not self.has_room(len(arrays)):
             raise Overloaded(
                 f"{self.depth} images queued, no room for {len(arrays)} more (max {self.max_queue})"
             )

@@ -70,6 +70,9 @@ class ServedModel:
 
     async def probabilities_for_images(self, files: Sequence[tuple[str, bytes]]) -> np.ndarray:
         """(N, C) probabilities for encoded images; undecodable ones raise 422."""
+        self._check_count(len(files))
+        if not self.batcher.has_room(len(files)):  # refuse before spending time decoding
+            raise _overloaded(f"{self.batcher.depth} images queued")
         arrays = await asyncio.gather(
             *(run_in_threadpool(self._prepare, name, data) for name, data in files)
         )
@@ -77,21 +80,19 @@ class ServedModel:
 
     async def probabilities(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """(N, C) probabilities for preprocessed (3, H, W) arrays, through the batcher."""
-        if not 1 <= len(arrays) <= self.batcher.max_queue:
-            raise ApiError(
-                400,
-                "BadRequest",
-                f"send 1 to {self.batcher.max_queue} images per request, got {len(arrays)}",
-            )
+        self._check_count(len(arrays))
         try:
             return await self.batcher.submit(arrays)
         except Overloaded as exc:
+            raise _overloaded(str(exc)) from None
+
+    def _check_count(self, count: int) -> None:
+        if not 1 <= count <= self.batcher.max_queue:
             raise ApiError(
-                503,
-                "Overloaded",
-                f"server busy: {exc}; retry in {RETRY_AFTER_S}s",
-                headers={"Retry-After": str(RETRY_AFTER_S)},
-            ) from None
+                400,
+                "BadRequest",
+                f"send 1 to {self.batcher.max_queue} images per request, got {count}",
+            )
 
     def _prepare(self, name: str, data: bytes) -> np.ndarray:
         try:
@@ -99,6 +100,15 @@ class ServedModel:
         except ImageError as exc:
             raise ApiError(422, "ImageError", str(exc)) from None
         return preprocess_image(image, self.classifier.preprocess)
+
+
+def _overloaded(reason: str) -> ApiError:
+    return ApiError(
+        503,
+        "Overloaded",
+        f"server busy ({reason}); retry in {RETRY_AFTER_S}s",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
 
 
 @dataclass
