@@ -169,6 +169,12 @@ def test_unknown_paths_and_methods_answer_json_errors(client: httpx.Client) -> N
     assert _assert_error(client.delete("/v1/classify"), 405)["type"] == "MethodNotAllowed"
 
 
+def test_the_web_page_is_served_at_the_root(client: httpx.Client) -> None:
+    response = client.get("/")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    assert "/v1/classify" in response.text
+
+
 def test_openapi_docs_are_served(client: httpx.Client) -> None:
     assert client.get("/docs").status_code == 200
     schema = client.get("/openapi.json").json()

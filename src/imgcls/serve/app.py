@@ -11,10 +11,12 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from importlib import resources
 from typing import Annotated, Any
 
 import uvicorn
 from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
@@ -97,6 +99,7 @@ _MULTIPART_BODY = {
 
 
 router = APIRouter()
+_INDEX_HTML = (resources.files("imgcls.serve") / "static" / "index.html").read_text("utf-8")
 
 
 @router.get("/healthz", response_model=Health, responses=_errors(503), tags=["health"])
@@ -137,6 +140,12 @@ async def classify(
             for (name, _), preds in zip(files, predictions, strict=True)
         ],
     )
+
+
+@router.get("/", include_in_schema=False)
+async def index() -> HTMLResponse:
+    """The web page: pick or drop an image, see its top-5 as bars."""
+    return HTMLResponse(_INDEX_HTML)
 
 
 @router.get("/metrics", include_in_schema=False)
