@@ -104,7 +104,7 @@ def serve(
         int, typer.Option(min=1, help="Refuse images with more pixels than this (422).")
     ] = DEFAULT_MAX_PIXELS,
     threads: Annotated[
-        int | None, typer.Option(min=1, help="Threads per model call (default: torch's choice).")
+        int | None, typer.Option(min=1, help="Threads per model call (default: CPU cores - 1).")
     ] = None,
 ) -> None:
     """Serve models over HTTP: REST, KServe/Triton v2 and Prometheus metrics."""
