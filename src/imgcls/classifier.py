@@ -155,9 +155,16 @@ class ImageClassifier:
 
     def predict_batch(self, batch: np.ndarray, top_k: int = 5) -> list[list[Prediction]]:
         """Top-k predictions for a preprocessed (N, 3, H, W) batch."""
+        return self.top_predictions(self.predict_proba(batch), top_k=top_k)
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        """Softmax probabilities, (N, num_classes) float64, for a preprocessed batch."""
+        return softmax(self.runtime(batch))
+
+    def top_predictions(self, probabilities: np.ndarray, top_k: int = 5) -> list[list[Prediction]]:
+        """The top-k `Prediction`s of each row of a (N, num_classes) probability array."""
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
-        probabilities = softmax(self.runtime(batch))
         k = min(top_k, self.num_classes)
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
         return [

@@ -267,6 +267,55 @@ def _print_evaluations(reports: list[dict[str, Any]]) -> None:
             stderr.print(f"[red]✗[/red] {failure['error']}", highlight=False)
 
 
+@app.command()
+def serve(
+    model: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model name or run directory; repeat to serve several (the first is the default).",
+        ),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to bind.")] = 8000,
+    max_batch: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 16,
+    max_wait_ms: Annotated[
+        float, typer.Option(min=0, help="How long a batch waits to fill, in milliseconds.")
+    ] = 5.0,
+    max_queue: Annotated[
+        int, typer.Option(min=1, help="Images waiting for the model; beyond it requests get 503.")
+    ] = 256,
+    max_upload_mb: Annotated[
+        float, typer.Option(min=0, help="Request body limit in MB; larger uploads get 413.")
+    ] = 20.0,
+    max_pixels: Annotated[
+        int, typer.Option(min=1, help="Refuse images with more pixels than this (422).")
+    ] = DEFAULT_MAX_PIXELS,
+    threads: Annotated[
+        int | None, typer.Option(min=1, help="Threads per model call (default: CPU cores - 1).")
+    ] = None,
+) -> None:
+    """Serve models over HTTP: REST, KServe/Triton v2 and Prometheus metrics."""
+    from imgcls.serve import ServeConfig, StartupError, run
+
+    config = ServeConfig(
+        models=tuple(model or ["efficientnet_lite0"]),
+        host=host,
+        port=port,
+        max_batch=max_batch,
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+        max_upload_mb=max_upload_mb,
+        max_pixels=max_pixels,
+        threads=threads,
+    )
+    try:
+        run(config)
+    except StartupError as exc:
+        _fail_usage(str(exc))
+
+
 def _expand_inputs(inputs: list[Path]) -> list[Path | tuple[Path, Exception]]:
     """Image files from files and directories, in the order given; an input with nothing
     to classify stays in its place as a (path, error) pair."""

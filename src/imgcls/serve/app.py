@@ -1,0 +1,248 @@
+"""The FastAPI app of `imgcls serve`: the REST routes (v1), health and metrics.
+
+`create_app(config)` builds the app; the models load in its lifespan handler, so building
+an app is cheap and a server answers only once its models are ready. Path functions parse
+the request, call the `Service`, and return a typed response model.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from importlib import resources
+from typing import Annotated, Any
+
+import uvicorn
+from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
+
+from imgcls import __version__
+from imgcls.serve import v2
+from imgcls.serve.deps import ServiceDep
+from imgcls.serve.errors import ApiError, ErrorResponse, install_error_handlers
+from imgcls.serve.limits import BodySizeLimitMiddleware
+from imgcls.serve.metrics import CONTENT_TYPE_LATEST, Metrics, RequestMetricsMiddleware
+from imgcls.serve.service import ServeConfig, ServedModel, Service
+
+__all__ = ["StartupError", "create_app", "run"]
+
+log = logging.getLogger("imgcls.serve")
+
+
+class StartupError(RuntimeError):
+    """The server could not start (a model did not load, the port is taken, ...)."""
+
+
+class Health(BaseModel):
+    status: str = Field(examples=["ok"])
+
+
+class ModelInfo(BaseModel):
+    name: str
+    num_classes: int
+    input_size: list[int] = Field(description="[C, H, W] of the model input")
+    backend: str
+
+
+class ModelList(BaseModel):
+    models: list[ModelInfo] = Field(description="The first is the default model.")
+
+
+class PredictionOut(BaseModel):
+    label: str
+    class_id: str
+    index: int
+    score: float
+
+
+class FileResult(BaseModel):
+    filename: str
+    predictions: list[PredictionOut]
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    results: list[FileResult]
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorResponse} for status in statuses}
+
+
+# The upload is read from the stream by the path function (so the body cap applies while
+# it streams), hence the request body is described here rather than by parameters.
+_MULTIPART_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "array",
+                            "minItems": 1,
+                            "items": {"type": "string", "format": "binary"},
+                            "description": "One or more image files.",
+                        }
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+router = APIRouter()
+_INDEX_HTML = (resources.files("imgcls.serve") / "static" / "index.html").read_text("utf-8")
+
+
+@router.get("/healthz", response_model=Health, responses=_errors(503), tags=["health"])
+async def healthz(service: ServiceDep) -> Health:
+    """200 once the models are loaded."""
+    if not service.ready:
+        raise ApiError(503, "NotReady", "models are still loading")
+    return Health(status="ok")
+
+
+@router.get("/v1/models", response_model=ModelList, tags=["v1"])
+async def list_models(service: ServiceDep) -> ModelList:
+    """The served models; the first answers requests that name none."""
+    return ModelList(models=[_model_info(model) for model in service.models.values()])
+
+
+@router.post(
+    "/v1/classify",
+    response_model=ClassifyResponse,
+    responses=_errors(400, 404, 413, 422, 503),
+    openapi_extra=_MULTIPART_BODY,
+    tags=["v1"],
+)
+async def classify(
+    request: Request,
+    service: ServiceDep,
+    top_k: Annotated[int, Query(ge=1, description="Predictions per image.")] = 5,
+    model: Annotated[str | None, Query(description="Model name; default: the first.")] = None,
+) -> ClassifyResponse:
+    """Top-k labels for each uploaded `file` (multipart; several `file` fields: a batch)."""
+    served = service.get(model)
+    files = await _read_files(request, max_files=service.config.max_queue)
+    predictions = await served.classify(files, top_k=top_k)
+    return ClassifyResponse(
+        model=served.name,
+        results=[
+            FileResult(filename=name, predictions=[PredictionOut(**p.to_dict()) for p in preds])
+            for (name, _), preds in zip(files, predictions, strict=True)
+        ],
+    )
+
+
+@router.get("/", include_in_schema=False)
+async def index() -> HTMLResponse:
+    """The web page: pick or drop an image, see its top-5 as bars."""
+    return HTMLResponse(_INDEX_HTML)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(service: ServiceDep) -> Response:
+    """Prometheus text format."""
+    return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+def create_app(config: ServeConfig | None = None) -> FastAPI:
+    """The service for `config`; its models load when the app starts (lifespan)."""
+    config = config or ServeConfig()
+    service = Service(config, Metrics())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            try:
+                await service.load(stack)
+            except Exception as exc:
+                app.state.startup_error = exc
+                raise
+            log.info(
+                "serving %s on http://%s:%d", ", ".join(service.models), config.host, config.port
+            )
+            yield  # batchers finish their queues when the stack closes
+
+    app = FastAPI(
+        title="imgcls",
+        version=__version__,
+        description="Image classification: REST (v1) and the Open Inference Protocol (v2).",
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.state.startup_error = None
+    install_error_handlers(app)
+    app.include_router(router)
+    app.include_router(v2.router)
+    # Added last, runs first: requests are timed and counted including a 413 from the cap.
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.max_upload_bytes)
+    app.add_middleware(RequestMetricsMiddleware, metrics=service.metrics)
+    return app
+
+
+def run(config: ServeConfig) -> None:
+    """Serve until SIGTERM or Ctrl-C; in-flight requests finish first."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    app = create_app(config)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=None,
+        )
+    )
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again; with this
+    # handler in place that second delivery is a no-op, so a drained server exits 0.
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        server.run()
+    except SystemExit:  # how uvicorn reports a failed start-up (model load, busy port)
+        cause = app.state.startup_error
+        raise StartupError(
+            str(cause) if cause else "the server did not start (see the log above)"
+        ) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+async def _read_files(request: Request, max_files: int) -> list[tuple[str, bytes]]:
+    """The (filename, bytes) of each multipart `file` field, read under the body cap."""
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise ApiError(
+            400,
+            "BadRequest",
+            f"expected a multipart/form-data body with one or more 'file' fields, "
+            f"got content type {content_type or 'none'!r}",
+        )
+    async with request.form(max_files=max_files, max_fields=100) as form:
+        files = []
+        for value in form.getlist("file"):
+            if isinstance(value, UploadFile):
+                files.append((value.filename or "file", await value.read()))
+            else:  # a plain form field: its text is the file
+                files.append(("file", value.encode()))
+    if not files:
+        raise ApiError(400, "BadRequest", "no 'file' field in the multipart body")
+    return files
+
+
+def _model_info(model: ServedModel) -> ModelInfo:
+    return ModelInfo(
+        name=model.name,
+        num_classes=model.classifier.num_classes,
+        input_size=list(model.input_size),
+        backend=model.classifier.runtime.backend,
+    )

@@ -1,0 +1,148 @@
+"""Dynamic batching: single images from concurrent requests grouped into model calls.
+
+Requests put their preprocessed (3, H, W) arrays on a bounded queue and await one future
+per image. A worker task on the event loop takes up to `max_batch` images — waiting at
+most `max_wait_ms` for a batch to fill once the first image is there — and runs the model
+in its own thread, so the event loop keeps accepting requests while the model works.
+While one batch runs, the next one gathers: under load, batches fill by themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Batcher", "Overloaded"]
+
+
+class Overloaded(Exception):
+    """The queue has no room for a request's images; the client should retry later."""
+
+
+@dataclass
+class _Item:
+    array: np.ndarray
+    future: asyncio.Future[np.ndarray]
+
+
+class Batcher:
+    """Groups images into batches for `predict`, a (N, 3, H, W) → (N, C) function.
+
+    `on_batch(outputs)` is called in the model thread after every batch (metrics).
+    Use as `async with Batcher(...)`; `stop` lets the queued images finish first.
+    """
+
+    def __init__(
+        self,
+        predict: Callable[[np.ndarray], np.ndarray],
+        *,
+        max_batch: int = 16,
+        max_wait_ms: float = 5.0,
+        max_queue: int = 256,
+        on_batch: Callable[[np.ndarray], None] | None = None,
+        name: str = "model",
+    ) -> None:
+        if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
+            raise ValueError(
+                "max_batch and max_queue must be at least 1 and max_wait_ms at least 0, got "
+                f"max_batch={max_batch}, max_queue={max_queue}, max_wait_ms={max_wait_ms}"
+            )
+        self.predict = predict
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.on_batch = on_batch
+        self._pending: deque[_Item] = deque()
+        self._arrived = asyncio.Event()  # something is pending
+        self._filled = asyncio.Event()  # a full batch is pending
+        # One thread: the model runs one batch at a time and keeps its own intra-op threads.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"imgcls-{name}")
+        self._worker: asyncio.Task[None] | None = None
+        self._busy = False  # a batch is in the model
+
+    @property
+    def depth(self) -> int:
+        """Images waiting for the model (not counting the batch it is running)."""
+        return len(self._pending)
+
+    def has_room(self, count: int) -> bool:
+        """Whether `count` more images fit in the queue now."""
+        return self.depth + count <= self.max_queue
+
+    async def __aenter__(self) -> Batcher:
+        self._worker = asyncio.create_task(self._run())
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    async def stop(self) -> None:
+        """Finish the queued images, then stop the worker and its thread."""
+        while self._pending or self._busy:
+            await asyncio.sleep(0.01)
+        if self._worker is not None:
+            self._worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._worker
+        self._executor.shutdown(wait=True)
+
+    async def submit(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
+        """Model outputs for `arrays`, one row each, in order. Raises `Overloaded` at once,
+        queuing nothing, when the queue has no room for all of them."""
+        if not self.has_room(len(arrays)):
+            raise Overloaded(
+                f"{self.depth} images queued, no room for {len(arrays)} more (max {self.max_queue})"
+            )
+        loop = asyncio.get_running_loop()
+        items = [_Item(array, loop.create_future()) for array in arrays]
+        self._pending.extend(items)
+        self._arrived.set()
+        if len(self._pending) >= self.max_batch:
+            self._filled.set()
+        rows = await asyncio.gather(*(item.future for item in items))
+        return np.stack(rows)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._pending:
+                self._arrived.clear()
+                await self._arrived.wait()
+            if len(self._pending) < self.max_batch:
+                self._filled.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._filled.wait(), self.max_wait)
+            count = min(len(self._pending), self.max_batch)
+            items = [self._pending.popleft() for _ in range(count)]
+            items = [item for item in items if not item.future.done()]  # caller gone
+            if items:
+                self._busy = True
+                try:
+                    await self._run_batch(loop, items)
+                finally:
+                    self._busy = False
+
+    async def _run_batch(self, loop: asyncio.AbstractEventLoop, items: list[_Item]) -> None:
+        batch = np.stack([item.array for item in items])
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._predict, batch)
+        except Exception as exc:  # the model failed: every request in the batch hears of it
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(exc)
+            return
+        for item, row in zip(items, outputs, strict=True):
+            if not item.future.done():
+                item.future.set_result(row)
+
+    def _predict(self, batch: np.ndarray) -> np.ndarray:
+        outputs = self.predict(batch)
+        if self.on_batch is not None:
+            self.on_batch(outputs)
+        return outputs

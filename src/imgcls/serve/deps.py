@@ -1,0 +1,19 @@
+"""FastAPI dependencies shared by the route modules."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from imgcls.serve.service import Service
+
+__all__ = ["ServiceDep"]
+
+
+def get_service(request: Request) -> Service:
+    """The app's `Service` (its loaded models), set up by `create_app`."""
+    return request.app.state.service
+
+
+ServiceDep = Annotated[Service, Depends(get_service)]

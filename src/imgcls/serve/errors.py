@@ -1,0 +1,95 @@
+"""Every error the service answers with, as JSON, never as a bare 500 page.
+
+REST routes answer `{"error": {"type": ..., "message": ...}}` (INTERFACE.md); the Open
+Inference Protocol routes under /v2 answer `{"error": "<message>"}`, the shape that
+protocol defines and `tritonclient` reads.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+__all__ = [
+    "ApiError",
+    "ErrorDetail",
+    "ErrorResponse",
+    "error_response",
+    "install_error_handlers",
+]
+
+log = logging.getLogger("imgcls.serve")
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class ApiError(Exception):
+    """An error answered to the client: HTTP `status`, a short `type` and a message."""
+
+    def __init__(
+        self, status: int, type: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.type = type
+        self.message = message
+        self.headers = headers
+
+
+_STATUS_TYPES = {
+    400: "BadRequest",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    413: "PayloadTooLarge",
+    415: "UnsupportedMediaType",
+    422: "UnprocessableEntity",
+    503: "Overloaded",
+}
+
+
+def error_response(path: str, error: ApiError) -> JSONResponse:
+    """The JSON response for `error` on a request to `path` (which decides the shape)."""
+    if path.startswith("/v2"):
+        content: dict = {"error": error.message}
+    else:
+        content = {"error": {"type": error.type, "message": error.message}}
+    return JSONResponse(content, status_code=error.status, headers=error.headers)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every failure — ours, FastAPI's validation, routing's 404/405 — to JSON."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(request.url.path, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        return error_response(request.url.path, ApiError(400, "ValidationError", problems))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = _STATUS_TYPES.get(exc.status_code, "HTTPError")
+        error = ApiError(exc.status_code, kind, str(exc.detail), dict(exc.headers or {}))
+        return error_response(request.url.path, error)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        error = ApiError(500, "InternalError", f"{type(exc).__name__}: {exc}")
+        return error_response(request.url.path, error)

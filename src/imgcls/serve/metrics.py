@@ -1,0 +1,132 @@
+"""Prometheus metrics of one app, and the middleware that counts, times and logs requests.
+
+Each app has its own `CollectorRegistry`, so several apps in one process (tests) do not
+share counters.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics", "RequestMetricsMiddleware"]
+
+log = logging.getLogger("imgcls.serve")
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+_CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+
+
+class Metrics:
+    """The service's metrics; `render()` is the text `/metrics` answers with."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "imgcls_http_requests",
+            "HTTP requests by route, method and status.",
+            ["route", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "imgcls_http_request_duration_seconds",
+            "HTTP request latency by route.",
+            ["route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "imgcls_batch_size",
+            "Images per model call.",
+            ["model"],
+            buckets=_BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "imgcls_queue_depth",
+            "Images waiting for the model.",
+            ["model"],
+            registry=self.registry,
+        )
+        self.predictions = Counter(
+            "imgcls_predictions",
+            "Top-1 predictions by model and class label.",
+            ["model", "label"],
+            registry=self.registry,
+        )
+        self.confidence = Histogram(
+            "imgcls_top1_confidence",
+            "Top-1 probability of each prediction.",
+            ["model"],
+            buckets=_CONFIDENCE_BUCKETS,
+            registry=self.registry,
+        )
+
+    def track_queue(self, model: str, depth: Callable[[], int]) -> None:
+        self.queue_depth.labels(model).set_function(depth)
+
+    def observe_batch(self, model: str, labels: Sequence[str], probabilities: np.ndarray) -> None:
+        """Batch size, top-1 class and top-1 confidence of a batch of (N, C) probabilities."""
+        self.batch_size.labels(model).observe(len(probabilities))
+        top = probabilities.argmax(axis=1)
+        for row, index in zip(probabilities, top, strict=True):
+            self.predictions.labels(model, labels[index]).inc()
+            self.confidence.labels(model).observe(float(row[index]))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestMetricsMiddleware:
+    """Counts and times every HTTP request by its route template, and logs one line each."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500  # what the client gets if the app fails before it answers
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            elapsed = time.perf_counter() - start
+            route = scope.get("route")
+            # The route template, not the path, keeps label values few (/v2/models/{name}).
+            template = getattr(route, "path", "<unmatched>")
+            self.metrics.requests.labels(template, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(template).observe(elapsed)
+            client = scope.get("client") or ("-", 0)
+            query = scope.get("query_string", b"").decode("latin-1")
+            log.info(
+                '%s "%s %s%s" %d %.1fms',
+                client[0],
+                scope["method"],
+                scope["path"],
+                f"?{query}" if query else "",
+                status,
+                elapsed * 1000,
+            )

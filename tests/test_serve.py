@@ -1,0 +1,250 @@
+"""`imgcls serve` REST API (v1), limits, errors, batching and metrics, against a real
+uvicorn server and a real HTTP client."""
+
+from __future__ import annotations
+
+import struct
+import subprocess
+import sys
+import zlib
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+from serve_utils import CAT, CAT_LABELS, ESPRESSO, metric, thread_server
+
+MB = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def url() -> Iterator[str]:
+    with thread_server(max_upload_mb=20, max_wait_ms=20) as base_url:
+        yield base_url
+
+
+@pytest.fixture(scope="module")
+def client(url: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=url, timeout=60) as session:
+        yield session
+
+
+def _classify(client: httpx.Client, *files: tuple[str, bytes], **params) -> httpx.Response:
+    return client.post(
+        "/v1/classify", params=params, files=[("file", (name, data)) for name, data in files]
+    )
+
+
+def _assert_error(response: httpx.Response, status: int) -> dict:
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert set(error) == {"type", "message"} and error["message"]
+    return error
+
+
+def _bomb_png(width: int = 40_000, height: int = 40_000) -> bytes:
+    """A tiny PNG whose header claims width x height pixels."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        body = kind + payload
+        return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 1024)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def test_healthz_is_ok_once_loaded(client: httpx.Client) -> None:
+    response = client.get("/healthz")
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+def test_models_lists_the_default_model_with_its_input_size(client: httpx.Client) -> None:
+    assert client.get("/v1/models").json() == {
+        "models": [
+            {
+                "name": "efficientnet_lite0",
+                "num_classes": 1000,
+                "input_size": [3, 224, 224],
+                "backend": "torch",
+            }
+        ]
+    }
+
+
+def test_classify_one_photo_gives_ranked_imagenet_predictions(client: httpx.Client) -> None:
+    response = _classify(client, ("cat.jpg", CAT), top_k=3)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "efficientnet_lite0"
+    [result] = body["results"]
+    assert result["filename"] == "cat.jpg"
+    predictions = result["predictions"]
+    assert len(predictions) == 3 and predictions[0]["label"] in CAT_LABELS
+    assert set(predictions[0]) == {"label", "class_id", "index", "score"}
+    scores = [p["score"] for p in predictions]
+    assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
+
+
+def test_classify_several_files_answers_each_in_order(client: httpx.Client) -> None:
+    response = _classify(client, ("a.jpg", ESPRESSO), ("b.jpg", CAT), model="efficientnet_lite0")
+    results = response.json()["results"]
+    assert [r["filename"] for r in results] == ["a.jpg", "b.jpg"]
+    assert results[0]["predictions"][0]["label"] == "espresso"
+    assert results[0]["predictions"][0]["score"] > 0.9
+    assert results[1]["predictions"][0]["label"] in CAT_LABELS
+    assert len(results[0]["predictions"]) == 5  # the default top_k
+
+
+def test_unknown_model_is_404(client: httpx.Client) -> None:
+    error = _assert_error(_classify(client, ("cat.jpg", CAT), model="nope"), 404)
+    assert "nope" in error["message"]
+
+
+@pytest.mark.parametrize("top_k", ["0", "-3", "many"])
+def test_bad_top_k_is_400(client: httpx.Client, top_k: str) -> None:
+    error = _assert_error(_classify(client, ("cat.jpg", CAT), top_k=top_k), 400)
+    assert "top_k" in error["message"]
+
+
+def test_a_body_that_is_not_multipart_is_400(client: httpx.Client) -> None:
+    _assert_error(
+        client.post("/v1/classify", content=CAT, headers={"content-type": "image/jpeg"}), 400
+    )
+
+
+def test_multipart_without_a_file_field_is_400(client: httpx.Client) -> None:
+    response = client.post("/v1/classify", files=[("image", ("cat.jpg", CAT))])
+    assert "file" in _assert_error(response, 400)["message"]
+
+
+def test_broken_multipart_is_400(client: httpx.Client) -> None:
+    response = client.post(
+        "/v1/classify",
+        content=b"--x\r\nnonsense",
+        headers={"content-type": "multipart/form-data; boundary=x"},
+    )
+    _assert_error(response, 400)
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"hello, not an image", CAT[: len(CAT) // 2]], ids=["empty", "text", "truncated"]
+)
+def test_undecodable_files_are_422_naming_the_file(client: httpx.Client, data: bytes) -> None:
+    error = _assert_error(_classify(client, ("bad.jpg", data)), 422)
+    assert error["type"] == "ImageError" and "bad.jpg" in error["message"]
+
+
+def test_decompression_bomb_header_is_refused_with_422(client: httpx.Client) -> None:
+    error = _assert_error(_classify(client, ("bomb.png", _bomb_png())), 422)
+    assert "bomb.png" in error["message"] and "pixels" in error["message"]
+    assert client.get("/healthz").status_code == 200
+
+
+def test_upload_over_the_cap_is_413_before_it_is_read(client: httpx.Client) -> None:
+    response = _classify(client, ("huge.jpg", b"\0" * (60 * MB)))
+    error = _assert_error(response, 413)
+    assert error["type"] == "PayloadTooLarge"
+    assert client.get("/healthz").status_code == 200
+
+
+def test_chunked_upload_over_the_cap_is_413_while_streaming(client: httpx.Client) -> None:
+    def body() -> Iterator[bytes]:  # no Content-Length: the cap is counted as bytes arrive
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="x.jpg"\r\n\r\n'
+        for _ in range(25):
+            yield b"\0" * MB
+        yield b"\r\n--b--\r\n"
+
+    response = client.post(
+        "/v1/classify",
+        content=body(),
+        headers={"content-type": "multipart/form-data; boundary=b"},
+    )
+    _assert_error(response, 413)
+    assert client.get("/healthz").status_code == 200
+
+
+def test_unknown_paths_and_methods_answer_json_errors(client: httpx.Client) -> None:
+    assert _assert_error(client.get("/nope"), 404)["type"] == "NotFound"
+    assert _assert_error(client.delete("/v1/classify"), 405)["type"] == "MethodNotAllowed"
+
+
+def test_the_web_page_is_served_at_the_root(client: httpx.Client) -> None:
+    response = client.get("/")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/html")
+    assert "/v1/classify" in response.text
+
+
+def test_openapi_docs_are_served(client: httpx.Client) -> None:
+    assert client.get("/docs").status_code == 200
+    schema = client.get("/openapi.json").json()
+    assert {"/healthz", "/v1/models", "/v1/classify", "/v2/models/{name}/infer"} <= set(
+        schema["paths"]
+    )
+
+
+def test_concurrent_requests_form_batches_visible_in_metrics(client: httpx.Client) -> None:
+    with ThreadPoolExecutor(16) as pool:
+        responses = list(pool.map(lambda _: _classify(client, ("cat.jpg", CAT)), range(32)))
+    assert all(r.status_code == 200 for r in responses)
+    text = client.get("/metrics").text
+    batches = metric(text, "imgcls_batch_size_count", model="efficientnet_lite0")
+    images = metric(text, "imgcls_batch_size_sum", model="efficientnet_lite0")
+    single = metric(text, "imgcls_batch_size_bucket", model="efficientnet_lite0", le="1.0")
+    assert images >= 32 and single < batches, "no batch of more than one image"
+
+
+def test_metrics_count_requests_latency_and_predictions(client: httpx.Client) -> None:
+    _classify(client, ("espresso.jpg", ESPRESSO))
+    response = client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    ok = metric(
+        text, "imgcls_http_requests_total", route="/v1/classify", method="POST", status="200"
+    )
+    assert ok >= 1
+    assert metric(text, "imgcls_http_request_duration_seconds_count", route="/v1/classify") >= ok
+    assert (
+        metric(text, "imgcls_predictions_total", model="efficientnet_lite0", label="espresso") >= 1
+    )
+    assert metric(text, "imgcls_top1_confidence_count", model="efficientnet_lite0") >= 1
+    assert "imgcls_queue_depth" in text
+
+
+def test_a_full_queue_answers_503_with_retry_after() -> None:
+    with (
+        thread_server(max_batch=1, max_queue=1, max_wait_ms=0) as base_url,
+        httpx.Client(base_url=base_url, timeout=60) as client,
+        ThreadPoolExecutor(12) as pool,
+    ):
+        responses = list(pool.map(lambda _: _classify(client, ("c.jpg", CAT)), range(24)))
+    statuses = {r.status_code for r in responses}
+    assert statuses <= {200, 503} and {200, 503} <= statuses
+    refused = next(r for r in responses if r.status_code == 503)
+    assert refused.headers["retry-after"] == "1"
+    assert _assert_error(refused, 503)["type"] == "Overloaded"
+
+
+def test_schemathesis_finds_no_server_errors(url: str, tmp_path) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "schemathesis.cli",
+        "run",
+        f"{url}/openapi.json",
+        "--checks",
+        "not_a_server_error,response_schema_conformance",
+        "--max-examples",
+        "15",
+        "--seed",
+        "7",
+        "--workers",
+        "1",
+        "--no-color",
+        "--generation-database",
+        "none",
+        "--report-dir",
+        str(tmp_path),
+    ]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]

@@ -1,0 +1,104 @@
+"""`imgcls serve` as a process: graceful SIGTERM, request log, start-up failure."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from serve_utils import CAT, CAT_LABELS, SRC, process_server
+
+MB = 1_000_000
+
+
+def test_sigterm_lets_the_request_in_flight_finish_then_exits_0() -> None:
+    body_may_finish = threading.Event()
+    first_part_sent = threading.Event()
+    outcome: dict[str, httpx.Response] = {}
+
+    def slow_upload() -> Iterator[bytes]:
+        yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="cat.jpg"\r\n\r\n'
+        first_part_sent.set()
+        body_may_finish.wait(timeout=30)
+        yield CAT + b"\r\n--b--\r\n"
+
+    with process_server("--max-wait-ms", "1") as (process, url):
+
+        def send() -> None:
+            outcome["response"] = httpx.post(
+                f"{url}/v1/classify",
+                content=slow_upload(),
+                timeout=60,
+                headers={"content-type": "multipart/form-data; boundary=b"},
+            )
+
+        client = threading.Thread(target=send)
+        client.start()
+        assert first_part_sent.wait(timeout=30)
+        time.sleep(0.5)  # the server has the request's headers: it is in flight
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        body_may_finish.set()
+        client.join(timeout=60)
+        assert process.wait(timeout=60) == 0
+        log = process.stdout.read()
+
+    response = outcome["response"]
+    assert response.status_code == 200, response.text
+    assert response.json()["results"][0]["predictions"][0]["label"] in CAT_LABELS
+    assert '"POST /v1/classify" 200' in log  # one log line per request
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc status")
+
+
+PART_HEADER = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.jpg"\r\n\r\n'
+
+
+def _multipart_stream(megabytes: int) -> Iterator[bytes]:
+    yield PART_HEADER
+    for _ in range(megabytes):
+        yield b"\0" * MB
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_an_upload_over_the_cap_is_refused_without_being_held_in_memory() -> None:
+    with process_server("--max-upload-mb", "20") as (process, url):
+        before = _peak_rss_mb(process.pid)
+        for headers in ({}, {"transfer-encoding": "chunked"}):
+            body = _multipart_stream(60)  # streamed: the client holds 1 MB at a time
+            if not headers:  # declared length: refused before the body is read
+                headers = {"content-length": str(len(PART_HEADER) + 60 * MB)}
+            response = httpx.post(
+                f"{url}/v1/classify",
+                content=body,
+                timeout=60,
+                headers={"content-type": "multipart/form-data; boundary=b", **headers},
+            )
+            assert response.status_code == 413, response.text
+        assert httpx.get(f"{url}/healthz").status_code == 200
+        assert _peak_rss_mb(process.pid) - before < 30
+
+
+def test_a_model_that_cannot_load_is_a_usage_error() -> None:
+    env = {**os.environ, "PYTHONPATH": str(SRC)}
+    run = subprocess.run(
+        [sys.executable, "-m", "imgcls", "serve", "--model", "no_such_model_xyz", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 2
+    assert "no_such_model_xyz" in run.stderr
