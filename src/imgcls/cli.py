@@ -295,10 +295,14 @@ def serve(
     threads: Annotated[
         int | None, typer.Option(min=1, help="Threads per model call (default: CPU cores - 1).")
     ] = None,
+    backend: Annotated[str, typer.Option(help="torch | onnx (ONNX Runtime, CPU).")] = "torch",
 ) -> None:
     """Serve models over HTTP: REST, KServe/Triton v2 and Prometheus metrics."""
+    from imgcls.classifier import BACKENDS
     from imgcls.serve import ServeConfig, StartupError, run
 
+    if backend not in BACKENDS:
+        _fail_usage(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     config = ServeConfig(
         models=tuple(model or ["efficientnet_lite0"]),
         host=host,

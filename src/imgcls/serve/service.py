@@ -39,6 +39,7 @@ class ServeConfig:
     max_upload_mb: float = 20.0  # request body cap, MB (10^6 bytes)
     max_pixels: int = DEFAULT_MAX_PIXELS  # decoded image cap (width x height)
     device: str = "cpu"
+    backend: str = "torch"  # torch | onnx (ONNX Runtime)
     threads: int | None = None  # model (torch intra-op) threads; None: one less than cores
 
     @property
@@ -97,7 +98,12 @@ class ServedModel:
 
     def _prepare(self, name: str, data: bytes) -> np.ndarray:
         try:
-            image = decode_image_bytes(data, name=name, max_pixels=self.max_pixels)
+            image = decode_image_bytes(
+                data,
+                name=name,
+                max_pixels=self.max_pixels,
+                min_side=self.classifier.preprocess.resize_size,
+            )
         except ImageError as exc:
             raise ApiError(422, "ImageError", str(exc)) from None
         return preprocess_image(image, self.classifier.preprocess)
@@ -149,6 +155,7 @@ class Service:
                 ImageClassifier,
                 spec,
                 device=self.config.device,
+                backend=self.config.backend,
                 max_pixels=self.config.max_pixels,
             )
             name = classifier.name
