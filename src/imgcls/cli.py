@@ -229,6 +229,57 @@ def export(
         )
 
 
+@app.command()
+def benchmark(
+    model: Annotated[str, typer.Argument(help="Architecture name, run directory or .onnx.")],
+    backend: Annotated[
+        list[str] | None, typer.Option(help="torch | onnx; repeat to compare (default both).")
+    ] = None,
+    batch_size: Annotated[
+        list[int] | None, typer.Option(min=1, help="Batch size; repeat for several (default 1, 8).")
+    ] = None,
+    seconds: Annotated[float, typer.Option(min=0.1, help="Seconds per measurement.")] = 5.0,
+    image: Annotated[
+        Path | None, typer.Option(help="Photo to feed (default: a generated test card).")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Model-only speed: images/s and latency percentiles per backend and batch size."""
+    from imgcls.benchmark import benchmark as run_benchmark
+    from imgcls.images import ImageError, load_image
+
+    try:
+        photo = load_image(image) if image is not None else _test_card()
+    except (ImageError, FileNotFoundError) as exc:
+        _fail_usage(str(exc))
+    backends = ["onnx"] if model.endswith(".onnx") else (backend or ["torch", "onnx"])
+    results = []
+    for name in backends:
+        classifier = _load_classifier(model, backend=name)
+        for size in batch_size or [1, 8]:
+            results.append(run_benchmark(classifier, photo, size, seconds).to_dict())
+            if not json_output:
+                r = results[-1]
+                stdout.print(
+                    f"{r['backend']:>5} batch {r['batch_size']:>3}: {r['images_per_s']:8.1f} "
+                    f"images/s  p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms"
+                )
+    if json_output:
+        print(json.dumps(results, indent=2))
+
+
+def _test_card():
+    """A 640x480 colour photo-like test card: gradients and shapes, no file needed."""
+    import cv2
+    import numpy as np
+
+    y, x = np.mgrid[0:480, 0:640]
+    card = np.dstack([x * 255 // 639, y * 255 // 479, (x + y) * 255 // 1118]).astype(np.uint8)
+    cv2.circle(card, (320, 240), 120, (240, 200, 40), -1)
+    cv2.rectangle(card, (60, 60), (200, 180), (30, 90, 220), -1)
+    return card
+
+
 def _safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip("/"))
 

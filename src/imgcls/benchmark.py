@@ -1,0 +1,63 @@
+"""Model-only speed: images/s and latency percentiles of one runtime at one batch size.
+
+The input is a real photo, preprocessed, repeated to the batch size: random inputs can be
+several times slower on CPUs (denormal floats in the activations), which no user sees.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from imgcls.classifier import ImageClassifier
+
+__all__ = ["BenchmarkResult", "benchmark"]
+
+
+@dataclass(frozen=True)
+class BenchmarkResult:
+    model: str
+    backend: str
+    batch_size: int
+    images_per_s: float
+    p50_ms: float  # latency of one model call (one batch)
+    p90_ms: float
+    p99_ms: float
+    calls: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def benchmark(
+    classifier: ImageClassifier,
+    image: np.ndarray,
+    batch_size: int,
+    seconds: float = 5.0,
+    warmup: int = 3,
+) -> BenchmarkResult:
+    """Call the model on a batch of `image` (decoded RGB) for about `seconds`."""
+    batch = np.ascontiguousarray(np.repeat(classifier.prepare(image)[None], batch_size, axis=0))
+    for _ in range(warmup):
+        classifier.runtime(batch)
+    latencies = []
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds or len(latencies) < 5:
+        call = time.perf_counter()
+        classifier.runtime(batch)
+        latencies.append(time.perf_counter() - call)
+    elapsed = sum(latencies)
+    p50, p90, p99 = np.percentile(np.asarray(latencies) * 1000.0, [50, 90, 99])
+    return BenchmarkResult(
+        model=classifier.name,
+        backend=classifier.runtime.backend,
+        batch_size=batch_size,
+        images_per_s=batch_size * len(latencies) / elapsed,
+        p50_ms=float(p50),
+        p90_ms=float(p90),
+        p99_ms=float(p99),
+        calls=len(latencies),
+    )
