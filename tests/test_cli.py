@@ -122,3 +122,32 @@ def test_usage_errors_exit_2_with_a_message_not_a_traceback(args, message):
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_output_streams_json_lines_and_a_rerun_skips_what_is_done(samples, tmp_path):
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
+    output = tmp_path / "preds.jsonl"
+    inputs = (str(samples), str(tmp_path / "broken.jpg"))
+    first = run("predict", *inputs, "--output", str(output), "--top-k", "1")
+    assert first.returncode == 1  # the broken file
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(records) == 4 and sum("error" in r for r in records) == 1
+    with open(output, "a") as f:
+        f.write('{"path": "torn')  # what a kill in the middle of a write leaves
+    again = run("predict", *inputs, "--output", str(output), "--top-k", "1")
+    assert again.returncode == 0, again.stderr
+    assert "0 images" in again.stdout
+    lines = output.read_text().splitlines()
+    assert len(lines) == 5 and lines[-1] == '{"path": "torn'
+
+
+def test_shards_split_the_inputs_without_overlap(samples, tmp_path):
+    paths = []
+    for k in (0, 1):
+        result = run("predict", str(samples), "--shard", f"{k}/2", "--json", "--top-k", "1")
+        assert result.returncode == 0, result.stderr
+        paths.append([r["path"] for r in json.loads(result.stdout)])
+    assert len(paths[0]) == 2 and len(paths[1]) == 1
+    assert sorted(paths[0] + paths[1]) == sorted(str(p) for p in samples.glob("*.jpg"))
+    bad = run("predict", str(samples), "--shard", "2/2")
+    assert bad.returncode == 2 and "--shard" in bad.stderr

@@ -58,34 +58,76 @@ def predict(
         int, typer.Option(min=1, help="Refuse images with more pixels than this.")
     ] = DEFAULT_MAX_PIXELS,
     backend: Annotated[str, typer.Option(help="torch | onnx (ONNX Runtime, CPU).")] = "torch",
+    output: Annotated[
+        Path | None,
+        typer.Option(help="Stream results to this JSON Lines file; a rerun skips what it has."),
+    ] = None,
+    shard: Annotated[
+        str | None, typer.Option(help="K/N: only every N-th input from the K-th (0 ≤ K < N).")
+    ] = None,
 ) -> None:
     """Classify images: top-k labels with probabilities for each INPUT."""
     entries = _expand_inputs(inputs)
+    if shard is not None:
+        entries = entries[_parse_shard(shard)]
+    if output is not None:
+        done = _recorded_paths(output)
+        entries = [e for e in entries if str(e if isinstance(e, Path) else e[0]) not in done]
     paths = [entry for entry in entries if isinstance(entry, Path)]
     classifier = _load_classifier(
         model, weights=weights, batch_size=batch_size, max_pixels=max_pixels, backend=backend
     )
 
     results: list[dict[str, Any]] = []
+    sink = open(output, "a", encoding="utf-8") if output is not None else None  # noqa: SIM115
+    if sink is not None and sink.tell() and not output.read_bytes().endswith(b"\n"):
+        sink.write("\n")  # end a line torn by a kill, so the next record stands alone
     outcomes = classifier.classify_paths(paths, top_k=top_k)
     with _progress(len(paths), "classifying", enabled=not json_output) as advance:
         for entry in entries:
             if isinstance(entry, tuple):  # an input with nothing to classify
-                results.append(_error_record(*entry))
-                continue
-            path, outcome = next(outcomes)
-            if isinstance(outcome, Exception):
-                results.append(_error_record(path, outcome))
+                record = _error_record(*entry)
             else:
-                results.append({"path": path, "predictions": [p.to_dict() for p in outcome]})
-            advance()
-
-    if json_output:
+                path, outcome = next(outcomes)
+                if isinstance(outcome, Exception):
+                    record = _error_record(path, outcome)
+                else:
+                    record = {"path": path, "predictions": [p.to_dict() for p in outcome]}
+                advance()
+            results.append(record)
+            if sink is not None:  # one line per image as it is done: a kill loses none
+                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
+                sink.flush()
+    failed = sum("error" in r for r in results)
+    if sink is not None:
+        sink.close()
+        stdout.print(f"{len(results)} images → {output} ({failed} failed)")
+    elif json_output:
         print(json.dumps(results, ensure_ascii=False, indent=2))
     else:
         _print_predictions(results)
-    failed = sum("error" in r for r in results)
     raise typer.Exit(EXIT_INPUT_FAILED if failed else EXIT_OK)
+
+
+def _parse_shard(shard: str) -> slice:
+    """ "K/N" → the slice of inputs shard K of N takes (every N-th, from the K-th)."""
+    k, _, n = shard.partition("/")
+    if not (k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
+        _fail_usage(f"--shard must be K/N with 0 ≤ K < N, got {shard!r}")
+    return slice(int(k), None, int(n))
+
+
+def _recorded_paths(output: Path) -> set[str]:
+    """Paths already in a JSON Lines output (a torn last line, from a kill, is ignored)."""
+    if not output.is_file():
+        return set()
+    done = set()
+    for line in output.read_text(encoding="utf-8").splitlines():
+        try:
+            done.add(json.loads(line)["path"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return done
 
 
 @app.command()
