@@ -189,8 +189,6 @@ def train(
     json_output: Annotated[bool, typer.Option("--json", help="Print a final JSON object.")] = False,
 ) -> None:
     """Train a classifier on folders of images; write a run directory usable as --model."""
-    from dataclasses import asdict
-
     from imgcls.checkpoint import WeightsError
     from imgcls.data import DataError
     from imgcls.models import ModelError
@@ -219,7 +217,7 @@ def train(
             stdout.print(f"suggested learning rate: {result.suggested_lr:.2e} ({result.plot})")
         return
     if json_output:
-        print(json.dumps(asdict(result), indent=2))
+        print(json.dumps(result.to_dict(), indent=2))
     else:
         best = result.best_val_accuracy
         stdout.print(

@@ -173,7 +173,8 @@ def train(config: TrainConfig) -> TrainResult:
     num_classes = len(splits.class_names)
 
     # -- model, optimizer, schedule ------------------------------------------------------
-    state = load_run_state(out / RUN_STATE) if (out / RUN_STATE).is_file() else None
+    resuming = config.resume and (out / RUN_STATE).is_file()
+    state = load_run_state(out / RUN_STATE) if resuming else None
     if config.resume and is_run_dir(out):
         _check_same_run(read_run_config(out), config, splits)
     torch.manual_seed(config.seed)  # the same initial weights on every rank
@@ -221,6 +222,8 @@ def train(config: TrainConfig) -> TrainResult:
         best_score, best_epoch = state["best_score"], state["best_epoch"]
         stale_epochs = state["stale_epochs"]
         say(f"resuming {out} after epoch {start_epoch}")
+    if world > 1:
+        dist.barrier()  # every rank has read `out` before rank 0 writes to it
     if master:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / RUN_CONFIG, _run_config(config, splits, preprocess))
@@ -231,15 +234,17 @@ def train(config: TrainConfig) -> TrainResult:
             f"[yellow]warning:[/yellow] skipped {len(splits.skipped)} file(s) that do not "
             f"decode (listed in {out / 'skipped.txt'})"
         )
-    say(f"{config.model}: {num_classes} classes, {len(splits.train)} train / {len(splits.val)} "
-        f"val images, {preprocess.size[0]} px, {device.type} × {world}")  # fmt: skip
+    say(
+        f"{config.model}: {num_classes} classes, {len(splits.train)} train / "
+        f"{len(splits.val)} val images, {preprocess.size[0]} px, {device.type} × {world}"
+    )
     raw_model = model
     if world > 1:
         device_ids = [device.index] if device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
     # -- the loop -------------------------------------------------------------------------
-    epoch, last_plot = start_epoch, time.perf_counter()
+    epochs_done, last_plot = start_epoch, time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         epoch_started = time.perf_counter()
         # Every random choice of this epoch follows from (seed, epoch, rank): exact resume.
@@ -297,11 +302,11 @@ def train(config: TrainConfig) -> TrainResult:
             )
             score, best_module = row["ema_val_acc"], ema.module
         rows.append(row)
-        if score is None:  # no validation set: the latest weights are the best known
-            score = best_score
-        improved = score > best_score or not splits.val
+        epochs_done = epoch + 1
+        # Without a validation set the latest weights are the best known.
+        improved = score is None or score > best_score
         if improved:
-            best_score, best_epoch, stale_epochs = score, epoch + 1, 0
+            best_score, best_epoch, stale_epochs = score or 0.0, epoch + 1, 0
         else:
             stale_epochs += 1
         say(_epoch_line(row, config.epochs, improved and bool(splits.val)))
@@ -334,10 +339,7 @@ def train(config: TrainConfig) -> TrainResult:
             )
         if config.patience is not None and splits.val and stale_epochs >= config.patience:
             say(f"early stopping: no better val accuracy for {stale_epochs} epochs")
-            epoch += 1
             break
-    else:
-        epoch = config.epochs
 
     # -- the end: curves, test the best weights --------------------------------------------
     if master and rows:
@@ -354,7 +356,7 @@ def train(config: TrainConfig) -> TrainResult:
         dist.destroy_process_group()
     return TrainResult(
         run_dir=str(out),
-        epochs=min(epoch, config.epochs),
+        epochs=epochs_done,
         best_epoch=best_epoch,
         best_val_accuracy=best_score if splits.val else None,
         test_accuracy=test_accuracy,
