@@ -273,6 +273,14 @@ def test_find_lr_writes_a_plot_and_suggests_a_rate(tmp_path, shapes):
     assert 1e-7 <= result.suggested_lr <= 10
 
 
+def test_lr_suggestion_lies_in_the_falling_part_of_the_curve():
+    from imgcls.train import _valley
+
+    flat, falling, rising = [1.0] * 20, list(np.linspace(0.99, 0.2, 40)), [0.3, 0.8, 3.0, 9.0]
+    index = _valley(flat + falling + rising)
+    assert 20 + 40 // 3 <= index <= 20 + 2 * 40 // 3
+
+
 def test_existing_run_needs_resume(shapes_run, shapes):
     out, _ = shapes_run
     with pytest.raises(ConfigError, match="already holds a run"):

@@ -654,6 +654,29 @@ def _epoch_line(row: dict[str, Any], epochs: int, best: bool) -> str:
 # -- learning-rate range test -------------------------------------------------------------
 
 
+def _valley(losses: list[float]) -> int:
+    """fastai's "valley" suggestion: the longest stretch over which the loss keeps falling
+    (longest decreasing subsequence), and a point a half of the way into its middle third."""
+    n = len(losses)
+    run = [1] * n  # length of the longest decreasing subsequence ending at i
+    start = end = 0
+    for i in range(1, n):
+        for j in range(i):
+            if losses[i] < losses[j] and run[i] < run[j] + 1:
+                run[i] = run[j] + 1
+        if run[i] > run[end]:
+            end = i
+            start = end - run[end]
+    third = (end - start) / 3
+    return min(n - 1, max(0, start + int(third) + int(third / 2)))
+
+
+def _forever(loader: DataLoader):
+    """Batches of `loader`, epoch after epoch."""
+    while True:
+        yield from loader
+
+
 @dataclass
 class LRFinderResult:
     suggested_lr: float  # where the smoothed loss falls fastest
@@ -666,10 +689,9 @@ def find_lr(
     config: TrainConfig, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100
 ) -> LRFinderResult:
     """fastai-style LR range test: raise the LR exponentially step by step from `start_lr`
-    while recording the smoothed loss, stop when it diverges, and suggest the LR where the
-    loss falls fastest. Writes `lr_find.png` into `config.out`; trains nothing to keep."""
-    import numpy as np
-
+    while recording the smoothed loss, stop when it diverges, and suggest an LR in the
+    valley where the loss falls (fastai's default). Writes `lr_find.png` into `config.out`;
+    trains nothing to keep."""
     config.check()
     splits = find_splits(config.data, config.val_split, config.seed)
     torch.manual_seed(config.seed)
@@ -694,28 +716,22 @@ def find_lr(
     lrs: list[float] = []
     losses: list[float] = []
     smoothed, best = 0.0, math.inf
-    while len(lrs) < steps:
-        for images, labels in loader:
-            lr = start_lr * gamma ** len(lrs)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss = criterion(model(images.to(device)), labels.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            smoothed = 0.98 * smoothed + 0.02 * loss.item()
-            value = smoothed / (1 - 0.98 ** (len(lrs) + 1))  # bias-corrected running mean
-            lrs.append(lr)
-            losses.append(value)
-            best = min(best, value)
-            if not math.isfinite(value) or value > 4 * best or len(lrs) >= steps:
-                break
-        if not math.isfinite(losses[-1]) or losses[-1] > 4 * best:
+    for step, (images, labels) in zip(range(steps), _forever(loader), strict=False):
+        lr = start_lr * gamma**step
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = criterion(model(images.to(device)), labels.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        smoothed = 0.98 * smoothed + 0.02 * loss.item()
+        value = smoothed / (1 - 0.98 ** (step + 1))  # bias-corrected running mean
+        lrs.append(lr)
+        losses.append(value)
+        best = min(best, value)
+        if not math.isfinite(value) or value > 4 * best:  # diverged: the test is over
             break
-    # Steepest descent of the smoothed loss over log(lr), ignoring the noisy ends.
-    trim = max(1, len(lrs) // 10)
-    slope = np.gradient(np.array(losses), np.log10(np.array(lrs)))
-    index = trim + int(np.argmin(slope[trim:-trim])) if len(lrs) > 3 * trim else 0
+    index = _valley(losses)
     suggested = lrs[index]
 
     import matplotlib
