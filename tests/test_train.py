@@ -11,7 +11,6 @@ import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -215,13 +214,11 @@ def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path, shapes, monkeypa
 
 
 def test_two_process_ddp_on_cpu_trains_a_usable_run(tmp_path, shapes):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    # --standalone: torchrun finds a free port itself (no race with a port picked here).
     out = tmp_path / "ddp"
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-        f"--master_port={port}", "-m", "imgcls", "train", str(shapes), "--out", str(out),
+        "--standalone", "-m", "imgcls", "train", str(shapes), "--out", str(out),
         "--model", "simple_cnn", "--epochs", "4", "--batch-size", "8", "--lr", "3e-3",
         "--workers", "0", "--json",
     ]  # fmt: skip
