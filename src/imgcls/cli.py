@@ -496,10 +496,7 @@ def _print_predictions(results: list[dict[str, Any]]) -> None:
 @app.command()
 def train(
     data: Annotated[
-        Path,
-        typer.Argument(
-            help="Image folders: DATA/<class>/* or DATA/train/<class>/* (+ val/, test/)."
-        ),
+        Path, typer.Argument(help="DATA/<class>/* or DATA/train/<class>/* (+ val/, test/).")
     ],
     out: Annotated[Path | None, typer.Option(help="Run directory to write.")] = None,
     model: Annotated[
@@ -510,9 +507,7 @@ def train(
     batch_size: Annotated[int, typer.Option(help="Images per step (per process).")] = 32,
     img_size: Annotated[int | None, typer.Option(help="Square input size in pixels.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    weight_decay: Annotated[
-        float, typer.Option(help="Weight decay (not on norms, biases).")
-    ] = 0.05,
+    weight_decay: Annotated[float, typer.Option(help="Not on norms and biases.")] = 0.05,
     optimizer: Annotated[str, typer.Option(help="adamw | sgd.")] = "adamw",
     warmup_epochs: Annotated[float, typer.Option(help="Linear warm-up before cosine.")] = 1.0,
     label_smoothing: Annotated[float, typer.Option(help="Cross-entropy smoothing.")] = 0.0,
@@ -524,14 +519,12 @@ def train(
         str,
         typer.Option(help="softmax (end to end) | logreg | svm | mlp | knn on frozen features."),
     ] = "softmax",
-    balance: Annotated[
-        bool, typer.Option(help="Weight the loss by inverse class frequency.")
-    ] = False,
+    balance: Annotated[bool, typer.Option(help="Weight the loss by 1 / class frequency.")] = False,
     clip_grad: Annotated[float | None, typer.Option(help="Max gradient norm.")] = None,
     patience: Annotated[int | None, typer.Option(help="Early stopping patience (epochs).")] = None,
     val_split: Annotated[float, typer.Option(help="Held-out fraction without DATA/val.")] = 0.2,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    amp: Annotated[bool, typer.Option(help="Mixed precision (bf16 on CPU, fp16 on CUDA).")] = False,
+    amp: Annotated[bool, typer.Option(help="Autocast: bf16 on CPU, fp16 on CUDA.")] = False,
     channels_last: Annotated[bool, typer.Option(help="NHWC memory format.")] = False,
     ema: Annotated[bool, typer.Option(help="Keep an EMA of the weights.")] = False,
     ema_decay: Annotated[float, typer.Option(help="EMA decay per step.")] = 0.999,
@@ -542,8 +535,6 @@ def train(
     json_output: Annotated[bool, typer.Option("--json", help="Print a final JSON object.")] = False,
 ) -> None:
     """Train a classifier on folders of images; write a run directory usable as --model."""
-    from dataclasses import asdict
-
     from imgcls.checkpoint import WeightsError
     from imgcls.data import DataError
     from imgcls.models import ModelError
@@ -553,6 +544,7 @@ def train(
 
     if out is None and not find_lr:
         _fail_usage("--out RUN is required: the run directory to write")
+    # Every option named like a TrainConfig field goes straight into it.
     options = {k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__}
     options.update(data=str(data), out=str(out or "."), progress=not json_output)
     if workers is None:
@@ -572,7 +564,7 @@ def train(
             stdout.print(f"suggested learning rate: {result.suggested_lr:.2e} ({result.plot})")
         return
     if json_output:
-        print(json.dumps(asdict(result), indent=2))
+        print(json.dumps(result.to_dict(), indent=2))
     else:
         best = result.best_val_accuracy
         stdout.print(

@@ -181,7 +181,8 @@ def train(config: TrainConfig) -> TrainResult:
     num_classes = len(splits.class_names)
 
     # -- model, optimizer, schedule ------------------------------------------------------
-    state = load_run_state(out / RUN_STATE) if (out / RUN_STATE).is_file() else None
+    resuming = config.resume and (out / RUN_STATE).is_file()
+    state = load_run_state(out / RUN_STATE) if resuming else None
     if config.resume and is_run_dir(out):
         _check_same_run(read_run_config(out), config, splits)
     torch.manual_seed(config.seed)  # the same initial weights on every rank
@@ -229,6 +230,8 @@ def train(config: TrainConfig) -> TrainResult:
         best_score, best_epoch = state["best_score"], state["best_epoch"]
         stale_epochs = state["stale_epochs"]
         say(f"resuming {out} after epoch {start_epoch}")
+    if world > 1:
+        dist.barrier()  # every rank has read `out` before rank 0 writes to it
     if master:
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / RUN_CONFIG, _run_config(config, splits, preprocess))
@@ -239,15 +242,17 @@ def train(config: TrainConfig) -> TrainResult:
             f"[yellow]warning:[/yellow] skipped {len(splits.skipped)} file(s) that do not "
             f"decode (listed in {out / 'skipped.txt'})"
         )
-    say(f"{config.model}: {num_classes} classes, {len(splits.train)} train / {len(splits.val)} "
-        f"val images, {preprocess.size[0]} px, {device.type} × {world}")  # fmt: skip
+    say(
+        f"{config.model}: {num_classes} classes, {len(splits.train)} train / "
+        f"{len(splits.val)} val images, {preprocess.size[0]} px, {device.type} × {world}"
+    )
     raw_model = model
     if world > 1:
         device_ids = [device.index] if device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
     # -- the loop -------------------------------------------------------------------------
-    epoch, last_plot = start_epoch, time.perf_counter()
+    epochs_done, last_plot = start_epoch, time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         epoch_started = time.perf_counter()
         # Every random choice of this epoch follows from (seed, epoch, rank): exact resume.
@@ -305,11 +310,11 @@ def train(config: TrainConfig) -> TrainResult:
             )
             score, best_module = row["ema_val_acc"], ema.module
         rows.append(row)
-        if score is None:  # no validation set: the latest weights are the best known
-            score = best_score
-        improved = score > best_score or not splits.val
+        epochs_done = epoch + 1
+        # Without a validation set the latest weights are the best known.
+        improved = score is None or score > best_score
         if improved:
-            best_score, best_epoch, stale_epochs = score, epoch + 1, 0
+            best_score, best_epoch, stale_epochs = score or 0.0, epoch + 1, 0
         else:
             stale_epochs += 1
         say(_epoch_line(row, config.epochs, improved and bool(splits.val)))
@@ -342,10 +347,7 @@ def train(config: TrainConfig) -> TrainResult:
             )
         if config.patience is not None and splits.val and stale_epochs >= config.patience:
             say(f"early stopping: no better val accuracy for {stale_epochs} epochs")
-            epoch += 1
             break
-    else:
-        epoch = config.epochs
 
     # -- the end: curves, test the best weights --------------------------------------------
     if master and rows:
@@ -362,7 +364,7 @@ def train(config: TrainConfig) -> TrainResult:
         dist.destroy_process_group()
     return TrainResult(
         run_dir=str(out),
-        epochs=min(epoch, config.epochs),
+        epochs=epochs_done,
         best_epoch=best_epoch,
         best_val_accuracy=best_score if splits.val else None,
         test_accuracy=test_accuracy,
@@ -741,6 +743,29 @@ def _epoch_line(row: dict[str, Any], epochs: int, best: bool) -> str:
 # -- learning-rate range test -------------------------------------------------------------
 
 
+def _valley(losses: list[float]) -> int:
+    """fastai's "valley" suggestion: the longest stretch over which the loss keeps falling
+    (longest decreasing subsequence), and a point a half of the way into its middle third."""
+    n = len(losses)
+    run = [1] * n  # length of the longest decreasing subsequence ending at i
+    start = end = 0
+    for i in range(1, n):
+        for j in range(i):
+            if losses[i] < losses[j] and run[i] < run[j] + 1:
+                run[i] = run[j] + 1
+        if run[i] > run[end]:
+            end = i
+            start = end - run[end]
+    third = (end - start) / 3
+    return min(n - 1, max(0, start + int(third) + int(third / 2)))
+
+
+def _forever(loader: DataLoader):
+    """Batches of `loader`, epoch after epoch."""
+    while True:
+        yield from loader
+
+
 @dataclass
 class LRFinderResult:
     suggested_lr: float  # where the smoothed loss falls fastest
@@ -753,10 +778,9 @@ def find_lr(
     config: TrainConfig, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100
 ) -> LRFinderResult:
     """fastai-style LR range test: raise the LR exponentially step by step from `start_lr`
-    while recording the smoothed loss, stop when it diverges, and suggest the LR where the
-    loss falls fastest. Writes `lr_find.png` into `config.out`; trains nothing to keep."""
-    import numpy as np
-
+    while recording the smoothed loss, stop when it diverges, and suggest an LR in the
+    valley where the loss falls (fastai's default). Writes `lr_find.png` into `config.out`;
+    trains nothing to keep."""
     config.check()
     splits = find_splits(config.data, config.val_split, config.seed)
     torch.manual_seed(config.seed)
@@ -781,28 +805,22 @@ def find_lr(
     lrs: list[float] = []
     losses: list[float] = []
     smoothed, best = 0.0, math.inf
-    while len(lrs) < steps:
-        for images, labels in loader:
-            lr = start_lr * gamma ** len(lrs)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            loss = criterion(model(images.to(device)), labels.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            smoothed = 0.98 * smoothed + 0.02 * loss.item()
-            value = smoothed / (1 - 0.98 ** (len(lrs) + 1))  # bias-corrected running mean
-            lrs.append(lr)
-            losses.append(value)
-            best = min(best, value)
-            if not math.isfinite(value) or value > 4 * best or len(lrs) >= steps:
-                break
-        if not math.isfinite(losses[-1]) or losses[-1] > 4 * best:
+    for step, (images, labels) in zip(range(steps), _forever(loader), strict=False):
+        lr = start_lr * gamma**step
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss = criterion(model(images.to(device)), labels.to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        smoothed = 0.98 * smoothed + 0.02 * loss.item()
+        value = smoothed / (1 - 0.98 ** (step + 1))  # bias-corrected running mean
+        lrs.append(lr)
+        losses.append(value)
+        best = min(best, value)
+        if not math.isfinite(value) or value > 4 * best:  # diverged: the test is over
             break
-    # Steepest descent of the smoothed loss over log(lr), ignoring the noisy ends.
-    trim = max(1, len(lrs) // 10)
-    slope = np.gradient(np.array(losses), np.log10(np.array(lrs)))
-    index = trim + int(np.argmin(slope[trim:-trim])) if len(lrs) > 3 * trim else 0
+    index = _valley(losses)
     suggested = lrs[index]
 
     import matplotlib
