@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from conftest import write_photo_crops
 from typer.testing import CliRunner
 
 from imgcls import ImageClassifier
@@ -29,7 +30,6 @@ from imgcls.models import SimpleCNN, build_model
 from imgcls.train import ConfigError, TrainConfig, find_lr, train
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 SHAPES = ("circle", "square", "triangle")
 
 
@@ -146,19 +146,7 @@ def test_simple_cnn_adapts_to_image_size():
 def test_pretrained_fine_tuning_beats_training_from_scratch(tmp_path):
     """Crops of three photos: ImageNet features separate them after a few steps of the
     head; the same network from random weights cannot, on 27 images and 3 epochs."""
-    rng = np.random.default_rng(0)
-    photos = {"cat": "cat.jpg", "espresso": "espresso.jpg", "rocket": "rocket.jpg"}
-    for name, file in photos.items():
-        photo = cv2.imread(str(SAMPLES / file))
-        (tmp_path / "data" / name).mkdir(parents=True)
-        height, width = photo.shape[:2]
-        for i in range(12):
-            side = int(min(height, width) * rng.uniform(0.5, 0.8))
-            y, x = int(rng.integers(0, height - side)), int(rng.integers(0, width - side))
-            crop = cv2.resize(
-                photo[y : y + side, x : x + side], (80, 80), interpolation=cv2.INTER_AREA
-            )
-            cv2.imwrite(str(tmp_path / "data" / name / f"{i}.jpg"), crop)
+    write_photo_crops(tmp_path / "data", per_class=12, size=80)
     common = dict(data=str(tmp_path / "data"), epochs=3, batch_size=9, img_size=64,
                   val_split=0.25, workers=0, progress=False)  # fmt: skip
     tuned = train(TrainConfig(out=str(tmp_path / "tuned"), freeze_backbone=True, lr=1e-2, **common))
