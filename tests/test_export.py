@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -145,6 +146,26 @@ def test_export_is_cached_and_keyed_by_weights(cache, tmp_path):
     assert len(list(cache.glob("*.onnx"))) == 2
 
 
+def test_a_later_start_runs_from_the_cache_without_importing_torch(cache, samples):
+    script = (
+        "import sys; from imgcls import ImageClassifier; clf = ImageClassifier(); "
+        f"top = clf.classify_image({str(samples / 'espresso.jpg')!r})[0]; "
+        "print(top.class_id, clf.runtime.backend, 'torch' in sys.modules)"
+    )
+
+    def start() -> list[str]:
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+            env={**cli_env(), "IMGCLS_CACHE_DIR": str(cache)},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()
+
+    assert start() == [ESPRESSO_ID, "onnx", "True"]  # the first start builds and exports
+    assert start() == [ESPRESSO_ID, "onnx", "False"]
+    assert ImageClassifier().module is not None  # PyTorch is still there on demand
+
+
 def test_an_exported_file_is_a_model(cache, tmp_path, samples):
     ImageClassifier(backend="onnx")
     (exported,) = cache.glob("*.onnx")
@@ -160,9 +181,9 @@ def test_auto_backend_is_onnx_on_the_cpu_and_torch_when_export_fails(cache, monk
 
     monkeypatch.setattr("imgcls.classifier.cached_export", broken_export)
     with pytest.warns(RuntimeWarning, match="unsupported operator"):
-        assert ImageClassifier().runtime.backend == "torch"
-    with pytest.raises(RuntimeError, match="unsupported operator"):
-        ImageClassifier(backend="onnx")  # asked for by name: no silent fallback
+        assert ImageClassifier("simple_cnn", pretrained=False).runtime.backend == "torch"
+    with pytest.raises(RuntimeError, match="unsupported operator"):  # asked for by name
+        ImageClassifier("simple_cnn", pretrained=False, backend="onnx")
 
 
 def test_unknown_backend_is_refused():

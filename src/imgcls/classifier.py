@@ -15,11 +15,17 @@ from typing import Any
 import numpy as np
 
 from imgcls.checkpoint import is_run_dir, read_run_config
-from imgcls.export import OnnxMetadata, cached_export, read_metadata
+from imgcls.export import (
+    OnnxMetadata,
+    cached_export,
+    read_metadata,
+    recall_export,
+    remember_export,
+)
 from imgcls.heads import OnnxHead
 from imgcls.images import DEFAULT_MAX_PIXELS, ImageError, ImageSource, load_image
 from imgcls.labels import Labels, labels_for
-from imgcls.models import DEFAULT_MODEL, build_model, canonical_name
+from imgcls.models import DEFAULT_MODEL, build_model, canonical_name, weights_fingerprint
 from imgcls.runtime import HeadRuntime, OnnxRuntime, TorchRuntime
 from imgcls.transforms import preprocess_image
 
@@ -73,11 +79,12 @@ class ImageClassifier:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        if str(model).endswith(".onnx"):  # an export carries its labels and preprocessing
+        self._source = None if str(model).endswith(".onnx") else (str(model), weights, pretrained)
+        self._module = None
+        if self._source is None:  # an export carries its labels and preprocessing
             metadata = read_metadata(model)
             self.name = str(model)
             self.labels, self.preprocess = metadata.labels, metadata.preprocess
-            self.module = None
             self.runtime: TorchRuntime | OnnxRuntime | HeadRuntime = OnnxRuntime(model, threads)
         else:
             self._load(str(model), weights, pretrained, device, backend, threads)
@@ -88,26 +95,42 @@ class ImageClassifier:
         self, model: str, weights: str | os.PathLike | None, pretrained: bool, device: str,
         backend: str, threads: int | None,
     ) -> None:  # fmt: skip
-        module, self.preprocess = build_model(model, pretrained=pretrained, weights=weights)
-        self.module = module  # the PyTorch model, also behind an ONNX runtime (export, Grad-CAM)
         config = read_run_config(model) if is_run_dir(model) else None
-        if config is not None:  # a trained run: its class folder names are the labels
-            self.name = model
-            self.labels = Labels.from_names(config["class_names"])
+        self.name = model if config is not None else canonical_name(model)
+        wants_onnx = backend == "onnx" or (backend == "auto" and device == "cpu")
+        fingerprint = weights_fingerprint(model, pretrained=pretrained, weights=weights)
+        cached = recall_export(fingerprint) if wants_onnx and fingerprint else None
+        if cached is not None:  # a later start: no torch, no model to build
+            metadata = read_metadata(cached)
+            self.labels, self.preprocess = metadata.labels, metadata.preprocess
+            self.runtime = OnnxRuntime(cached, threads)
         else:
-            self.name = canonical_name(model)
-            self.labels = labels_for(_num_classes(module))
-        self.runtime = self._runtime(module, device, backend, threads)
-        if config is not None and config.get("classifier", "softmax") != "softmax":
-            self.runtime = HeadRuntime(self.runtime, OnnxHead(Path(model) / config["head"]))
+            self._module, self.preprocess = build_model(
+                model, pretrained=pretrained, weights=weights
+            )
+            self.labels = labels_for(_num_classes(self._module))
+            self.runtime = self._runtime(device, backend, threads, fingerprint)
+        if config is not None:  # a trained run: its class folder names are the labels
+            self.labels = Labels.from_names(config["class_names"])
+            if config.get("classifier", "softmax") != "softmax":
+                self.runtime = HeadRuntime(self.runtime, OnnxHead(Path(model) / config["head"]))
+
+    @property
+    def module(self):
+        """The PyTorch model (for export, Grad-CAM, training heads); built on first use
+        when the runtime came from the export cache, None for an `.onnx` file."""
+        if self._module is None and self._source is not None:
+            model, weights, pretrained = self._source
+            self._module, _ = build_model(model, pretrained=pretrained, weights=weights)
+        return self._module
 
     def _runtime(
-        self, module, device: str, backend: str, threads: int | None
+        self, device: str, backend: str, threads: int | None, fingerprint: str | None
     ) -> TorchRuntime | OnnxRuntime:
         if backend == "torch" or (backend == "auto" and device != "cpu"):
-            return TorchRuntime(module, device=device)
+            return TorchRuntime(self.module, device=device)
         try:
-            return OnnxRuntime(cached_export(module, self.export_metadata(module)), threads)
+            path = cached_export(self.module, self.export_metadata(self.module))
         except Exception as exc:  # any exporter failure: "auto" still has a working path
             if backend == "onnx":
                 raise
@@ -117,7 +140,10 @@ class ImageClassifier:
                 RuntimeWarning,
                 stacklevel=3,
             )
-            return TorchRuntime(module, device=device)
+            return TorchRuntime(self.module, device=device)
+        if fingerprint is not None:
+            remember_export(fingerprint, path)
+        return OnnxRuntime(path, threads)
 
     def export_metadata(self, module) -> OnnxMetadata:
         """What an ONNX export of `module` says of itself (a head run's backbone keeps its

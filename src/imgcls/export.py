@@ -10,6 +10,7 @@ preprocessing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -33,6 +34,8 @@ __all__ = [
     "parity",
     "quantize_int8",
     "read_metadata",
+    "recall_export",
+    "remember_export",
 ]
 
 METADATA_KEY = "imgcls"
@@ -276,6 +279,34 @@ def cached_export(module, metadata: OnnxMetadata) -> Path:
     if not path.is_file():
         export_onnx(module, metadata, path)
     return path
+
+
+def recall_export(fingerprint: str) -> Path | None:
+    """The cached export recorded for a weights fingerprint (see `remember_export`)."""
+    try:
+        name = json.loads((cache_dir() / _INDEX).read_text()).get(f"opset{OPSET}|{fingerprint}")
+    except (OSError, ValueError):
+        return None
+    path = cache_dir() / name if isinstance(name, str) else None
+    return path if path is not None and path.is_file() else None
+
+
+def remember_export(fingerprint: str, path: Path) -> None:
+    """Record which export a weights fingerprint (`imgcls.models.weights_fingerprint`)
+    gave, so the next start finds it without importing torch or building the model."""
+    from imgcls.checkpoint import atomic_write
+
+    index_path = cache_dir() / _INDEX
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError):
+        index = {}
+    index[f"opset{OPSET}|{fingerprint}"] = path.name
+    with contextlib.suppress(OSError):  # a read-only cache costs later starts their speed
+        atomic_write(index_path, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1)))
+
+
+_INDEX = "index.json"
 
 
 def _safe(name: str) -> str:
