@@ -55,8 +55,11 @@ def thread_server(**settings) -> Iterator[str]:
 
 @contextmanager
 def process_server(*args: str) -> Iterator[tuple[subprocess.Popen, str]]:
-    """`python -m imgcls serve --port P ARGS` in a subprocess, once /healthz answers."""
+    """`python -m imgcls serve --port P ARGS` in a subprocess, once /healthz answers.
+    Without --log-db in ARGS it runs with --no-log: tests leave no files behind."""
     port = free_port()
+    if "--log-db" not in args:
+        args = (*args, "--no-log")
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
