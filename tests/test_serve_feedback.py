@@ -63,9 +63,11 @@ def test_concurrent_requests_all_land_in_the_log(client, paths) -> None:
     with ThreadPoolExecutor(8) as pool:
         statuses = list(
             pool.map(
-                lambda i: client.post(
-                    "/v1/classify", files={"file": (f"{i}.jpg", CAT)}, params={"top_k": 1}
-                ).status_code,
+                lambda i: (
+                    client.post(
+                        "/v1/classify", files={"file": (f"{i}.jpg", CAT)}, params={"top_k": 1}
+                    ).status_code
+                ),
                 range(16),
             )
         )
