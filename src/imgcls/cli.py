@@ -446,13 +446,16 @@ def explain(
     from imgcls.images import ImageError
     from imgcls.models import ModelError
 
+    if not image.is_file():  # before the model load: a typo costs no wait
+        stderr.print(f"[red]error:[/red] {image}: no such file", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INPUT_FAILED)
     try:
         explainer = Explainer(model, weights=weights)
         explanation = explainer.explain(image, label)
     except (ModelError, WeightsError, NotExplainable) as exc:
         _fail_usage(str(exc))
     except (FileNotFoundError, ImageError) as exc:
-        stderr.print(f"[red]error:[/red] {exc}", highlight=False)
+        stderr.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(EXIT_INPUT_FAILED) from None
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
         out = out.with_suffix(".png")

@@ -142,12 +142,13 @@ class Explainer:
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
         config = self.classifier.preprocess
+        chosen = None if label is None else self.class_index(label)
         decoded = load_image(
             image, max_pixels=self.classifier.max_pixels, min_side=config.resize_size
         )
         batch = preprocess_image(decoded, config)[None]
         probabilities = self.classifier.predict_proba(batch)[0]
-        index = int(np.argmax(probabilities)) if label is None else self.class_index(label)
+        index = int(np.argmax(probabilities)) if chosen is None else chosen
         with GradCAM(model=self.module, target_layers=[self.layer]) as cam:
             crop_map = cam(
                 input_tensor=torch.from_numpy(batch).to(_device(self.module)),
