@@ -18,7 +18,7 @@ import os
 import shutil
 import sqlite3
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -185,14 +185,14 @@ def export_feedback(feedback_dir: str | os.PathLike, out: str | os.PathLike) -> 
 
 
 def _extension(data: bytes, filename: str) -> str:
-    """The file's own image extension, else the one of the format Pillow recognises."""
+    """The file's own image extension, else the usual one of the format Pillow sees."""
     suffix = Path(filename).suffix.lower()
     if suffix in IMAGE_EXTENSIONS:
         return suffix
     try:
         with Image.open(io.BytesIO(data)) as image:
-            kind = image.format or ""
+            kind = (image.format or "").lower()
     except Exception:  # decodable by OpenCV only; the caller has checked it decodes
         kind = ""
-    known: Sequence[str] = [e for e, f in Image.registered_extensions().items() if f == kind]
-    return next((e for e in known if e in IMAGE_EXTENSIONS), ".jpg")
+    usual = {"jpeg": ".jpg", "tiff": ".tif"}.get(kind, f".{kind}")
+    return usual if usual in IMAGE_EXTENSIONS else ".jpg"
