@@ -90,10 +90,10 @@ class ServedModel:
 
     def _explain(self, name: str, data: bytes, label: str | None) -> Explanation:
         # One at a time per model: Grad-CAM hooks the module, and each run takes a core.
+        image = self._decode(name, data)  # a bad upload is refused before any model load
         with self._explain_lock:
             if self._explainer is None:  # built on first use: most servers never explain
                 self._explainer = Explainer(self.name, max_pixels=self.max_pixels)
-            image = self._decode(name, data)
             try:
                 return self._explainer.explain(image, label)
             except NotExplainable as exc:
