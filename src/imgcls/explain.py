@@ -136,16 +136,21 @@ class Explainer:
             "(give a label, a class id or an index)"
         )
 
-    def explain(self, image: ImageSource, label: str | None = None) -> Explanation:
-        """The heat map for class `label` (default: the top-1 class) on `image`."""
+    def explain(
+        self, image: ImageSource, label: str | None = None, max_side: int | None = None
+    ) -> Explanation:
+        """The heat map for class `label` (default: the top-1 class) on `image`, at the
+        image's own size or, with `max_side`, shrunk to at most that many pixels a side."""
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
         config = self.classifier.preprocess
         chosen = None if label is None else self.class_index(label)
-        decoded = load_image(
-            image, max_pixels=self.classifier.max_pixels, min_side=config.resize_size
-        )
+        decoded = load_image(image, max_pixels=self.classifier.max_pixels)
+        if max_side is not None and max(decoded.shape[:2]) > max_side:
+            scale = max_side / max(decoded.shape[:2])
+            size = (round(decoded.shape[1] * scale), round(decoded.shape[0] * scale))
+            decoded = cv2.resize(decoded, size, interpolation=cv2.INTER_AREA)
         batch = preprocess_image(decoded, config)[None]
         probabilities = self.classifier.predict_proba(batch)[0]
         index = int(np.argmax(probabilities)) if chosen is None else chosen

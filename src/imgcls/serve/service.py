@@ -34,6 +34,7 @@ from imgcls.transforms import preprocess_image
 __all__ = ["ServeConfig", "ServedModel", "Service"]
 
 RETRY_AFTER_S = 1  # what a 503 tells clients to wait
+EXPLAIN_MAX_SIDE = 1024  # pixels; a heat map PNG of a 12-megapixel photo would be ~20 MB
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class ServedModel:
             if self._explainer is None:  # built on first use: most servers never explain
                 self._explainer = Explainer(self.name, max_pixels=self.max_pixels)
             try:
-                return self._explainer.explain(image, label)
+                return self._explainer.explain(image, label, max_side=EXPLAIN_MAX_SIDE)
             except NotExplainable as exc:
                 raise ApiError(422, "NotExplainable", str(exc)) from None
 
