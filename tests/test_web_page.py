@@ -64,7 +64,8 @@ def server(tmp_path_factory) -> Iterator[tuple[str, Path, Path]]:
     _require_browser()
     root = tmp_path_factory.mktemp("web")
     log_db, feedback_dir = root / "log.db", root / "feedback"
-    args = ("--log-db", str(log_db), "--feedback-dir", str(feedback_dir), "--max-wait-ms", "1")
+    args = ("--log-db", str(log_db), "--feedback-dir", str(feedback_dir), "--max-wait-ms", "1",
+            "--model", "efficientnet_lite0", "--model", "simple_cnn")  # fmt: skip
     with process_server(*args) as (_, url):
         yield url, log_db, feedback_dir
 
@@ -94,7 +95,8 @@ def test_upload_shows_top5_heat_map_and_takes_a_correction(browser, server, arti
     page = _page(browser, viewport={"width": 1200, "height": 900}, locale="en-US")
     page.goto(url)
     expect(page.locator("#drop")).to_contain_text("Drop images here")
-    expect(page.locator("#model-name")).to_contain_text("efficientnet_lite0")
+    expect(page.locator("#model option")).to_have_count(2)  # two served: a picker
+    expect(page.locator("#model")).to_have_value("efficientnet_lite0")  # the default first
 
     page.set_input_files("#file", str(SAMPLES / "espresso.jpg"))
     card = page.locator(".card").first
@@ -143,8 +145,22 @@ def test_a_text_file_shows_a_readable_error(browser, server, artifacts) -> None:
     )
     error = page.locator(".card .error")
     expect(error).to_contain_text("Error 422")
-    expect(error).to_contain_text("notes.txt")
+    expect(error).to_contain_text("notes.txt: not an image")
     page.screenshot(path=str(artifacts / "web-page-error.png"), full_page=True)
+
+
+def test_the_picked_model_answers(browser, server) -> None:
+    from playwright.sync_api import expect
+
+    url, _, _ = server
+    page = _page(browser, locale="en-US")
+    page.goto(url)
+    page.select_option("#model", "simple_cnn")
+    expect(page.locator("#labels option")).to_have_count(10)  # its classes, for corrections
+    page.set_input_files("#file", str(SAMPLES / "cat.jpg"))
+    expect(page.locator(".card .meta")).to_contain_text("model simple_cnn")
+    expect(page.locator(".card .row")).to_have_count(5)
+    expect(page.locator(".card .row .label").first).to_have_text(re.compile(r"^class_\d$"))
 
 
 def test_phone_sized_screen_in_chinese_with_several_images(browser, server, artifacts) -> None:
