@@ -16,6 +16,7 @@ from serve_utils import ESPRESSO, process_server
 from typer.testing import CliRunner
 
 from imgcls.cli import app
+from imgcls.explain import Explainer
 from imgcls.feedback import FeedbackStore, LoggedPrediction, PredictionLog, export_feedback
 from imgcls.train import TrainConfig, train
 
@@ -114,3 +115,8 @@ def test_served_corrections_survive_a_kill_and_export_to_a_data_set_that_trains(
     assert trained.epochs == 1 and trained.num_train + trained.num_val == 15
     config = json.loads((Path(run) / "config.json").read_text())
     assert config["class_names"] == ["espresso", "missile", "tabby"]
+    # The retrained run is explained like any CNN, with its own class names.
+    photo = sorted((dataset / "tabby").iterdir())[0]
+    explanation = Explainer(str(run)).explain(photo, "tabby")
+    assert explanation.prediction.label == "tabby"
+    assert explanation.heatmap.shape == explanation.image.shape[:2] == (64, 64)
