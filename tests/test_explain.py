@@ -110,3 +110,11 @@ def test_cli_names_a_missing_image_before_loading_a_model(tmp_path) -> None:
     result = CliRunner().invoke(app, ["explain", str(tmp_path / "nope.jpg"), "--out", str(out)])
     assert result.exit_code == 1
     assert "nope.jpg: no such file" in result.output and not out.exists()
+
+
+def test_an_onnx_file_is_refused_with_what_to_explain_instead(tmp_path) -> None:
+    onnx_file = tmp_path / "simple.onnx"
+    exported = CliRunner().invoke(app, ["export", "simple_cnn", "--out", str(onnx_file)])
+    assert exported.exit_code == 0, exported.output
+    with pytest.raises(NotExplainable, match="ONNX file has no gradients; explain the model name"):
+        Explainer(onnx_file)

@@ -93,11 +93,11 @@ class ServedModel:
         # One at a time per model: Grad-CAM hooks the module, and each run takes a core.
         image = self._decode(name, data)  # a bad upload is refused before any model load
         with self._explain_lock:
-            if self._explainer is None:  # built on first use: most servers never explain
-                self._explainer = Explainer(self.name, max_pixels=self.max_pixels)
             try:
+                if self._explainer is None:  # built on first use: most servers never explain
+                    self._explainer = Explainer(self.name, max_pixels=self.max_pixels)
                 return self._explainer.explain(image, label, max_side=EXPLAIN_MAX_SIDE)
-            except NotExplainable as exc:
+            except NotExplainable as exc:  # an ONNX file, a scikit-learn head, a ViT
                 raise ApiError(422, "NotExplainable", str(exc)) from None
 
     def check_label(self, label: str) -> str:
