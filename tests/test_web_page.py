@@ -8,6 +8,7 @@ Without /usr/bin/chromium the test is skipped, unless IMGCLS_REQUIRE_BROWSER=1 (
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_utils import ESPRESSO, ROOT, SAMPLES, process_server
+from serve_utils import CAT, ESPRESSO, ROOT, SAMPLES, process_server
 
 from imgcls.feedback import sha256_hex
 
@@ -204,3 +205,32 @@ def test_a_prediction_marked_unknown_reads_not_sure(browser, server) -> None:
     page.set_input_files("#file", str(SAMPLES / "espresso.jpg"))
     expect(page.locator(".card .row .label").first).to_have_text("不确定")
     expect(page.locator(".card .row .label").nth(1)).not_to_have_text("不确定")
+
+
+def test_a_pasted_and_a_dropped_image_are_classified(browser, server) -> None:
+    from playwright.sync_api import expect
+
+    url, _, _ = server
+    page = _page(browser, locale="en-US")
+    page.goto(url)
+    make_transfer = """([name, b64]) => {
+        const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+        const transfer = new DataTransfer();
+        transfer.items.add(new File([bytes], name, {type: "image/jpeg"}));
+        return transfer;
+    }"""
+    pasted = page.evaluate_handle(
+        make_transfer, ["pasted.jpg", base64.b64encode(ESPRESSO).decode()]
+    )
+    page.evaluate(
+        "t => document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: t}))", pasted
+    )
+    expect(page.locator(".card .meta")).to_contain_text("pasted.jpg")
+    expect(page.locator(".card .row .label").first).to_have_text("espresso")
+
+    dropped = page.evaluate_handle(make_transfer, ["dropped.jpg", base64.b64encode(CAT).decode()])
+    page.dispatch_event("#drop", "drop", {"dataTransfer": dropped})
+    expect(page.locator(".card")).to_have_count(2)
+    newest = page.locator(".card").first  # new cards go on top
+    expect(newest.locator(".meta")).to_contain_text("dropped.jpg")
+    expect(newest.locator(".row .label").first).to_have_text(re.compile("cat|tabby"))
