@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -34,8 +35,16 @@ def free_port() -> int:
 
 @contextmanager
 def thread_server(**settings) -> Iterator[str]:
-    """An app for `ServeConfig(**settings)` under uvicorn in a thread; yields its base URL."""
-    config = ServeConfig(port=free_port(), **settings)
+    """An app for `ServeConfig(**settings)` under uvicorn in a thread; yields its base URL.
+    Corrections go to a temporary directory unless `feedback_dir` is given."""
+    with tempfile.TemporaryDirectory(prefix="imgcls-feedback-") as feedback_dir:
+        settings.setdefault("feedback_dir", feedback_dir)
+        with _thread_server(ServeConfig(port=free_port(), **settings)) as url:
+            yield url
+
+
+@contextmanager
+def _thread_server(config: ServeConfig) -> Iterator[str]:
     server = uvicorn.Server(
         uvicorn.Config(create_app(config), host="127.0.0.1", port=config.port, log_level="warning")
     )
@@ -55,7 +64,20 @@ def thread_server(**settings) -> Iterator[str]:
 
 @contextmanager
 def process_server(*args: str) -> Iterator[tuple[subprocess.Popen, str]]:
-    """`python -m imgcls serve --port P ARGS` in a subprocess, once /healthz answers."""
+    """`python -m imgcls serve --port P ARGS` in a subprocess, once /healthz answers.
+    Without --log-db in ARGS it runs with --no-log, and without --feedback-dir it keeps
+    corrections in a temporary directory: tests leave no files behind."""
+    with tempfile.TemporaryDirectory(prefix="imgcls-feedback-") as feedback_dir:
+        if "--log-db" not in args:
+            args = (*args, "--no-log")
+        if "--feedback-dir" not in args:
+            args = (*args, "--feedback-dir", feedback_dir)
+        with _process_server(args) as running:
+            yield running
+
+
+@contextmanager
+def _process_server(args: tuple[str, ...]) -> Iterator[tuple[subprocess.Popen, str]]:
     port = free_port()
     env = {
         **os.environ,

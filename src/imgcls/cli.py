@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from imgcls.feedback import DEFAULT_FEEDBACK_DIR, DEFAULT_LOG_DB
 from imgcls.images import DEFAULT_MAX_PIXELS, list_images
 
 app = typer.Typer(
@@ -496,8 +497,15 @@ def serve(
     backend: Annotated[
         str, typer.Option(help="auto (ONNX Runtime on the CPU) | torch | onnx.")
     ] = "auto",
+    log_db: Annotated[
+        Path, typer.Option(help="SQLite file that logs every prediction (WAL mode).")
+    ] = Path(DEFAULT_LOG_DB),
+    no_log: Annotated[bool, typer.Option("--no-log", help="Do not log predictions.")] = False,
+    feedback_dir: Annotated[
+        Path, typer.Option(help="Where corrected images are kept, in class folders.")
+    ] = Path(DEFAULT_FEEDBACK_DIR),
 ) -> None:
-    """Serve models over HTTP: REST, KServe/Triton v2 and Prometheus metrics."""
+    """Serve models over HTTP: the web page, REST, KServe/Triton v2 and Prometheus metrics."""
     from imgcls.classifier import BACKENDS
     from imgcls.serve import ServeConfig, StartupError, run
 
@@ -514,11 +522,88 @@ def serve(
         max_pixels=max_pixels,
         threads=threads,
         backend=backend,
+        log_db=None if no_log else str(log_db),
+        feedback_dir=str(feedback_dir),
     )
     try:
         run(config)
     except StartupError as exc:
         _fail_usage(str(exc))
+
+
+@app.command()
+def explain(
+    image: Annotated[Path, typer.Argument(help="The image to explain.")],
+    out: Annotated[Path, typer.Option(help="Where to write the image with the heat map (PNG).")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="CNN architecture name or run directory.")
+    ] = "efficientnet_lite0",
+    weights: Annotated[Path | None, typer.Option(help="Weights file for MODEL.")] = None,
+    label: Annotated[
+        str | None,
+        typer.Option("--class", help="Class to explain (label, id or index); default: top-1."),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Grad-CAM: write IMAGE with a heat map of the regions that made MODEL choose a class."""
+    import cv2
+
+    from imgcls.checkpoint import WeightsError
+    from imgcls.explain import Explainer, NotExplainable
+    from imgcls.images import ImageError
+    from imgcls.models import ModelError
+
+    if not image.is_file():  # before the model load: a typo costs no wait
+        stderr.print(f"[red]error:[/red] {image}: no such file", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INPUT_FAILED)
+    try:
+        explainer = Explainer(model, weights=weights)
+        explanation = explainer.explain(image, label)
+    except (ModelError, WeightsError, NotExplainable) as exc:
+        _fail_usage(str(exc))
+    except (FileNotFoundError, ImageError) as exc:
+        stderr.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INPUT_FAILED) from None
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
+        out = out.with_suffix(".png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out), cv2.cvtColor(explanation.overlay(), cv2.COLOR_RGB2BGR))
+    prediction = explanation.prediction
+    if json_output:
+        print(json.dumps({"path": str(image), "out": str(out), **prediction.to_dict()}))
+    else:
+        stdout.print(
+            f"{image}: heat map for {prediction.label!r} ({prediction.score:.1%}) → {out}",
+            highlight=False,
+        )
+
+
+feedback_app = typer.Typer(
+    help="The corrections collected by `imgcls serve`.", no_args_is_help=True
+)
+app.add_typer(feedback_app, name="feedback")
+
+
+@feedback_app.command("export")
+def feedback_export(
+    out: Annotated[Path, typer.Argument(help="New directory for the data set (<class>/*).")],
+    feedback_dir: Annotated[Path, typer.Option(help="The server's --feedback-dir.")] = Path(
+        DEFAULT_FEEDBACK_DIR
+    ),
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Copy the corrected images into OUT/<class>/, a data set `imgcls train` and
+    `imgcls doctor` take as it is."""
+    from imgcls.feedback import export_feedback
+
+    try:
+        counts = export_feedback(feedback_dir, out)
+    except (FileNotFoundError, FileExistsError) as exc:
+        _fail_usage(str(exc))
+    if json_output:
+        print(json.dumps({"out": str(out), "classes": counts, "num_images": sum(counts.values())}))
+    else:
+        stdout.print(f"{sum(counts.values())} images in {len(counts)} classes → {out}")
 
 
 def _expand_inputs(inputs: list[Path]) -> list[Path | tuple[Path, Exception]]:
