@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from imgcls.cli import app
 from imgcls.explain import Explainer, NotExplainable, feature_map_layer
-from imgcls.models import SimpleCNN
+from imgcls.simple_cnn import SimpleCNN
 
 CANVAS = (480, 640)  # height, width
 CUP = (slice(10, 390), slice(70, 490))  # the cup and saucer in samples/espresso.jpg
