@@ -65,6 +65,14 @@ def predict(
     shard: Annotated[
         str | None, typer.Option(help="K/N: only every N-th input from the K-th (0 ≤ K < N).")
     ] = None,
+    min_score: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Answer unknown when the top score is below this (replaces a run's own rule).",
+        ),
+    ] = None,
 ) -> None:
     """Classify images: top-k labels with probabilities for each INPUT."""
     entries = _expand_inputs(inputs)
@@ -82,7 +90,7 @@ def predict(
     sink = open(output, "a", encoding="utf-8") if output is not None else None  # noqa: SIM115
     if sink is not None and sink.tell() and not output.read_bytes().endswith(b"\n"):
         sink.write("\n")  # end a line torn by a kill, so the next record stands alone
-    outcomes = classifier.classify_paths(paths, top_k=top_k)
+    outcomes = classifier.classify_paths(paths, top_k=top_k, min_score=min_score)
     with _progress(len(paths), "classifying", enabled=not json_output) as advance:
         for entry in entries:
             if isinstance(entry, tuple):  # an input with nothing to classify
@@ -484,6 +492,8 @@ def _print_predictions(results: list[dict[str, Any]]) -> None:
         table.add_column("class id", style="dim")
         table.add_column("score", justify="right")
         table.add_column("")
+        if record["predictions"] and record["predictions"][0]["unknown"]:
+            table.caption = "unknown: not sure enough to name this image"
         for rank, p in enumerate(record["predictions"], 1):
             bar = "█" * max(1, round(p["score"] * 20)) if p["score"] >= 0.025 else ""
             table.add_row(
@@ -531,6 +541,17 @@ def train(
     workers: Annotated[int | None, typer.Option(help="Data loader processes.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+    reject_score: Annotated[
+        str, typer.Option(help="What the 'unknown' threshold reads: knn | max_prob.")
+    ] = "knn",
+    target_precision: Annotated[
+        float | None,
+        typer.Option(help="'unknown' threshold: accuracy wanted on the images answered."),
+    ] = None,
+    target_coverage: Annotated[
+        float | None,
+        typer.Option(help="'unknown' threshold: share of images answered (default 0.95)."),
+    ] = None,
     find_lr: Annotated[bool, typer.Option(help="Run an LR range test instead.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print a final JSON object.")] = False,
 ) -> None:

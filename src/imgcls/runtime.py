@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from imgcls.heads import OnnxHead
-from imgcls.models import pooled_features
+from imgcls.models import classifier_head, pooled_features
 
 __all__ = ["HeadRuntime", "OnnxRuntime", "TorchRuntime"]
 
@@ -35,6 +35,13 @@ class TorchRuntime:
             x = torch.from_numpy(batch).to(self.device)
             features = pooled_features(self.module, x)
         return features.float().cpu().numpy()
+
+    def logits_and_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Both outputs from one forward pass (the k-NN "unknown" score reads features)."""
+        with torch.inference_mode():
+            features = pooled_features(self.module, torch.from_numpy(batch).to(self.device))
+            logits = classifier_head(self.module)(features)
+        return logits.float().cpu().numpy(), features.float().cpu().numpy()
 
 
 class OnnxRuntime:
@@ -63,6 +70,12 @@ class OnnxRuntime:
         """(N, 3, H, W) float32 → (N, D) pooled penultimate features."""
         return self.session.run(["features"], {"input": np.ascontiguousarray(batch)})[0]
 
+    def logits_and_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, features = self.session.run(
+            ["logits", "features"], {"input": np.ascontiguousarray(batch)}
+        )
+        return logits, features
+
 
 class HeadRuntime:
     """A backbone's features through a classical head (logreg, SVM, MLP, k-NN).
@@ -77,8 +90,12 @@ class HeadRuntime:
         self.backend = backbone.backend
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        probabilities = self.head.predict_proba(self.backbone.features(batch))
-        return np.log(np.maximum(probabilities, 1e-30)).astype(np.float32)
+        return self.logits_and_features(batch)[0]
 
     def features(self, batch: np.ndarray) -> np.ndarray:
         return self.backbone.features(batch)
+
+    def logits_and_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        features = self.backbone.features(batch)
+        probabilities = self.head.predict_proba(features)
+        return np.log(np.maximum(probabilities, 1e-30)).astype(np.float32), features
