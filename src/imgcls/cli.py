@@ -363,9 +363,38 @@ def _print_evaluations(reports: list[dict[str, Any]]) -> None:
                 str(m["support"]),
             )
         stdout.print(per_class)
+        _print_trust(reports[0])
     for r in reports:
         for failure in r["failed"]:
             stderr.print(f"[red]✗[/red] {failure['error']}", highlight=False)
+
+
+def _print_trust(report: dict[str, Any]) -> None:
+    """Calibration, the run's "unknown" rule, and the coverage / accuracy trade-off."""
+    stdout.print(
+        f"calibration: temperature {report['temperature']:.3f}, ECE "
+        f"{report['ece_uncalibrated']:.3f} before → {report['ece']:.3f} after"
+    )
+    if "reject" in report:
+        rule = report["reject"]
+        answered = rule["accuracy_answered"]
+        stdout.print(
+            f"unknown rule ({rule['score']} < {rule['threshold']:.4f}): "
+            f"{rule['unknown_rate']:.1%} unknown, accuracy on the rest "
+            f"{'-' if answered is None else f'{answered:.1%}'}"
+        )
+    table = Table(title="operating points (--min-score)", title_justify="left")
+    for column in ("min score", "coverage", "accuracy", "answered"):
+        table.add_column(column, justify="right")
+    for point in report["operating_points"]:
+        accuracy = point["accuracy"]
+        table.add_row(
+            f"{point['threshold']:g}",
+            f"{point['coverage']:.1%}",
+            "-" if accuracy is None else f"{accuracy:.1%}",
+            str(point["answered"]),
+        )
+    stdout.print(table)
 
 
 @app.command()
