@@ -369,6 +369,66 @@ def _print_evaluations(reports: list[dict[str, Any]]) -> None:
             stderr.print(f"[red]✗[/red] {failure['error']}", highlight=False)
 
 
+@app.command()
+def doctor(
+    data: Annotated[
+        Path, typer.Argument(help="DATA/<class>/* or DATA/train/<class>/* (+ val/, test/).")
+    ],
+    labels: Annotated[
+        bool,
+        typer.Option("--labels", help="Find likely mislabelled images (k-fold, frozen features)."),
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Write label_issues.csv and label_issues.html here.")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    top: Annotated[int | None, typer.Option(min=1, help="Report at most this many images.")] = None,
+) -> None:
+    """Data set health report (here: --labels, the likely mislabelled images)."""
+    if not labels:
+        _fail_usage("doctor: pass --labels (the other checks are not on this branch)")
+    _doctor_labels(data, out, json_output, top)
+
+
+def _doctor_labels(data: Path, out: Path | None, json_output: bool, top: int | None) -> None:
+    """`doctor --labels`: rank images by how unlikely an out-of-fold model finds their
+    label (imgcls.audit), print the worst, write the CSV and the gallery."""
+    from imgcls.audit import audit_labels, write_audit
+    from imgcls.data import DataError
+
+    if not data.is_dir():
+        _fail_usage(f"DATA: no such directory {data}")
+    total = len(list_images(data))
+    try:
+        with _progress(total, "extracting features", enabled=not json_output) as advance:
+            audit = audit_labels(data, progress=advance)
+    except DataError as exc:
+        _fail_usage(str(exc))
+    report = audit.to_dict(top)
+    if out is not None:
+        report["files"] = [str(p) for p in write_audit(audit, out, top)]
+    if json_output:
+        print(json.dumps(report, ensure_ascii=False, indent=2))
+        return
+    table = Table(
+        title=f"likely mislabelled: {report['num_issues']} of {report['num_images']} images",
+        title_justify="left",
+    )
+    for column in ("path", "given", "suggested", "p(given)", "margin"):
+        table.add_column(column, justify="right" if column.startswith(("p(", "m")) else "left")
+    for item in report["issues"][: top or 20]:
+        table.add_row(
+            item["path"],
+            item["given_label"],
+            item["suggested_label"],
+            f"{item['self_confidence']:.3f}",
+            f"{item['margin']:+.3f}",
+        )
+    stdout.print(table)
+    for path in report.get("files", []):
+        stdout.print(f"wrote {path}")
+
+
 def _print_trust(report: dict[str, Any]) -> None:
     """Calibration, the run's "unknown" rule, and the coverage / accuracy trade-off."""
     stdout.print(
