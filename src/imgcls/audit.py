@@ -129,10 +129,12 @@ def audit_labels(
     folds: int = DEFAULT_FOLDS,
     batch_size: int = 32,
     seed: int = 0,
+    img_size: int | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> LabelAudit:
     """Rank every image of DATA (all splits) by how unlikely its class folder is under an
-    out-of-fold model on frozen `model` features."""
+    out-of-fold model on frozen `model` features (`img_size`: input size, None for the
+    model's own; smaller is faster for small images)."""
     from imgcls.classifier import ImageClassifier
 
     started = time.perf_counter()
@@ -140,6 +142,8 @@ def audit_labels(
     splits = find_splits(root, val_split=0.0, seed=seed)
     samples = splits.train + splits.val + splits.test
     backbone = ImageClassifier(model, batch_size=batch_size)
+    if img_size is not None:
+        backbone.preprocess = backbone.preprocess.with_size(img_size)
     kept, vectors, skipped = [], [], [str(p) for p, _ in splits.skipped]
     for (path, label), (_, outcome) in zip(
         samples, backbone.features_paths([p for p, _ in samples]), strict=True
