@@ -124,16 +124,28 @@ def coverage_accuracy(scores: np.ndarray, correct: np.ndarray, path: str | os.Pa
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     if len(scores):
         ax.plot(answered / len(scores), np.cumsum(correct[order]) / answered, "-", label="model")
+    # Thresholds that answer the same images share one dot, labelled with their range.
+    groups: list[list[dict]] = []
     for point in operating_points(scores, correct, MIN_SCORE_GRID):
-        if point["accuracy"] is not None:
-            ax.plot(point["coverage"], point["accuracy"], "o", color="firebrick", markersize=4)
-            ax.annotate(
-                f"{point['threshold']:g}",
-                (point["coverage"], point["accuracy"]),
-                textcoords="offset points",
-                xytext=(3, -10),
-                fontsize=7,
-            )
+        if point["accuracy"] is None:
+            continue
+        if groups and groups[-1][0]["answered"] == point["answered"]:
+            groups[-1].append(point)
+        else:
+            groups.append([point])
+    for group in groups:
+        first, last = group[0], group[-1]
+        label = f"{first['threshold']:g}" + (f"–{last['threshold']:g}" if len(group) > 1 else "")
+        ax.plot(first["coverage"], first["accuracy"], "o", color="firebrick", markersize=4)
+        ax.annotate(
+            label,
+            (first["coverage"], first["accuracy"]),
+            textcoords="offset points",
+            xytext=(3, -10),
+            fontsize=7,
+        )
+    lowest = min((g[0]["accuracy"] for g in groups), default=0.0)
+    ax.set_ylim(max(0.0, lowest - 0.05), 1.01)
     ax.set_xlabel("coverage (share of images answered)")
     ax.set_ylabel("accuracy on the images answered")
     ax.set_xlim(0, 1.02)
