@@ -10,9 +10,11 @@ heads_vs_finetune.py. Nothing is downloaded.
    from scratch at 32 px) and each rejection score (max_prob, knn), with the default
    target (answer 95% of validation images): share of unseen-class test images answered
    unknown, and share of known-class test images answered unknown.
-2. calibration: simple_cnn on all 10 digits, 40 epochs, no augmentation, no weight decay
-   (it memorises the training set, so it is over-confident); `imgcls evaluate` on the test
-   split: ECE before and after the temperature fitted on the validation split.
+2. calibration: simple_cnn on all 10 digits, 40 epochs, no augmentation, no weight decay;
+   ECE on the test split before and after the temperature fitted on the validation split.
+   Then the same network made deliberately over-confident (its last layer's weights and
+   bias times 4, so every logit is 4x), its temperature refitted on the validation split:
+   ECE before and after again.
 3. label audit: all 1,797 images as DATA/<digit>/, 5% of them (90) moved to another digit's
    folder at random; `imgcls.audit.audit_labels` (EfficientNet-Lite0 features at 64 px,
    5-fold logistic regression): precision at k = 90 of the ranking, and how many of the 90
@@ -96,7 +98,7 @@ def unknown_rates(data: Path, out: Path) -> None:
 
 
 def calibration(data: Path, out: Path) -> None:
-    run = out / "runs" / "overconfident"
+    run = out / "runs" / "cnn40"
     train(
         TrainConfig(
             data=str(data),
@@ -116,6 +118,40 @@ def calibration(data: Path, out: Path) -> None:
         f"simple_cnn, 40 epochs: test accuracy {metrics['accuracy']:.4f}, temperature "
         f"{metrics['temperature']:.3f}, test ECE {metrics['ece_uncalibrated']:.4f} before → "
         f"{metrics['ece']:.4f} after",
+        flush=True,
+    )
+    over_confident(run, data, out / "runs" / "cnn40-x4")
+
+
+def over_confident(run: Path, data: Path, scaled: Path, factor: float = 4.0) -> None:
+    """A copy of `run` whose logits are `factor` times larger, refitted and evaluated."""
+    from safetensors.torch import load_file, save_file
+
+    from imgcls.calibration import fit_temperature
+    from imgcls.checkpoint import read_run_config, write_json
+
+    shutil.copytree(run, scaled, dirs_exist_ok=True)
+    weights = load_file(str(run / "best.safetensors"))
+    for name in ("fc.1.weight", "fc.1.bias"):  # simple_cnn's classifier layer
+        weights[name] = weights[name] * factor
+    save_file(weights, str(scaled / "best.safetensors"))
+    config = read_run_config(scaled)
+    config["temperature"] = 1.0
+    write_json(scaled / "config.json", config)
+    classifier = ImageClassifier(str(scaled))
+    samples = find_labelled_images(data, "val")
+    names = list(classifier.labels.names)
+    logits = np.concatenate(
+        [classifier.runtime(np.stack([classifier.prepare(p) for p, _ in samples[i : i + 64]]))
+         for i in range(0, len(samples), 64)]
+    )  # fmt: skip
+    temperature = fit_temperature(logits, np.array([names.index(c) for _, c in samples]))
+    config["temperature"] = temperature
+    write_json(scaled / "config.json", config)
+    metrics = evaluate(ImageClassifier(str(scaled)), find_labelled_images(data, "test")).metrics()
+    print(
+        f"same, logits x{factor:g}: temperature {temperature:.3f}, test ECE "
+        f"{metrics['ece_uncalibrated']:.4f} before → {metrics['ece']:.4f} after",
         flush=True,
     )
 
