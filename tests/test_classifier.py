@@ -85,6 +85,7 @@ def test_prediction_serialises_with_the_contract_fields(classifier, samples):
         "class_id": ESPRESSO_ID,
         "index": 967,
         "score": p.score,
+        "unknown": False,
     }
 
 

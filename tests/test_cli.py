@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import CAT_IDS, ESPRESSO_ID, cli_env, imgcls_command
 
-PREDICTION_KEYS = {"label", "class_id", "index", "score"}
+PREDICTION_KEYS = {"label", "class_id", "index", "score", "unknown"}
 
 
 def run(*args: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()):

@@ -141,8 +141,13 @@ def test_cli_writes_the_report_and_lists_failures(dataset, tmp_path):
         assert key in metrics
     assert json.loads((out / "metrics.json").read_text()) == metrics
     rows = (out / "predictions.csv").read_text().splitlines()
-    assert rows[0] == "path,true,predicted,score" and len(rows) == 1 + metrics["num_images"]
-    for name in ("confusion_matrix.png", "mistakes.png", "reliability.png"):
+    assert rows[0] == "path,true,predicted,score,unknown" and len(rows) == 1 + metrics["num_images"]
+    for name in (
+        "confusion_matrix.png",
+        "mistakes.png",
+        "reliability.png",
+        "coverage_accuracy.png",
+    ):
         image = cv2.imread(str(out / name))
         assert image is not None and min(image.shape[:2]) >= 300, name
         assert image.std() > 10, f"{name} is blank"

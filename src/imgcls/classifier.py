@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from imgcls.calibration import Rejection, softmax
 from imgcls.checkpoint import is_run_dir, read_run_config
 from imgcls.export import (
     OnnxMetadata,
@@ -39,12 +40,15 @@ BACKENDS = ("auto", "torch", "onnx")
 @dataclass(frozen=True)
 class Prediction:
     """One ranked answer: `label` (human name), `class_id` (e.g. WordNet id), the model's
-    output `index` and the softmax probability `score`."""
+    output `index` and the (calibrated) softmax probability `score`. `unknown` is the same
+    on every answer for an image: True when the model declines to name it (its rejection
+    rule, or `min_score`, says the image looks unlike anything it can answer reliably)."""
 
     label: str
     class_id: str
     index: int
     score: float
+    unknown: bool = False
 
     def to_dict(self) -> dict[str, str | int | float]:
         return asdict(self)
@@ -86,6 +90,10 @@ class ImageClassifier:
             self.name = str(model)
             self.labels, self.preprocess = metadata.labels, metadata.preprocess
             self.runtime: TorchRuntime | OnnxRuntime | HeadRuntime = OnnxRuntime(model, threads)
+            self.temperature = metadata.temperature
+            self.rejection = (
+                None if metadata.threshold is None else Rejection("max_prob", metadata.threshold)
+            )
         else:
             self._load(str(model), weights, pretrained, device, backend, threads)
         self.batch_size = batch_size
@@ -96,6 +104,10 @@ class ImageClassifier:
         backend: str, threads: int | None,
     ) -> None:  # fmt: skip
         config = read_run_config(model) if is_run_dir(model) else None
+        # A run's temperature and "unknown" rule, fitted on its validation split (see
+        # imgcls.calibration); registry models have neither.
+        self.temperature = float(config.get("temperature", 1.0)) if config else 1.0
+        self.rejection = Rejection.from_config(config, model) if config else None
         self.name = model if config is not None else canonical_name(model)
         wants_onnx = backend == "onnx" or (backend == "auto" and device == "cpu")
         fingerprint = weights_fingerprint(model, pretrained=pretrained, weights=weights)
@@ -149,39 +161,67 @@ class ImageClassifier:
         """What an ONNX export of `module` says of itself (a head run's backbone keeps its
         own, ImageNet, outputs)."""
         outputs = _num_classes(module)
-        labels = self.labels if len(self.labels) == outputs else labels_for(outputs)
-        return OnnxMetadata(self.name, labels, self.preprocess)
+        if len(self.labels) != outputs:
+            return OnnxMetadata(self.name, labels_for(outputs), self.preprocess)
+        return self.run_metadata()
 
     def run_metadata(self) -> OnnxMetadata:
-        """What an ONNX export of this whole classifier says of itself."""
-        return OnnxMetadata(self.name, self.labels, self.preprocess)
+        """What an ONNX export of this whole classifier says of itself. The run's
+        temperature travels with it; a threshold only when it reads the top-1 probability
+        (the k-NN score needs the training features, which stay in the run)."""
+        threshold = None
+        if self.rejection is not None and not self.rejection.needs_features:
+            threshold = self.rejection.threshold
+        return OnnxMetadata(self.name, self.labels, self.preprocess, self.temperature, threshold)
 
     @property
     def num_classes(self) -> int:
         return len(self.labels)
 
-    def classify_image(self, image: ImageSource, top_k: int = 5) -> list[Prediction]:
-        """Top-k predictions for one image (path, encoded bytes, RGB array or PIL image)."""
-        return self.classify_images([image], top_k=top_k)[0]
+    def classify_image(
+        self, image: ImageSource, top_k: int = 5, min_score: float | None = None
+    ) -> list[Prediction]:
+        """Top-k predictions for one image (path, encoded bytes, RGB array or PIL image).
+
+        `min_score` replaces the model's own "unknown" rule: the image is unknown when its
+        top score is below it."""
+        return self.classify_images([image], top_k=top_k, min_score=min_score)[0]
 
     def classify_images(
-        self, images: Sequence[ImageSource], top_k: int = 5
+        self, images: Sequence[ImageSource], top_k: int = 5, min_score: float | None = None
     ) -> list[list[Prediction]]:
         """Top-k predictions for each image, run through the model in batches."""
         results: list[list[Prediction]] = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
             batch = np.stack([self.prepare(image) for image in chunk])
-            results.extend(self.predict_batch(batch, top_k=top_k))
+            results.extend(self.predict_batch(batch, top_k=top_k, min_score=min_score))
         return results
 
     def classify_paths(
-        self, paths: Iterable[str | os.PathLike], top_k: int = 5
+        self, paths: Iterable[str | os.PathLike], top_k: int = 5, min_score: float | None = None
     ) -> Iterator[tuple[str, list[Prediction] | Exception]]:
         """Classify files in order, batching them; a file that fails yields its exception
         (FileNotFoundError or ImageError) in its place while the others go on."""
         for chunk in self._prepared_batches(paths):
-            yield from _apply_to_batch(chunk, lambda batch: self.predict_batch(batch, top_k))
+            yield from _apply_to_batch(
+                chunk, lambda batch: self.predict_batch(batch, top_k, min_score)
+            )
+
+    def scored_paths(
+        self, paths: Iterable[str | os.PathLike]
+    ) -> Iterator[tuple[str, tuple[np.ndarray, float] | Exception]]:
+        """(all class probabilities, rejection score) of each file, failures in place; the
+        score is NaN when the model has no rejection rule."""
+
+        def rows(batch: np.ndarray) -> list[tuple[np.ndarray, float]]:
+            probabilities, scores = self.predict_scored(batch)
+            if scores is None:
+                scores = np.full(len(probabilities), np.nan)
+            return list(zip(probabilities, scores.tolist(), strict=True))
+
+        for chunk in self._prepared_batches(paths):
+            yield from _apply_to_batch(chunk, rows)
 
     def features_paths(
         self, paths: Iterable[str | os.PathLike]
@@ -228,26 +268,57 @@ class ImageClassifier:
         )
         return preprocess_image(decoded, self.preprocess)
 
-    def predict_batch(self, batch: np.ndarray, top_k: int = 5) -> list[list[Prediction]]:
+    def predict_batch(
+        self, batch: np.ndarray, top_k: int = 5, min_score: float | None = None
+    ) -> list[list[Prediction]]:
         """Top-k predictions for a preprocessed (N, 3, H, W) batch."""
-        return self.top_predictions(self.predict_proba(batch), top_k=top_k)
+        _check_min_score(min_score)
+        probabilities, scores = self.predict_scored(batch)
+        unknown = self.unknown(probabilities, scores, min_score)
+        return self.top_predictions(probabilities, top_k=top_k, unknown=unknown)
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        """Softmax probabilities, (N, num_classes) float64, for a preprocessed batch."""
-        return softmax(self.runtime(batch))
+        """Calibrated softmax probabilities, (N, num_classes) float64, for a preprocessed
+        batch: softmax(logits / temperature), the temperature of a run (else 1)."""
+        return softmax(self.runtime(batch) / self.temperature)
 
-    def top_predictions(self, probabilities: np.ndarray, top_k: int = 5) -> list[list[Prediction]]:
+    def predict_scored(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """Calibrated probabilities and, when the model has a rejection rule, the score
+        its threshold reads (one forward pass either way)."""
+        if self.rejection is None:
+            return self.predict_proba(batch), None
+        if not self.rejection.needs_features:
+            probabilities = self.predict_proba(batch)
+            return probabilities, self.rejection.scores(probabilities, None)
+        logits, features = self.runtime.logits_and_features(batch)
+        probabilities = softmax(logits / self.temperature)
+        return probabilities, self.rejection.scores(probabilities, features)
+
+    def unknown(
+        self, probabilities: np.ndarray, scores: np.ndarray | None, min_score: float | None = None
+    ) -> np.ndarray:
+        """Which images to answer "unknown": top score below `min_score` when given, else
+        the model's own rule (registry models without `min_score`: none)."""
+        if min_score is not None:
+            return probabilities.max(axis=1) < min_score
+        if self.rejection is None or scores is None:
+            return np.zeros(len(probabilities), bool)
+        return scores < self.rejection.threshold
+
+    def top_predictions(
+        self, probabilities: np.ndarray, top_k: int = 5, unknown: np.ndarray | None = None
+    ) -> list[list[Prediction]]:
         """The top-k `Prediction`s of each row of a (N, num_classes) probability array."""
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
+        if unknown is None:
+            unknown = np.zeros(len(probabilities), bool)
         k = min(top_k, self.num_classes)
         order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+        names, ids = self.labels.names, self.labels.class_ids
         return [
-            [
-                Prediction(self.labels.names[i], self.labels.class_ids[i], int(i), float(row[i]))
-                for i in indices
-            ]
-            for row, indices in zip(probabilities, order, strict=True)
+            [Prediction(names[i], ids[i], int(i), float(row[i]), bool(flag)) for i in indices]
+            for row, indices, flag in zip(probabilities, order, unknown, strict=True)
         ]
 
     def __repr__(self) -> str:
@@ -255,11 +326,9 @@ class ImageClassifier:
         return f"ImageClassifier({self.name!r}, classes={self.num_classes}, backend={backend!r})"
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Row-wise softmax, computed in float64 so tiny probabilities do not round to zero."""
-    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)
+def _check_min_score(min_score: float | None) -> None:
+    if min_score is not None and not 0.0 <= min_score <= 1.0:
+        raise ValueError(f"min_score must be a probability in [0, 1], got {min_score}")
 
 
 def _apply_to_batch(

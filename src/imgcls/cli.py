@@ -68,6 +68,14 @@ def predict(
     shard: Annotated[
         str | None, typer.Option(help="K/N: only every N-th input from the K-th (0 ≤ K < N).")
     ] = None,
+    min_score: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Answer unknown when the top score is below this (replaces a run's own rule).",
+        ),
+    ] = None,
 ) -> None:
     """Classify images: top-k labels with probabilities for each INPUT."""
     entries = _expand_inputs(inputs)
@@ -85,7 +93,7 @@ def predict(
     sink = open(output, "a", encoding="utf-8") if output is not None else None  # noqa: SIM115
     if sink is not None and sink.tell() and not output.read_bytes().endswith(b"\n"):
         sink.write("\n")  # end a line torn by a kill, so the next record stands alone
-    outcomes = classifier.classify_paths(paths, top_k=top_k)
+    outcomes = classifier.classify_paths(paths, top_k=top_k, min_score=min_score)
     with _progress(len(paths), "classifying", enabled=not json_output) as advance:
         for entry in entries:
             if isinstance(entry, tuple):  # an input with nothing to classify
@@ -461,9 +469,98 @@ def _print_evaluations(reports: list[dict[str, Any]]) -> None:
                 str(m["support"]),
             )
         stdout.print(per_class)
+        _print_trust(reports[0])
     for r in reports:
         for failure in r["failed"]:
             stderr.print(f"[red]✗[/red] {failure['error']}", highlight=False)
+
+
+@app.command()
+def doctor(
+    data: Annotated[
+        Path, typer.Argument(help="DATA/<class>/* or DATA/train/<class>/* (+ val/, test/).")
+    ],
+    labels: Annotated[
+        bool,
+        typer.Option("--labels", help="Find likely mislabelled images (k-fold, frozen features)."),
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Write label_issues.csv and label_issues.html here.")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    top: Annotated[int | None, typer.Option(min=1, help="Report at most this many images.")] = None,
+) -> None:
+    """Data set health report (here: --labels, the likely mislabelled images)."""
+    if not labels:
+        _fail_usage("doctor: pass --labels (the other checks are not on this branch)")
+    _doctor_labels(data, out, json_output, top)
+
+
+def _doctor_labels(data: Path, out: Path | None, json_output: bool, top: int | None) -> None:
+    """`doctor --labels`: rank images by how unlikely an out-of-fold model finds their
+    label (imgcls.audit), print the worst, write the CSV and the gallery."""
+    from imgcls.audit import audit_labels, write_audit
+    from imgcls.data import DataError
+
+    if not data.is_dir():
+        _fail_usage(f"DATA: no such directory {data}")
+    total = len(list_images(data))
+    try:
+        with _progress(total, "extracting features", enabled=not json_output) as advance:
+            audit = audit_labels(data, progress=advance)
+    except DataError as exc:
+        _fail_usage(str(exc))
+    report = audit.to_dict(top)
+    if out is not None:
+        report["files"] = [str(p) for p in write_audit(audit, out, top)]
+    if json_output:
+        print(json.dumps(report, ensure_ascii=False, indent=2))
+        return
+    table = Table(
+        title=f"likely mislabelled: {report['num_issues']} of {report['num_images']} images",
+        title_justify="left",
+    )
+    for column in ("path", "given", "suggested", "p(given)", "margin"):
+        table.add_column(column, justify="right" if column.startswith(("p(", "m")) else "left")
+    for item in report["issues"][: top or 20]:
+        table.add_row(
+            item["path"],
+            item["given_label"],
+            item["suggested_label"],
+            f"{item['self_confidence']:.3f}",
+            f"{item['margin']:+.3f}",
+        )
+    stdout.print(table)
+    for path in report.get("files", []):
+        stdout.print(f"wrote {path}")
+
+
+def _print_trust(report: dict[str, Any]) -> None:
+    """Calibration, the run's "unknown" rule, and the coverage / accuracy trade-off."""
+    stdout.print(
+        f"calibration: temperature {report['temperature']:.3f}, ECE "
+        f"{report['ece_uncalibrated']:.3f} before → {report['ece']:.3f} after"
+    )
+    if "reject" in report:
+        rule = report["reject"]
+        answered = rule["accuracy_answered"]
+        stdout.print(
+            f"unknown rule ({rule['score']} < {rule['threshold']:.4f}): "
+            f"{rule['unknown_rate']:.1%} unknown, accuracy on the rest "
+            f"{'-' if answered is None else f'{answered:.1%}'}"
+        )
+    table = Table(title="operating points (--min-score)", title_justify="left")
+    for column in ("min score", "coverage", "accuracy", "answered"):
+        table.add_column(column, justify="right")
+    for point in report["operating_points"]:
+        accuracy = point["accuracy"]
+        table.add_row(
+            f"{point['threshold']:g}",
+            f"{point['coverage']:.1%}",
+            "-" if accuracy is None else f"{accuracy:.1%}",
+            str(point["answered"]),
+        )
+    stdout.print(table)
 
 
 @app.command()
@@ -677,6 +774,8 @@ def _print_predictions(results: list[dict[str, Any]]) -> None:
         table.add_column("class id", style="dim")
         table.add_column("score", justify="right")
         table.add_column("")
+        if record["predictions"] and record["predictions"][0]["unknown"]:
+            table.caption = "unknown: not sure enough to name this image"
         for rank, p in enumerate(record["predictions"], 1):
             bar = "█" * max(1, round(p["score"] * 20)) if p["score"] >= 0.025 else ""
             table.add_row(
@@ -724,6 +823,17 @@ def train(
     workers: Annotated[int | None, typer.Option(help="Data loader processes.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+    reject_score: Annotated[
+        str, typer.Option(help="What the 'unknown' threshold reads: knn | max_prob.")
+    ] = "knn",
+    target_precision: Annotated[
+        float | None,
+        typer.Option(help="'unknown' threshold: accuracy wanted on the images answered."),
+    ] = None,
+    target_coverage: Annotated[
+        float | None,
+        typer.Option(help="'unknown' threshold: share of images answered (default 0.95)."),
+    ] = None,
     find_lr: Annotated[bool, typer.Option(help="Run an LR range test instead.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print a final JSON object.")] = False,
 ) -> None:

@@ -1,5 +1,7 @@
 """Evaluation: a model on a labelled folder → accuracy, top-5, per-class metrics,
-confusion matrix, calibration, and the pictures that explain them.
+confusion matrix, calibration (ECE before and after the run's temperature), the
+coverage / accuracy operating points of the "unknown" rule, and the pictures that explain
+them.
 
 Metrics come from scikit-learn; this module maps folder names to model classes, runs the
 model through `ImageClassifier.classify_paths` (batched, failures isolated) and writes the
@@ -19,6 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from imgcls.calibration import (
+    ECE_BINS,
+    expected_calibration_error,
+    operating_points,
+    uncalibrated,
+)
 from imgcls.classifier import ImageClassifier
 from imgcls.images import list_images
 
@@ -26,7 +34,6 @@ __all__ = ["EvaluationError", "Evaluation", "evaluate", "find_labelled_images", 
 
 OTHER = "(other)"  # predictions of a class the data set does not have
 TOP_K = 5
-ECE_BINS = 15
 
 
 class EvaluationError(ValueError):
@@ -42,11 +49,15 @@ class Evaluation:
     true: list[int]  # per image, index into `classes`
     predicted: list[int]
     top_k_hit: list[bool]  # the true class among the model's top 5
-    scores: list[float]  # top-1 probability
+    scores: list[float]  # top-1 probability (calibrated by the run's temperature)
     predicted_labels: list[str]  # the model's own top-1 name, even for OTHER
     paths: list[str]
     failed: list[dict[str, str]] = field(default_factory=list)  # {"path", "error"}
     seconds: float = 0.0
+    raw_scores: list[float] = field(default_factory=list)  # top-1 before temperature scaling
+    unknown: list[bool] = field(default_factory=list)  # the model's own rule said "unknown"
+    temperature: float = 1.0
+    reject: dict[str, Any] | None = None  # the model's rule: score, threshold
 
     def metrics(self) -> dict[str, Any]:
         """The JSON object of INTERFACE.md: accuracy, per-class metrics, confusion matrix."""
@@ -81,8 +92,29 @@ class Evaluation:
             "images_per_s": num_images / self.seconds if self.seconds else 0.0,
             "failed": self.failed,
         }
+        result.update(self.trust_metrics())
         if len([c for c in self.classes if c != OTHER]) >= TOP_K:
             result["top5_accuracy"] = float(np.mean(self.top_k_hit)) if num_images else 0.0
+        return result
+
+    def trust_metrics(self) -> dict[str, Any]:
+        """Calibration before/after the temperature, the operating points of a threshold on
+        the top-1 probability, and what the model's own "unknown" rule did."""
+        correct = np.asarray(self.true) == np.asarray(self.predicted)
+        result: dict[str, Any] = {
+            "temperature": self.temperature,
+            "ece": expected_calibration_error(np.asarray(self.scores), correct),
+            "ece_uncalibrated": expected_calibration_error(np.asarray(self.raw_scores), correct),
+            "operating_points": operating_points(np.asarray(self.scores), correct),
+        }
+        if self.reject is not None:
+            unknown = np.asarray(self.unknown, bool)
+            answered = ~unknown
+            result["reject"] = {
+                **self.reject,
+                "unknown_rate": float(unknown.mean()) if len(unknown) else 0.0,
+                "accuracy_answered": float(correct[answered].mean()) if answered.any() else None,
+            }
         return result
 
 
@@ -116,15 +148,22 @@ def evaluate(
     by_path = {str(path): name for path, name in samples}
 
     evaluation = Evaluation(classifier.name, classes, [], [], [], [], [], [])
+    evaluation.temperature = classifier.temperature
+    if classifier.rejection is not None:
+        rule = classifier.rejection
+        evaluation.reject = {"score": rule.score, "threshold": rule.threshold}
     start = time.perf_counter()
-    for path, outcome in classifier.classify_paths([p for p, _ in samples], top_k=TOP_K):
+    for path, outcome in classifier.scored_paths([p for p, _ in samples]):
         if progress is not None:
             progress(1)
         if isinstance(outcome, Exception):
             evaluation.failed.append({"path": path, "error": str(outcome)})
             continue
+        probabilities, reject_score = outcome
+        unknown = classifier.unknown(probabilities[None], np.asarray([reject_score]))
+        ranked = classifier.top_predictions(probabilities[None], top_k=TOP_K)[0]
         true_model_index = folder_to_index[by_path[path]]
-        top = outcome[0]
+        top = ranked[0]
         if top.index not in model_to_data:
             if OTHER not in classes:
                 classes.append(OTHER)
@@ -134,8 +173,12 @@ def evaluate(
         evaluation.paths.append(path)
         evaluation.true.append(model_to_data[true_model_index])
         evaluation.predicted.append(predicted)
-        evaluation.top_k_hit.append(any(p.index == true_model_index for p in outcome))
+        evaluation.top_k_hit.append(any(p.index == true_model_index for p in ranked))
         evaluation.scores.append(top.score)
+        evaluation.raw_scores.append(
+            float(uncalibrated(probabilities[None], classifier.temperature).max())
+        )
+        evaluation.unknown.append(bool(unknown[0]))
         evaluation.predicted_labels.append(top.label)
     evaluation.seconds = time.perf_counter() - start
     return evaluation
@@ -158,21 +201,8 @@ def _match_classes(classifier: ImageClassifier, folders: list[str]) -> dict[str,
     return {folder: lookup[folder.lower()] for folder in folders}
 
 
-def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray) -> float:
-    """ECE over equal-width confidence bins: sum of |accuracy - confidence| by bin weight."""
-    if len(confidence) == 0:
-        return 0.0
-    bins = np.minimum((confidence * ECE_BINS).astype(int), ECE_BINS - 1)
-    error = 0.0
-    for b in range(ECE_BINS):
-        in_bin = bins == b
-        if in_bin.any():
-            error += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(error)
-
-
 def write_report(evaluation: Evaluation, metrics: dict[str, Any], out: str | os.PathLike) -> None:
-    """metrics.json, predictions.csv and the three plots into `out`."""
+    """metrics.json, predictions.csv and the plots into `out`."""
     from imgcls import plots
 
     out = Path(out)
@@ -180,25 +210,29 @@ def write_report(evaluation: Evaluation, metrics: dict[str, Any], out: str | os.
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
     with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["path", "true", "predicted", "score"])
-        for path, t, label, s in zip(
+        writer.writerow(["path", "true", "predicted", "score", "unknown"])
+        for path, t, label, s, unknown in zip(
             evaluation.paths,
             evaluation.true,
             evaluation.predicted_labels,
             evaluation.scores,
+            evaluation.unknown,
             strict=True,
         ):
-            writer.writerow([path, evaluation.classes[t], label, f"{s:.6f}"])
+            writer.writerow([path, evaluation.classes[t], label, f"{s:.6f}", unknown])
     plots.confusion_matrix(
         np.asarray(metrics["confusion_matrix"]), evaluation.classes, out / "confusion_matrix.png"
     )
     plots.mistakes(_most_confident_mistakes(evaluation), out / "mistakes.png")
+    correct = np.asarray(evaluation.true) == np.asarray(evaluation.predicted)
     plots.reliability(
         np.asarray(evaluation.scores),
-        np.asarray(evaluation.true) == np.asarray(evaluation.predicted),
+        correct,
         ECE_BINS,
         out / "reliability.png",
+        before=np.asarray(evaluation.raw_scores) if evaluation.temperature != 1.0 else None,
     )
+    plots.coverage_accuracy(np.asarray(evaluation.scores), correct, out / "coverage_accuracy.png")
 
 
 def _most_confident_mistakes(

@@ -49,17 +49,19 @@ class OnnxMetadata:
     name: str
     labels: Labels
     preprocess: Preprocess
+    temperature: float = 1.0  # a run's calibration: probabilities = softmax(logits / T)
+    threshold: float | None = None  # a run's "unknown" threshold on the top-1 probability
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "name": self.name,
-                "class_ids": list(self.labels.class_ids),
-                "class_names": list(self.labels.names),
-                "preprocess": self.preprocess.to_dict(),
-            },
-            ensure_ascii=False,
-        )
+        data: dict[str, Any] = {
+            "name": self.name,
+            "class_ids": list(self.labels.class_ids),
+            "class_names": list(self.labels.names),
+            "preprocess": self.preprocess.to_dict(),
+        }
+        if self.temperature != 1.0 or self.threshold is not None:
+            data.update(temperature=self.temperature, threshold=self.threshold)
+        return json.dumps(data, ensure_ascii=False)
 
 
 def export_onnx(module, metadata: OnnxMetadata, path: str | os.PathLike) -> Path:
@@ -254,6 +256,8 @@ def read_metadata(path: str | os.PathLike) -> OnnxMetadata:
         data["name"],
         Labels(tuple(data["class_ids"]), tuple(data["class_names"])),
         Preprocess.from_config(data["preprocess"]),
+        float(data.get("temperature", 1.0)),
+        data.get("threshold"),
     )
 
 
@@ -315,7 +319,7 @@ def _safe(name: str) -> str:
 
 def parity(torch_logits: np.ndarray, onnx_logits: np.ndarray) -> dict[str, float]:
     """Max absolute difference of probabilities and top-1 agreement, ONNX vs PyTorch."""
-    from imgcls.classifier import softmax
+    from imgcls.calibration import softmax
 
     p_torch, p_onnx = softmax(torch_logits), softmax(onnx_logits)
     return {

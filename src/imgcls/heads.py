@@ -35,6 +35,9 @@ class FittedHead:
     params: dict[str, Any]
     val_accuracy: float | None
     search: list[dict[str, Any]] = field(default_factory=list)  # every grid point tried
+    # Validation probabilities of the chosen grid point, fitted on train only: held-out
+    # predictions for calibration (the final pipeline has seen the validation split).
+    val_proba: np.ndarray | None = None
 
 
 def _make(kind: str, value: Any, seed: int, train_y: np.ndarray):
@@ -85,18 +88,19 @@ def fit_head(
         raise ValueError(f"classifier must be one of {', '.join(HEAD_KINDS)}; got {kind!r}")
     name, values = _GRIDS[kind]
     search: list[dict[str, Any]] = []
-    best_value, best_accuracy = values[len(values) // 2], None
+    best_value, best_accuracy, best_proba = values[len(values) // 2], None, None
     if val_x is not None and val_y is not None and len(val_y):
         for value in values:
             pipeline = _make(kind, value, seed, train_y).fit(train_x, train_y)
-            accuracy = float((pipeline.predict(val_x) == val_y).mean())
+            proba = pipeline.predict_proba(val_x)
+            accuracy = float((proba.argmax(axis=1) == val_y).mean())
             search.append({name: value, "val_accuracy": accuracy})
             if best_accuracy is None or accuracy > best_accuracy:
-                best_value, best_accuracy = value, accuracy
+                best_value, best_accuracy, best_proba = value, accuracy, proba
         train_x = np.concatenate([train_x, val_x])
         train_y = np.concatenate([train_y, val_y])
     pipeline = _make(kind, best_value, seed, train_y).fit(train_x, train_y)
-    return FittedHead(kind, pipeline, {name: best_value}, best_accuracy, search)
+    return FittedHead(kind, pipeline, {name: best_value}, best_accuracy, search, best_proba)
 
 
 def save_head_onnx(head: FittedHead, num_features: int, path: str | os.PathLike) -> None:

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 
 from imgcls.images import ImageError, load_image  # noqa: E402
 
-__all__ = ["confusion_matrix", "mistakes", "reliability"]
+__all__ = ["confusion_matrix", "coverage_accuracy", "mistakes", "reliability"]
 
 # Above this many classes tick labels would overlap: they are hidden.
 MAX_LABELLED_CLASSES = 30
@@ -66,15 +66,41 @@ def mistakes(items: list[tuple[str, str, str, float]], path: str | os.PathLike) 
 
 
 def reliability(
-    confidence: np.ndarray, correct: np.ndarray, bins: int, path: str | os.PathLike
+    confidence: np.ndarray,
+    correct: np.ndarray,
+    bins: int,
+    path: str | os.PathLike,
+    before: np.ndarray | None = None,
 ) -> None:
-    """Reliability diagram: accuracy against confidence per bin, and the diagonal."""
+    """Reliability diagram: accuracy against confidence per bin, and the diagonal; with
+    `before` (the confidences before temperature scaling) its curve too."""
+    from imgcls.calibration import expected_calibration_error
+
     edges = np.linspace(0, 1, bins + 1)
     index = np.minimum((confidence * bins).astype(int), bins - 1)
     accuracy = [correct[index == b].mean() if (index == b).any() else 0.0 for b in range(bins)]
     counts = [int((index == b).sum()) for b in range(bins)]
     fig, ax = plt.subplots(figsize=(5, 5))
-    ax.bar(edges[:-1], accuracy, width=1 / bins, align="edge", edgecolor="black", label="accuracy")
+    ece = expected_calibration_error(confidence, correct, bins)
+    ax.bar(
+        edges[:-1],
+        accuracy,
+        width=1 / bins,
+        align="edge",
+        edgecolor="black",
+        label=f"accuracy (ECE {ece:.3f})",
+    )
+    if before is not None:
+        index_before = np.minimum((before * bins).astype(int), bins - 1)
+        filled = [b for b in range(bins) if (index_before == b).any()]
+        ax.plot(
+            [edges[b] + 0.5 / bins for b in filled],
+            [correct[index_before == b].mean() for b in filled],
+            "o-",
+            color="darkorange",
+            label=f"before temperature (ECE "
+            f"{expected_calibration_error(before, correct, bins):.3f})",
+        )
     ax.plot([0, 1], [0, 1], "--", color="gray", label="perfect calibration")
     for b, count in enumerate(counts):
         if count:
@@ -85,6 +111,46 @@ def reliability(
     ax.set_ylim(0, 1)
     ax.legend(loc="upper left")
     ax.set_title("Reliability")
+    _save(fig, path)
+
+
+def coverage_accuracy(scores: np.ndarray, correct: np.ndarray, path: str | os.PathLike) -> None:
+    """Accuracy on the images answered against the share answered, as the threshold on
+    the top-1 probability rises (a few thresholds marked)."""
+    from imgcls.calibration import MIN_SCORE_GRID, operating_points
+
+    order = np.argsort(-scores, kind="stable")
+    answered = np.arange(1, len(scores) + 1)
+    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    if len(scores):
+        ax.plot(answered / len(scores), np.cumsum(correct[order]) / answered, "-", label="model")
+    # Thresholds that answer the same images share one dot, labelled with their range.
+    groups: list[list[dict]] = []
+    for point in operating_points(scores, correct, MIN_SCORE_GRID):
+        if point["accuracy"] is None:
+            continue
+        if groups and groups[-1][0]["answered"] == point["answered"]:
+            groups[-1].append(point)
+        else:
+            groups.append([point])
+    for group in groups:
+        first, last = group[0], group[-1]
+        label = f"{first['threshold']:g}" + (f"–{last['threshold']:g}" if len(group) > 1 else "")
+        ax.plot(first["coverage"], first["accuracy"], "o", color="firebrick", markersize=4)
+        ax.annotate(
+            label,
+            (first["coverage"], first["accuracy"]),
+            textcoords="offset points",
+            xytext=(3, -10),
+            fontsize=7,
+        )
+    lowest = min((g[0]["accuracy"] for g in groups), default=0.0)
+    ax.set_ylim(max(0.0, lowest - 0.05), 1.01)
+    ax.set_xlabel("coverage (share of images answered)")
+    ax.set_ylabel("accuracy on the images answered")
+    ax.set_xlim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_title("Coverage vs accuracy (dots: --min-score)")
     _save(fig, path)
 
 

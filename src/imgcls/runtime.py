@@ -45,6 +45,17 @@ class TorchRuntime:
             features = pooled_features(self.module, x)
         return features.float().cpu().numpy()
 
+    def logits_and_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Both outputs from one forward pass (the k-NN "unknown" score reads features)."""
+        import torch
+
+        from imgcls.models import classifier_head, pooled_features
+
+        with torch.inference_mode():
+            features = pooled_features(self.module, torch.from_numpy(batch).to(self.device))
+            logits = classifier_head(self.module)(features)
+        return logits.float().cpu().numpy(), features.float().cpu().numpy()
+
 
 class OnnxRuntime:
     """ONNX Runtime on the CPU, for a file written by `imgcls.export.export_onnx`."""
@@ -72,6 +83,12 @@ class OnnxRuntime:
         """(N, 3, H, W) float32 → (N, D) pooled penultimate features."""
         return self.session.run(["features"], {"input": np.ascontiguousarray(batch)})[0]
 
+    def logits_and_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, features = self.session.run(
+            ["logits", "features"], {"input": np.ascontiguousarray(batch)}
+        )
+        return logits, features
+
 
 class HeadRuntime:
     """A backbone's features through a classical head (logreg, SVM, MLP, k-NN).
@@ -86,8 +103,12 @@ class HeadRuntime:
         self.backend = backbone.backend
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        probabilities = self.head.predict_proba(self.backbone.features(batch))
-        return np.log(np.maximum(probabilities, 1e-30)).astype(np.float32)
+        return self.logits_and_features(batch)[0]
 
     def features(self, batch: np.ndarray) -> np.ndarray:
         return self.backbone.features(batch)
+
+    def logits_and_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        features = self.backbone.features(batch)
+        probabilities = self.head.predict_proba(features)
+        return np.log(np.maximum(probabilities, 1e-30)).astype(np.float32), features

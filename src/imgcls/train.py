@@ -42,6 +42,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
 
+from imgcls.calibration import KNN_REFERENCE, REJECT_SCORES, fit_trust
 from imgcls.checkpoint import (
     RUN_CONFIG,
     RUN_STATE,
@@ -55,7 +56,13 @@ from imgcls.checkpoint import (
 )
 from imgcls.data import DataSplits, ImageFolder, find_splits
 from imgcls.heads import HEAD_KINDS, fit_head, save_head_onnx
-from imgcls.models import DEFAULT_MODEL, build_model, canonical_name, classifier_head
+from imgcls.models import (
+    DEFAULT_MODEL,
+    build_model,
+    canonical_name,
+    classifier_head,
+    pooled_features,
+)
 from imgcls.transforms import AUGMENT_PRESETS, Preprocess, preprocess_image, train_transform
 
 __all__ = ["ConfigError", "TrainConfig", "TrainResult", "find_lr", "train"]
@@ -109,6 +116,12 @@ class TrainConfig:
     device: str | None = None  # cpu, cuda, cuda:1 ... (None: CUDA when present)
     resume: bool = False  # continue the run in `out` where it stopped
     progress: bool = True  # progress bar and per-epoch lines on stderr
+    # The "unknown" rule, fitted on the validation split with the temperature: which score
+    # (top-1 calibrated probability, or k-NN similarity to the training features) and the
+    # target its threshold meets (default: answer 95% of validation images).
+    reject_score: str = "knn"  # knn | max_prob (docs/trust.md has the measurement)
+    target_precision: float | None = None  # accuracy wanted on the images answered
+    target_coverage: float | None = None  # share of images answered
 
     def check(self) -> None:
         """Refuse values out of range, naming the argument (the CLI boundary calls this)."""
@@ -137,6 +150,19 @@ class TrainConfig:
         _check(
             self.classifier in CLASSIFIERS, "--classifier", "|".join(CLASSIFIERS), self.classifier
         )
+        _check(
+            self.reject_score in REJECT_SCORES,
+            "--reject-score",
+            " or ".join(REJECT_SCORES),
+            self.reject_score,
+        )
+        for name, value in (
+            ("--target-precision", self.target_precision),
+            ("--target-coverage", self.target_coverage),
+        ):
+            _check(value is None or 0 < value <= 1, name, "in (0, 1]", value)
+        if self.target_precision is not None and self.target_coverage is not None:
+            raise ConfigError("--target-precision and --target-coverage: choose one")
 
     @property
     def peak_lr(self) -> float:
@@ -156,6 +182,8 @@ class TrainResult:
     num_val: int
     skipped: int  # files that did not decode
     seconds: float
+    calibration: dict[str, Any] | None = None  # temperature, validation ECE before/after
+    reject: dict[str, Any] | None = None  # the "unknown" rule and what it did on validation
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -362,6 +390,10 @@ def train(config: TrainConfig) -> TrainResult:
         say(f"test accuracy (best weights, {len(splits.test)} images): {test_accuracy:.4f}")
     if world > 1:
         dist.destroy_process_group()
+    trust: dict[str, Any] = {}
+    if master and splits.val:
+        best, _ = build_model(str(out), weights=out / "best.safetensors")
+        trust = _calibrate_network(best.to(device).eval(), out, config, splits, preprocess, device)
     return TrainResult(
         run_dir=str(out),
         epochs=epochs_done,
@@ -372,6 +404,7 @@ def train(config: TrainConfig) -> TrainResult:
         num_val=len(splits.val),
         skipped=len(splits.skipped),
         seconds=round(time.perf_counter() - started, 3),
+        **trust,
     )
 
 
@@ -587,6 +620,12 @@ def train_head(config: TrainConfig) -> TrainResult:
         head_search=head.search,
         backbone_num_classes=backbone.num_classes,
     )
+    trust: dict[str, Any] = {}
+    if head.val_proba is not None:
+        val_logits = np.log(np.maximum(head.val_proba, 1e-30))  # heads give probabilities
+        trust = _save_trust(
+            out, run_config, config, val_logits, val_y, val_x, train_x, say
+        )  # fmt: skip
     write_json(out / RUN_CONFIG, run_config)
     seconds = time.perf_counter() - started
     row = {
@@ -610,7 +649,79 @@ def train_head(config: TrainConfig) -> TrainResult:
         num_val=len(splits.val),
         skipped=len(splits.skipped),
         seconds=seconds,
+        **trust,
     )
+
+
+def _calibrate_network(
+    model: nn.Module,
+    out: Path,
+    config: TrainConfig,
+    splits: DataSplits,
+    preprocess: Preprocess,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Fit the temperature and the "unknown" rule of a trained network on the validation
+    split (and, for the k-NN score, keep its features of the training images)."""
+    import numpy as np
+
+    say = console.print if config.progress else _quiet
+    with_features = config.reject_score == "knn"
+
+    @torch.no_grad()
+    def outputs(samples: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        logits, features, labels = [], [], []
+        for images, targets in _eval_loader(samples, preprocess, config, device):
+            pooled = pooled_features(model, images.to(device))
+            logits.append(classifier_head(model)(pooled).float().cpu().numpy())
+            if with_features:
+                features.append(pooled.float().cpu().numpy())
+            labels.append(targets.numpy())
+        stacked = np.concatenate(features) if features else np.zeros((0, 0), np.float32)
+        return np.concatenate(logits), np.concatenate(labels), stacked
+
+    val_logits, val_y, val_x = outputs(splits.val)
+    train_x = outputs(splits.train)[2] if with_features else None
+    run_config = read_run_config(out)
+    trust = _save_trust(out, run_config, config, val_logits, val_y, val_x, train_x, say)
+    write_json(out / RUN_CONFIG, run_config)
+    return trust
+
+
+def _save_trust(
+    out: Path,
+    run_config: dict[str, Any],
+    config: TrainConfig,
+    val_logits: Any,
+    val_y: Any,
+    val_x: Any,
+    train_x: Any,
+    say: Any,
+) -> dict[str, Any]:
+    """Fit calibration and rejection, put them in `run_config` (and the k-NN reference
+    file in `out`); returns them for the TrainResult."""
+    calibration, reject, knn = fit_trust(
+        val_logits,
+        val_y,
+        score=config.reject_score,
+        target_precision=config.target_precision,
+        target_coverage=config.target_coverage,
+        val_features=val_x,
+        train_features=train_x,
+        seed=config.seed,
+    )
+    if knn is not None:
+        knn.save(out / KNN_REFERENCE)
+    run_config.update(
+        temperature=calibration["temperature"], calibration=calibration, reject=reject
+    )
+    say(
+        f"calibration: temperature {calibration['temperature']:.3f}, validation ECE "
+        f"{calibration['val_ece_before']:.4f} → {calibration['val_ece_after']:.4f}; "
+        f"unknown below {reject['score']} {reject['threshold']:.4f} "
+        f"(answers {reject['val_coverage']:.0%} of validation images)"
+    )
+    return {"calibration": calibration, "reject": reject}
 
 
 def _fmt(accuracy: float | None) -> str:

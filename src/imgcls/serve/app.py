@@ -59,6 +59,10 @@ class PredictionOut(BaseModel):
     class_id: str
     index: int
     score: float
+    unknown: bool = Field(
+        description="True when the model declines to name the image (the same on every "
+        "prediction of one image): its rejection rule, or min_score, says it is not sure."
+    )
 
 
 class FileResult(BaseModel):
@@ -149,11 +153,20 @@ async def classify(
     service: ServiceDep,
     top_k: Annotated[int, Query(ge=1, description="Predictions per image.")] = 5,
     model: Annotated[str | None, Query(description="Model name; default: the first.")] = None,
+    min_score: Annotated[
+        float | None,
+        Query(
+            ge=0.0,
+            le=1.0,
+            description="Mark an image unknown when its top score is below this "
+            "(replaces the model's own rule).",
+        ),
+    ] = None,
 ) -> ClassifyResponse:
     """Top-k labels for each uploaded `file` (multipart; several `file` fields: a batch)."""
     served = service.get(model)
     files = await _read_files(request, max_files=service.config.max_queue)
-    predictions = await service.classify_and_log(served, files, top_k=top_k)
+    predictions = await service.classify_and_log(served, files, top_k=top_k, min_score=min_score)
     return ClassifyResponse(
         model=served.name,
         results=[

@@ -75,6 +75,16 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.unknown = Counter(
+            "imgcls_unknown_predictions",
+            "Images answered 'unknown' (below the model's rejection threshold or min_score).",
+            ["model"],
+            registry=self.registry,
+        )
+
+    def count_unknown(self, model: str, count: int) -> None:
+        self.unknown.labels(model).inc(count)
+
     def track_queue(self, model: str, depth: Callable[[], int]) -> None:
         self.queue_depth.labels(model).set_function(depth)
 

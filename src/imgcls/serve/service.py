@@ -65,8 +65,9 @@ class ServedModel:
     """One loaded classifier and the batcher in front of it."""
 
     classifier: ImageClassifier
-    batcher: Batcher
+    batcher: Batcher  # rows: probabilities, then the rejection score (see `scored_rows`)
     max_pixels: int
+    on_unknown: Callable[[int], None] = lambda count: None  # counts "unknown" answers
     _explainer: Explainer | None = field(default=None, init=False, repr=False)
     _explain_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -79,11 +80,15 @@ class ServedModel:
         return self.classifier.preprocess.input_size
 
     async def classify(
-        self, files: Sequence[tuple[str, bytes]], top_k: int
+        self, files: Sequence[tuple[str, bytes]], top_k: int, min_score: float | None = None
     ) -> list[list[Prediction]]:
-        """Top-k predictions for each (filename, encoded bytes) pair, in order."""
-        probabilities = await self.probabilities_for_images(files)
-        return self.classifier.top_predictions(probabilities, top_k=top_k)
+        """Top-k predictions for each (filename, encoded bytes) pair, in order, each marked
+        unknown by the model's rule (or by `min_score` when given)."""
+        outputs = await self._outputs(await self._prepare_all(files))
+        probabilities, scores = split_outputs(outputs)
+        unknown = self.classifier.unknown(probabilities, scores, min_score)
+        self.on_unknown(int(unknown.sum()))
+        return self.classifier.top_predictions(probabilities, top_k=top_k, unknown=unknown)
 
     async def explain(self, name: str, data: bytes, label: str | None) -> Explanation:
         """Grad-CAM of one encoded image for `label` (default: the top-1 class)."""
@@ -115,16 +120,21 @@ class ServedModel:
 
     async def probabilities_for_images(self, files: Sequence[tuple[str, bytes]]) -> np.ndarray:
         """(N, C) probabilities for encoded images; undecodable ones raise 422."""
-        self._check_count(len(files))
-        if not self.batcher.has_room(len(files)):  # refuse before spending time decoding
-            raise _overloaded(f"{self.batcher.depth} images queued")
-        arrays = await asyncio.gather(
-            *(run_in_threadpool(self._prepare, name, data) for name, data in files)
-        )
-        return await self.probabilities(arrays)
+        return await self.probabilities(await self._prepare_all(files))
 
     async def probabilities(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """(N, C) probabilities for preprocessed (3, H, W) arrays, through the batcher."""
+        return split_outputs(await self._outputs(arrays))[0]
+
+    async def _prepare_all(self, files: Sequence[tuple[str, bytes]]) -> list[np.ndarray]:
+        self._check_count(len(files))
+        if not self.batcher.has_room(len(files)):  # refuse before spending time decoding
+            raise _overloaded(f"{self.batcher.depth} images queued")
+        return await asyncio.gather(
+            *(run_in_threadpool(self._prepare, name, data) for name, data in files)
+        )
+
+    async def _outputs(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         self._check_count(len(arrays))
         try:
             return await self.batcher.submit(arrays)
@@ -156,6 +166,25 @@ class ServedModel:
             )
         except ImageError as exc:
             raise ApiError(422, "ImageError", str(exc)) from None
+
+
+def scored_rows(classifier: ImageClassifier) -> Callable[[np.ndarray], np.ndarray]:
+    """The batcher's model call: one row per image, its C probabilities and then the
+    score the model's "unknown" rule reads (NaN without a rule), so that the rule's
+    features come from the same forward pass."""
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        probabilities, scores = classifier.predict_scored(batch)
+        if scores is None:
+            scores = np.full(len(probabilities), np.nan)
+        return np.column_stack([probabilities, scores])
+
+    return run
+
+
+def split_outputs(outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(probabilities, rejection scores) of the rows `scored_rows` makes."""
+    return outputs[:, :-1], outputs[:, -1]
 
 
 def _overloaded(reason: str) -> ApiError:
@@ -218,7 +247,7 @@ class Service:
             if name in self.models:
                 raise ValueError(f"two models are both called {name!r}; serve each once")
             batcher = Batcher(
-                classifier.predict_proba,
+                scored_rows(classifier),
                 max_batch=self.config.max_batch,
                 max_wait_ms=self.config.max_wait_ms,
                 max_queue=self.config.max_queue,
@@ -227,20 +256,29 @@ class Service:
             )
             await stack.enter_async_context(batcher)
             self.metrics.track_queue(name, lambda b=batcher: b.depth)
-            self.models[name] = ServedModel(classifier, batcher, self.config.max_pixels)
+            self.models[name] = ServedModel(
+                classifier,
+                batcher,
+                self.config.max_pixels,
+                on_unknown=lambda count, n=name: self.metrics.count_unknown(n, count),
+            )
         if self.config.log_db is not None:  # opened once the models load: no file on failure
             self.log = PredictionLog(self.config.log_db)
             stack.callback(self.log.close)
 
     def _observer(self, name: str, labels: Sequence[str]) -> Callable[[np.ndarray], None]:
-        return lambda probabilities: self.metrics.observe_batch(name, labels, probabilities)
+        return lambda outputs: self.metrics.observe_batch(name, labels, split_outputs(outputs)[0])
 
     async def classify_and_log(
-        self, model: ServedModel, files: Sequence[tuple[str, bytes]], top_k: int
+        self,
+        model: ServedModel,
+        files: Sequence[tuple[str, bytes]],
+        top_k: int,
+        min_score: float | None = None,
     ) -> list[list[Prediction]]:
         """`model.classify`, each image's top-1 then written to the prediction log."""
         start = time.perf_counter()
-        predictions = await model.classify(files, top_k=top_k)
+        predictions = await model.classify(files, top_k=top_k, min_score=min_score)
         if self.log is not None:
             latency_ms = (time.perf_counter() - start) * 1000
             await run_in_threadpool(self._log, model.name, files, predictions, latency_ms)

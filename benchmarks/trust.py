@@ -1,0 +1,200 @@
+"""Trustworthy predictions, measured: "unknown" on digits never seen, calibration of an
+over-confident network, and planted label flips found by `doctor --labels`.
+
+Data: scikit-learn's bundled handwritten digits (1,797 images of 8x8, 10 classes), written
+as PNG folders at 64x64 and split 60/20/20 (train/val/test, stratified, seed 0), as in
+heads_vs_finetune.py. Nothing is downloaded.
+
+1. unknown: train on digits 0-7 only; the test images of 8 and 9 are the unseen classes.
+   For each model (logreg head on EfficientNet-Lite0 features at 64 px; simple_cnn trained
+   from scratch at 32 px) and each rejection score (max_prob, knn), with the default
+   target (answer 95% of validation images): share of unseen-class test images answered
+   unknown, and share of known-class test images answered unknown.
+2. calibration: simple_cnn on all 10 digits, 40 epochs, no augmentation, no weight decay;
+   ECE on the test split before and after the temperature fitted on the validation split.
+   Then the same network made deliberately over-confident (its last layer's weights and
+   bias times 4, so every logit is 4x), its temperature refitted on the validation split:
+   ECE before and after again.
+3. label audit: all 1,797 images as DATA/<digit>/, 5% of them (90) moved to another digit's
+   folder at random; `imgcls.audit.audit_labels` (EfficientNet-Lite0 features at 64 px,
+   5-fold logistic regression): precision at k = 90 of the ranking, and how many of the 90
+   are among the flagged images.
+
+    PYTHONPATH=src .venv/bin/python benchmarks/trust.py [--out /tmp/trust-bench]
+
+Measured on 2 shared cores of an AMD EPYC (Zen 4), no GPU; the figures are in docs/trust.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+
+from imgcls import ImageClassifier
+from imgcls.audit import audit_labels
+from imgcls.evaluate import evaluate, find_labelled_images
+from imgcls.images import list_images
+from imgcls.train import TrainConfig, train
+
+UNSEEN = ("8", "9")
+
+
+def write_digits(root: Path, size: int = 64) -> Path:
+    digits = load_digits()
+    images = (digits.images * (255.0 / 16.0)).astype(np.uint8)
+    index = np.arange(len(images))
+    train_idx, rest = train_test_split(index, test_size=0.4, stratify=digits.target, random_state=0)
+    val_idx, test_idx = train_test_split(
+        rest, test_size=0.5, stratify=digits.target[rest], random_state=0
+    )
+    for split, indices in (("train", train_idx), ("val", val_idx), ("test", test_idx)):
+        for i in indices:
+            folder = root / split / str(digits.target[i])
+            folder.mkdir(parents=True, exist_ok=True)
+            big = cv2.resize(images[i], (size, size), interpolation=cv2.INTER_NEAREST)
+            cv2.imwrite(str(folder / f"{i}.png"), big)
+    return root
+
+
+def unknown_rates(data: Path, out: Path) -> None:
+    known = out / "known"  # digits 0-7 of every split
+    unseen = [p for digit in UNSEEN for p in list_images(data / "test" / digit)]
+    for split in ("train", "val", "test"):
+        for folder in (data / split).iterdir():
+            if folder.name not in UNSEEN:
+                shutil.copytree(folder, known / split / folder.name, dirs_exist_ok=True)
+    in_distribution = list_images(known / "test")
+    print("| model | score | unknown on unseen 8, 9 | unknown on known 0-7 | accuracy answered |")
+    print("|---|---|---|---|---|")
+    models = {
+        "logreg head (EfficientNet-Lite0, 64 px)": dict(classifier="logreg", img_size=64),
+        "simple_cnn (scratch, 32 px, 15 epochs)": dict(
+            model="simple_cnn", pretrained=False, img_size=32, epochs=15, augment="none"
+        ),
+    }
+    for name, settings in models.items():
+        for score in ("max_prob", "knn"):
+            run = out / "runs" / f"{settings.get('model', 'head')}-{score}"
+            train(TrainConfig(data=str(known), out=str(run), reject_score=score, progress=False,
+                              **settings))  # fmt: skip
+            classifier = ImageClassifier(str(run))
+            ood = [preds for _, preds in classifier.classify_paths(unseen)]
+            ind = [preds for _, preds in classifier.classify_paths(in_distribution)]
+            truth = [Path(p).parent.name for p in in_distribution]
+            answered = [(a[0].label == t) for a, t in zip(ind, truth, strict=True)
+                        if not a[0].unknown]  # fmt: skip
+            print(
+                f"| {name} | {score} | {np.mean([a[0].unknown for a in ood]):.1%} "
+                f"| {np.mean([a[0].unknown for a in ind]):.1%} | {np.mean(answered):.1%} |",
+                flush=True,
+            )
+
+
+def calibration(data: Path, out: Path) -> None:
+    run = out / "runs" / "cnn40"
+    train(
+        TrainConfig(
+            data=str(data),
+            out=str(run),
+            model="simple_cnn",
+            pretrained=False,
+            img_size=32,
+            epochs=40,
+            augment="none",
+            weight_decay=0.0,
+            reject_score="max_prob",
+            progress=False,
+        )  # fmt: skip
+    )
+    metrics = evaluate(ImageClassifier(str(run)), find_labelled_images(data, "test")).metrics()
+    print(
+        f"simple_cnn, 40 epochs: test accuracy {metrics['accuracy']:.4f}, temperature "
+        f"{metrics['temperature']:.3f}, test ECE {metrics['ece_uncalibrated']:.4f} before → "
+        f"{metrics['ece']:.4f} after",
+        flush=True,
+    )
+    over_confident(run, data, out / "runs" / "cnn40-x4")
+
+
+def over_confident(run: Path, data: Path, scaled: Path, factor: float = 4.0) -> None:
+    """A copy of `run` whose logits are `factor` times larger, refitted and evaluated."""
+    from safetensors.torch import load_file, save_file
+
+    from imgcls.calibration import fit_temperature
+    from imgcls.checkpoint import read_run_config, write_json
+
+    shutil.copytree(run, scaled, dirs_exist_ok=True)
+    weights = load_file(str(run / "best.safetensors"))
+    for name in ("fc.1.weight", "fc.1.bias"):  # simple_cnn's classifier layer
+        weights[name] = weights[name] * factor
+    save_file(weights, str(scaled / "best.safetensors"))
+    config = read_run_config(scaled)
+    config["temperature"] = 1.0
+    write_json(scaled / "config.json", config)
+    classifier = ImageClassifier(str(scaled))
+    samples = find_labelled_images(data, "val")
+    names = list(classifier.labels.names)
+    logits = np.concatenate(
+        [classifier.runtime(np.stack([classifier.prepare(p) for p, _ in samples[i : i + 64]]))
+         for i in range(0, len(samples), 64)]
+    )  # fmt: skip
+    temperature = fit_temperature(logits, np.array([names.index(c) for _, c in samples]))
+    config["temperature"] = temperature
+    write_json(scaled / "config.json", config)
+    metrics = evaluate(ImageClassifier(str(scaled)), find_labelled_images(data, "test")).metrics()
+    print(
+        f"same, logits x{factor:g}: temperature {temperature:.3f}, test ECE "
+        f"{metrics['ece_uncalibrated']:.4f} before → {metrics['ece']:.4f} after",
+        flush=True,
+    )
+
+
+def label_audit(data: Path, out: Path, share: float = 0.05) -> None:
+    flat = out / "flat"
+    for path in list_images(data):
+        target = flat / path.parent.name / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, target)
+    rng = np.random.default_rng(0)
+    files = list_images(flat)
+    planted = set()
+    for index in rng.choice(len(files), round(share * len(files)), replace=False):
+        path = files[index]
+        wrong = str((int(path.parent.name) + rng.integers(1, 10)) % 10)
+        shutil.move(path, flat / wrong / path.name)
+        planted.add(f"{wrong}/{path.name}")
+    started = time.perf_counter()
+    audit = audit_labels(flat, img_size=64)
+    top = {item.path for item in audit.ranked[: len(planted)]}
+    flagged = {item.path for item in audit.issues}
+    print(
+        f"{len(planted)} flips in {len(audit.ranked)} images: precision@{len(planted)} "
+        f"{len(top & planted) / len(planted):.3f}; {len(flagged)} flagged, of which "
+        f"{len(flagged & planted)} planted; {time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("/tmp/trust-bench"))
+    parser.add_argument("--only", choices=("unknown", "calibration", "audit"), default=None)
+    args = parser.parse_args()
+    if args.out.exists():
+        shutil.rmtree(args.out)
+    data = write_digits(args.out / "digits")
+    steps = {"unknown": unknown_rates, "calibration": calibration, "audit": label_audit}
+    for name, step in steps.items():
+        if args.only in (None, name):
+            step(data, args.out)
+
+
+if __name__ == "__main__":
+    main()
