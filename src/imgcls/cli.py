@@ -538,7 +538,7 @@ def train(
     json_output: Annotated[bool, typer.Option("--json", help="Print a final JSON object.")] = False,
 ) -> None:
     """Train a classifier on folders of images; write a run directory usable as --model."""
-    from imgcls.checkpoint import WeightsError
+    from imgcls.checkpoint import WeightsError, WriteError
     from imgcls.data import DataError
     from imgcls.models import ModelError
     from imgcls.train import ConfigError, TrainConfig
@@ -557,6 +557,9 @@ def train(
         result = run_find_lr(config) if find_lr else run_train(config)
     except (ConfigError, DataError, ModelError, WeightsError, FileNotFoundError) as exc:
         _fail_usage(str(exc))
+    except WriteError as exc:  # disk full, no permission: the run stops, its files intact
+        stderr.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INPUT_FAILED) from None
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return
     if find_lr:
