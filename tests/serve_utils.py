@@ -54,17 +54,21 @@ def thread_server(**settings) -> Iterator[str]:
 
 
 @contextmanager
-def process_server(*args: str) -> Iterator[tuple[subprocess.Popen, str]]:
-    """`python -m imgcls serve --port P ARGS` in a subprocess, once /healthz answers."""
+def process_server(*args: str, log: Path | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`python -m imgcls serve --port P ARGS` in a subprocess, once /healthz answers.
+
+    Its output is piped (read it after the process ends) or, for long runs that would fill
+    the pipe and block the server on its request log, written to the file `log`."""
     port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
     }
+    output = open(log, "w") if log is not None else subprocess.PIPE  # noqa: SIM115
     process = subprocess.Popen(
         [sys.executable, "-m", "imgcls", "serve", "--port", str(port), *args],
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=output,
         stderr=subprocess.STDOUT,
         text=True,
     )
@@ -76,13 +80,16 @@ def process_server(*args: str) -> Iterator[tuple[subprocess.Popen, str]]:
         if process.poll() is None:
             process.kill()
             process.wait(timeout=30)
+        if log is not None:
+            output.close()
 
 
 def wait_healthy(url: str, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}: {process.stdout.read()}")
+            output = process.stdout.read() if process.stdout else "(see its log file)"
+            raise RuntimeError(f"server exited with {process.returncode}: {output}")
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                 return

@@ -213,3 +213,11 @@ def test_a_png_over_the_cap_is_refused_before_any_pixel_is_decoded(bounded_memor
     # Reading the EXIF orientation of a PNG made Pillow decode it: 106 MB for this header.
     with pytest.raises(ImageError, match="over the limit"):
         decode_image_bytes(_with_dimensions("PNG", 37_094_202, 1), name="x", max_pixels=MAX_PIXELS)
+
+
+def test_a_tiff_tag_of_the_wrong_type_is_an_image_error():
+    # One bit flipped at byte 72 gives a tag Pillow reads as a rational: TypeError escaped.
+    data = bytearray(SEEDS["TIFF"])
+    data[72] ^= 1
+    with pytest.raises(ImageError, match="cannot decode image"):
+        decode_image_bytes(bytes(data), name="x")

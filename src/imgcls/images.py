@@ -54,6 +54,11 @@ IMAGE_EXTENSIONS = frozenset(
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray | Image.Image
 
 _EXIF_ORIENTATION = 0x0112
+# Note: Pillow's format plugins raise whatever their parsing hits on a corrupt file, not only
+# OSError/ValueError: fuzzing found TypeError from a TIFF tag of the wrong type (a bit flip
+# at byte 72), and struct.error and IndexError are possible too. On these two paths any
+# exception from Pillow means "not a valid image", so all are turned into ImageError.
+
 # Scale factors libjpeg decodes at directly, with the bit that asks OpenCV for each (the
 # IMREAD_REDUCED_* bits; combined with IMREAD_COLOR_RGB they keep RGB order).
 _JPEG_REDUCTIONS = ((8, 64), (4, 32), (2, 16))
@@ -167,7 +172,7 @@ def _read_header(data: bytes, name: str, max_pixels: int) -> _Header | None:
         raise ImageError(f"{name}: refused, too many pixels ({exc})") from None
     except UnidentifiedImageError:
         return None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except Exception as exc:  # Pillow: any type on corrupt input (see the note at the top)
         raise ImageError(f"{name}: not a valid image ({exc})") from None
     return _Header(width, height, has_alpha, orientation, image_format)
 
@@ -246,8 +251,8 @@ def _decode_with_pillow(data: bytes, name: str) -> np.ndarray:
                 return _pil_to_rgb(im, name, None)
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image (unknown file format)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"{name}: cannot decode image ({exc})") from None
+    except Exception as exc:  # Pillow: any type on corrupt input (see the note at the top)
+        raise ImageError(f"{name}: cannot decode image ({type(exc).__name__}: {exc})") from None
 
 
 def _pil_to_rgb(im: Image.Image, name: str, max_pixels: int | None) -> np.ndarray:
