@@ -60,6 +60,7 @@ def planted(tmp_path: Path) -> Path:
     (train / "rocket/notes.jpg").write_text("not an image, only named like one")
     (train / "rocket/readme.txt").write_text("labels were checked by hand")
     (train / "empty").mkdir()
+    (train / "LICENSE.txt").write_text("CC-BY")  # beside the class folders, not in one
     return root
 
 
@@ -104,6 +105,7 @@ def test_finds_every_planted_problem_and_no_distinct_picture_is_a_duplicate(plan
     warned = {w["kind"]: w for w in report.warnings}
     assert warned["non_image_files"]["paths"] == ["train/rocket/readme.txt"]
     assert warned["empty_classes"]["paths"] == ["train/empty"]
+    assert warned["stray_files"]["paths"] == ["train/LICENSE.txt"]
     assert report.num_images == 33
 
 

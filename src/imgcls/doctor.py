@@ -163,14 +163,14 @@ def diagnose(
     `progress(1)` is called per file."""
     started = time.perf_counter()
     root = Path(root)
-    layout, class_dirs, warnings, non_images = _find_layout(root)
+    layout, class_dirs, warnings, stray = _find_layout(root)
     files = [
         (path, split, label)
         for (split, label), folder in class_dirs.items()
         for path in _files(folder)
     ]
     images = [f for f in files if f[0].suffix.lower() in IMAGE_EXTENSIONS]
-    non_images += [_rel(root, p) for p, _, _ in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
+    non_images = [_rel(root, p) for p, _, _ in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
     if on_total is not None:
         on_total(len(images))
     records = []
@@ -201,6 +201,10 @@ def diagnose(
                 "(training skips them)",
                 non_images,
             )
+        )
+    if stray:
+        warnings.append(
+            _warning("stray_files", f"{len(stray)} file(s) outside class folders", stray)
         )
     warnings += _class_warnings(classes)
     warnings += _image_warnings(good)
