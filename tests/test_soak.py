@@ -2,7 +2,7 @@
 serve` process. Every good one gets the right answer, every bad one a 4xx JSON error; the
 server's memory stays flat and it leaks no file descriptors.
 
-IMGCLS_SOAK_REQUESTS sets the count (default 1,500: about 15 s of traffic on two cores)."""
+IMGCLS_SOAK_REQUESTS sets the count (default 3,000: about 15 s of traffic on two busy cores)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ pytestmark = [
     pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc"),
 ]
 
-REQUESTS = int(os.environ.get("IMGCLS_SOAK_REQUESTS", "1500"))
+REQUESTS = int(os.environ.get("IMGCLS_SOAK_REQUESTS", "3000"))
 WARM_UP = 200
 CLIENTS = 8
 RSS_GROWTH_LIMIT_MB = 40
