@@ -657,7 +657,11 @@ def write_html_report(report: Report, out: str | os.PathLike, max_groups: int = 
     corrupt = "".join(
         f"<li>{html.escape(c['path'])}: {html.escape(c['reason'])}</li>" for c in report.corrupt
     )
-    warnings = "".join(f"<li>{html.escape(w['message'])}</li>" for w in report.warnings)
+    warnings = "".join(
+        f"<li>{html.escape(w['message'])}<br><small>{html.escape(', '.join(w['paths'][:20]))}"
+        f"{' …' if len(w['paths']) > 20 else ''}</small></li>"
+        for w in report.warnings
+    )
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>imgcls doctor: {html.escape(report.root)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} .row{{display:flex;flex-wrap:wrap;gap:8px}}
