@@ -16,8 +16,7 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from serve_utils import CAT, process_server
-from test_serve import _bomb_png
+from serve_utils import CAT, bomb_png, process_server
 
 from imgcls import ImageClassifier
 
@@ -73,7 +72,7 @@ def _requests(good: list[tuple[bytes, str]]) -> list[tuple[str, dict, object]]:
         ("text", {"files": [("file", ("notes.jpg", b"just text, not a picture"))]}, 422),
         ("truncated", {"files": [("file", ("cut.jpg", CAT[: len(CAT) // 3]))]}, 422),
         ("empty", {"files": [("file", ("empty.jpg", b""))]}, 422),
-        ("huge_dimensions", {"files": [("file", ("bomb.png", _bomb_png()))]}, 422),
+        ("huge_dimensions", {"files": [("file", ("bomb.png", bomb_png()))]}, 422),
         ("wrong_field", {"files": [("image", ("cat.jpg", good[0][0]))]}, 400),
         ("bad_top_k", {"files": photo, "params": {"top_k": "x"}}, 400),
         ("zero_top_k", {"files": photo, "params": {"top_k": 0}}, 400),
