@@ -15,6 +15,14 @@ CAT_IDS = {"n02123045", "n02123159", "n02123394", "n02123597", "n02124075"}
 ESPRESSO_ID = "n07920052"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def export_cache(tmp_path_factory) -> Path:
+    """One ONNX export cache for the session (and its subprocesses), not the user's."""
+    path = tmp_path_factory.mktemp("onnx-cache")
+    os.environ["IMGCLS_CACHE_DIR"] = str(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def samples() -> Path:
     return SAMPLES

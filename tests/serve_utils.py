@@ -7,6 +7,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zlib
@@ -36,8 +37,16 @@ def free_port() -> int:
 
 @contextmanager
 def thread_server(**settings) -> Iterator[str]:
-    """An app for `ServeConfig(**settings)` under uvicorn in a thread; yields its base URL."""
-    config = ServeConfig(port=free_port(), **settings)
+    """An app for `ServeConfig(**settings)` under uvicorn in a thread; yields its base URL.
+    Corrections go to a temporary directory unless `feedback_dir` is given."""
+    with tempfile.TemporaryDirectory(prefix="imgcls-feedback-") as feedback_dir:
+        settings.setdefault("feedback_dir", feedback_dir)
+        with _thread_server(ServeConfig(port=free_port(), **settings)) as url:
+            yield url
+
+
+@contextmanager
+def _thread_server(config: ServeConfig) -> Iterator[str]:
     server = uvicorn.Server(
         uvicorn.Config(create_app(config), host="127.0.0.1", port=config.port, log_level="warning")
     )
@@ -58,9 +67,23 @@ def thread_server(**settings) -> Iterator[str]:
 @contextmanager
 def process_server(*args: str, log: Path | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
     """`python -m imgcls serve --port P ARGS` in a subprocess, once /healthz answers.
+    Without --log-db in ARGS it runs with --no-log, and without --feedback-dir it keeps
+    corrections in a temporary directory: tests leave no files behind. Its output is piped
+    (read it after the process ends) or, for long runs that would fill the pipe and block
+    the server on its request log, written to the file `log`."""
+    with tempfile.TemporaryDirectory(prefix="imgcls-feedback-") as feedback_dir:
+        if "--log-db" not in args:
+            args = (*args, "--no-log")
+        if "--feedback-dir" not in args:
+            args = (*args, "--feedback-dir", feedback_dir)
+        with _process_server(args, log) as running:
+            yield running
 
-    Its output is piped (read it after the process ends) or, for long runs that would fill
-    the pipe and block the server on its request log, written to the file `log`."""
+
+@contextmanager
+def _process_server(
+    args: tuple[str, ...], log: Path | None
+) -> Iterator[tuple[subprocess.Popen, str]]:
     port = free_port()
     env = {
         **os.environ,

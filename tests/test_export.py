@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import numpy as np
 import onnx
 import pytest
-from conftest import ESPRESSO_ID, cli_env, imgcls_command
+from conftest import ESPRESSO_ID, cli_env, imgcls_command, write_photo_crops
 
 from imgcls import ImageClassifier
 from imgcls.export import read_metadata
@@ -46,12 +47,89 @@ def test_export_command_checks_parity_and_writes_metadata(tmp_path, samples):
         assert runtime(x).shape == (batch, 1000) and runtime.features(x).shape == (batch, 1280)
 
 
-def test_onnx_backend_gives_the_torch_answers(cache, classifier, samples):
+def test_torchscript_export_matches_pytorch_and_carries_metadata(tmp_path, samples):
+    import torch
+
+    out = tmp_path / "lite0.pt"
+    result = subprocess.run(
+        imgcls_command(
+            "export",
+            "efficientnet_lite0",
+            "--format",
+            "torchscript",
+            "--out",
+            str(out),
+            "--images",
+            str(samples),
+            "--json",
+        ),  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=cli_env(),
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["format"] == "torchscript" and report["top1_agreement"] == 1.0
+    assert report["max_abs_diff"] < 1e-5
+    extra = {"imgcls.json": ""}
+    with pytest.warns(FutureWarning):  # TorchScript is deprecated in favour of torch.export
+        scripted = torch.jit.load(str(out), _extra_files=extra)
+    assert json.loads(extra["imgcls.json"])["name"] == "efficientnet_lite0"
+    assert scripted(torch.zeros(2, 3, 224, 224)).shape == (2, 1000)
+
+
+def test_int8_export_is_quantized_reports_agreement_and_classifies(tmp_path):
+    calib = write_photo_crops(tmp_path / "calib", per_class=4, size=160)
+    out = tmp_path / "lite0-int8.onnx"
+    result = subprocess.run(
+        imgcls_command(
+            "export",
+            "efficientnet_lite0",
+            "--out",
+            str(out),
+            "--int8",
+            "--calib",
+            str(calib),
+            "--min-agreement",
+            "0",
+            "--json",
+        ),  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=cli_env(),
+    )
+    assert result.returncode == 0, result.stderr
+    int8 = json.loads(result.stdout)["int8"]
+    assert int8["checked_on"] == 12 and 0.0 <= int8["top1_agreement"] <= 1.0
+    assert int8["speedup"] == pytest.approx(int8["images_per_s"] / int8["fp32_images_per_s"])
+    ops = {node.op_type for node in onnx.load(out).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    quantized = ImageClassifier(str(out))
+    assert quantized.labels.names[:2] == ("tench", "goldfish")
+    assert len(quantized.classify_image(calib / "espresso" / "0.jpg")) == 5
+
+
+def test_int8_needs_calibration_images(tmp_path):
+    result = subprocess.run(
+        imgcls_command("export", "efficientnet_lite0", "--out", str(tmp_path / "m.onnx"), "--int8"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=cli_env(),
+    )
+    assert result.returncode == 2 and "--calib" in result.stderr
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_onnx_backend_gives_the_torch_answers(cache, samples):
     fast = ImageClassifier(backend="onnx")
     assert fast.runtime.backend == "onnx"
+    eager = ImageClassifier(backend="torch")
     paths = sorted(samples.glob("*.jpg"))
     for ours, reference in zip(
-        fast.classify_images(paths), classifier.classify_images(paths), strict=True
+        fast.classify_images(paths), eager.classify_images(paths), strict=True
     ):
         assert [p.index for p in ours] == [p.index for p in reference]
         assert np.allclose([p.score for p in ours], [p.score for p in reference], atol=1e-4)
@@ -68,6 +146,26 @@ def test_export_is_cached_and_keyed_by_weights(cache, tmp_path):
     assert len(list(cache.glob("*.onnx"))) == 2
 
 
+def test_a_later_start_runs_from_the_cache_without_importing_torch(cache, samples):
+    script = (
+        "import sys; from imgcls import ImageClassifier; clf = ImageClassifier(); "
+        f"top = clf.classify_image({str(samples / 'espresso.jpg')!r})[0]; "
+        "print(top.class_id, clf.runtime.backend, 'torch' in sys.modules)"
+    )
+
+    def start() -> list[str]:
+        result = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+            env={**cli_env(), "IMGCLS_CACHE_DIR": str(cache)},
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()
+
+    assert start() == [ESPRESSO_ID, "onnx", "True"]  # the first start builds and exports
+    assert start() == [ESPRESSO_ID, "onnx", "False"]
+    assert ImageClassifier().module is not None  # PyTorch is still there on demand
+
+
 def test_an_exported_file_is_a_model(cache, tmp_path, samples):
     ImageClassifier(backend="onnx")
     (exported,) = cache.glob("*.onnx")
@@ -75,6 +173,19 @@ def test_an_exported_file_is_a_model(cache, tmp_path, samples):
     assert standalone.classify_image(samples / "espresso.jpg")[0].class_id == ESPRESSO_ID
 
 
+def test_auto_backend_is_onnx_on_the_cpu_and_torch_when_export_fails(cache, monkeypatch):
+    assert ImageClassifier().runtime.backend == "onnx"
+
+    def broken_export(*args, **kwargs):
+        raise RuntimeError("unsupported operator")
+
+    monkeypatch.setattr("imgcls.classifier.cached_export", broken_export)
+    with pytest.warns(RuntimeWarning, match="unsupported operator"):
+        assert ImageClassifier("simple_cnn", pretrained=False).runtime.backend == "torch"
+    with pytest.raises(RuntimeError, match="unsupported operator"):  # asked for by name
+        ImageClassifier("simple_cnn", pretrained=False, backend="onnx")
+
+
 def test_unknown_backend_is_refused():
-    with pytest.raises(ValueError, match="backend must be one of torch, onnx"):
+    with pytest.raises(ValueError, match="backend must be one of auto, torch, onnx"):
         ImageClassifier(backend="tensorflow")

@@ -99,6 +99,25 @@ def test_head_run_works_from_the_command_line(head_runs, samples):
     assert json.loads(result.stdout)[0]["predictions"][0]["label"] == "espresso"
 
 
+@pytest.mark.parametrize("kind", ["logreg", "svm"])
+def test_head_run_exports_as_one_onnx_graph(head_runs, crops, tmp_path, kind):
+    out, _ = head_runs[kind]
+    exported = tmp_path / f"{kind}.onnx"
+    result = subprocess.run(
+        imgcls_command("export", str(out), "--out", str(exported), "--images", str(crops)),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=cli_env(),
+    )
+    assert result.returncode == 0, result.stderr
+    standalone, run = ImageClassifier(str(exported)), ImageClassifier(str(out))
+    assert standalone.labels == run.labels and standalone.runtime.backend == "onnx"
+    paths = [path for path, _ in find_labelled_images(crops)][:12]
+    batch = np.stack([run.prepare(p) for p in paths])
+    assert np.allclose(standalone.predict_proba(batch), run.predict_proba(batch), atol=1e-4)
+
+
 class _Exploit:
     def __init__(self, marker):
         self.marker = marker

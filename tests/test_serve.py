@@ -52,7 +52,7 @@ def test_models_lists_the_default_model_with_its_input_size(client: httpx.Client
                 "name": "efficientnet_lite0",
                 "num_classes": 1000,
                 "input_size": [3, 224, 224],
-                "backend": "torch",
+                "backend": "onnx",
             }
         ]
     }

@@ -94,7 +94,17 @@ def test_an_upload_over_the_cap_is_refused_without_being_held_in_memory() -> Non
 def test_a_model_that_cannot_load_is_a_usage_error() -> None:
     env = {**os.environ, "PYTHONPATH": str(SRC)}
     run = subprocess.run(
-        [sys.executable, "-m", "imgcls", "serve", "--model", "no_such_model_xyz", "--port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "imgcls",
+            "serve",
+            "--model",
+            "no_such_model_xyz",
+            "--port",
+            "0",
+            "--no-log",
+        ],
         env=env,
         capture_output=True,
         text=True,

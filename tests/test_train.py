@@ -26,7 +26,8 @@ from typer.testing import CliRunner
 from imgcls import ImageClassifier
 from imgcls.checkpoint import load_run_state, read_run_config, save_run_state
 from imgcls.cli import app
-from imgcls.models import SimpleCNN, build_model
+from imgcls.models import build_model
+from imgcls.simple_cnn import SimpleCNN
 from imgcls.train import ConfigError, TrainConfig, find_lr, train
 
 SRC = Path(__file__).resolve().parents[1] / "src"

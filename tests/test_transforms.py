@@ -20,7 +20,7 @@ MAX_PROBABILITY_DIFF = 0.12
 
 @pytest.fixture(scope="module")
 def timm_transform(classifier):
-    return create_transform(**resolve_data_config({}, model=classifier.runtime.module))
+    return create_transform(**resolve_data_config({}, model=classifier.module))
 
 
 @pytest.mark.parametrize("name", ["cat.jpg", "espresso.jpg", "rocket.jpg"])

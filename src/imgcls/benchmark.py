@@ -7,6 +7,7 @@ several times slower on CPUs (denormal floats in the activations), which no user
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ import numpy as np
 
 from imgcls.classifier import ImageClassifier
 
-__all__ = ["BenchmarkResult", "benchmark"]
+__all__ = ["BenchmarkResult", "benchmark", "time_calls"]
 
 
 @dataclass(frozen=True)
@@ -41,23 +42,30 @@ def benchmark(
 ) -> BenchmarkResult:
     """Call the model on a batch of `image` (decoded RGB) for about `seconds`."""
     batch = np.ascontiguousarray(np.repeat(classifier.prepare(image)[None], batch_size, axis=0))
-    for _ in range(warmup):
-        classifier.runtime(batch)
-    latencies = []
-    started = time.perf_counter()
-    while time.perf_counter() - started < seconds or len(latencies) < 5:
-        call = time.perf_counter()
-        classifier.runtime(batch)
-        latencies.append(time.perf_counter() - call)
-    elapsed = sum(latencies)
-    p50, p90, p99 = np.percentile(np.asarray(latencies) * 1000.0, [50, 90, 99])
+    latencies = time_calls(classifier.runtime, batch, seconds, warmup)
+    p50, p90, p99 = np.percentile(latencies * 1000.0, [50, 90, 99])
     return BenchmarkResult(
         model=classifier.name,
         backend=classifier.runtime.backend,
         batch_size=batch_size,
-        images_per_s=batch_size * len(latencies) / elapsed,
+        images_per_s=batch_size * len(latencies) / latencies.sum(),
         p50_ms=float(p50),
         p90_ms=float(p90),
         p99_ms=float(p99),
         calls=len(latencies),
     )
+
+
+def time_calls(
+    run: Callable[[np.ndarray], Any], batch: np.ndarray, seconds: float, warmup: int = 3
+) -> np.ndarray:
+    """Seconds taken by each call of `run(batch)`, called for about `seconds` (5 at least)."""
+    for _ in range(warmup):
+        run(batch)
+    latencies = []
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds or len(latencies) < 5:
+        call = time.perf_counter()
+        run(batch)
+        latencies.append(time.perf_counter() - call)
+    return np.asarray(latencies)

@@ -29,10 +29,12 @@ import pickle
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError  # light: safetensors imports no torch
+
+if TYPE_CHECKING:  # torch is imported where tensors are read or written, not at start-up
+    import torch
 
 __all__ = [
     "RUN_CONFIG",
@@ -80,6 +82,8 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
             raise WeightsError(f"{path}: not a valid safetensors file ({exc})") from None
+    import torch
+
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -94,6 +98,8 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def _unwrap(loaded: object, path: Path) -> dict[str, torch.Tensor]:
+    import torch
+
     if isinstance(loaded, dict):
         for key in _WRAPPER_KEYS:
             if isinstance(loaded.get(key), dict):
@@ -176,11 +182,15 @@ def save_weights(path: str | os.PathLike, state_dict: dict[str, torch.Tensor]) -
 
 def save_run_state(path: str | os.PathLike, state: dict[str, Any]) -> None:
     """Resume state; it must hold only tensors, numbers, strings and containers of them."""
+    import torch
+
     atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_run_state(path: str | os.PathLike) -> dict[str, Any]:
     """Resume state written by `save_run_state`, read without unpickling objects."""
+    import torch
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:

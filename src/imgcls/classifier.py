@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -11,17 +15,25 @@ from typing import Any
 import numpy as np
 
 from imgcls.checkpoint import is_run_dir, read_run_config
-from imgcls.export import OnnxMetadata, cached_export, read_metadata
+from imgcls.export import (
+    OnnxMetadata,
+    cached_export,
+    read_metadata,
+    recall_export,
+    remember_export,
+)
 from imgcls.heads import OnnxHead
 from imgcls.images import DEFAULT_MAX_PIXELS, ImageError, ImageSource, load_image
 from imgcls.labels import Labels, labels_for
-from imgcls.models import DEFAULT_MODEL, build_model, canonical_name
+from imgcls.models import DEFAULT_MODEL, build_model, canonical_name, weights_fingerprint
 from imgcls.runtime import HeadRuntime, OnnxRuntime, TorchRuntime
 from imgcls.transforms import preprocess_image
 
 __all__ = ["BACKENDS", "ImageClassifier", "Prediction"]
 
-BACKENDS = ("torch", "onnx")
+# "auto": ONNX Runtime on the CPU (measured 3x eager PyTorch there, docs/performance.md),
+# PyTorch on an accelerator or when a model does not export.
+BACKENDS = ("auto", "torch", "onnx")
 
 
 @dataclass(frozen=True)
@@ -44,6 +56,11 @@ class ImageClassifier:
     >>> clf = ImageClassifier()                    # EfficientNet-Lite0, ImageNet, offline
     >>> clf.classify_image("cat.jpg")[0].label
     'tiger cat'
+
+    `model` is a registry name, a run directory or an exported `.onnx` file. `backend`
+    "auto" runs ONNX Runtime on the CPU (the model is exported once into the cache of
+    `imgcls.export.cache_dir()`) and PyTorch elsewhere; "torch" and "onnx" force one.
+    `threads` caps ONNX Runtime's threads (default: the cores this process may use).
     """
 
     def __init__(
@@ -53,42 +70,80 @@ class ImageClassifier:
         weights: str | os.PathLike | None = None,
         pretrained: bool = True,
         device: str = "cpu",
-        backend: str = "torch",
+        backend: str = "auto",
         batch_size: int = 32,
         max_pixels: int = DEFAULT_MAX_PIXELS,
+        threads: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-        if str(model).endswith(".onnx"):  # an export carries its labels and preprocessing
+        self._source = None if str(model).endswith(".onnx") else (str(model), weights, pretrained)
+        self._module = None
+        if self._source is None:  # an export carries its labels and preprocessing
             metadata = read_metadata(model)
             self.name = str(model)
             self.labels, self.preprocess = metadata.labels, metadata.preprocess
-            self.runtime: TorchRuntime | OnnxRuntime | HeadRuntime = OnnxRuntime(model)
+            self.runtime: TorchRuntime | OnnxRuntime | HeadRuntime = OnnxRuntime(model, threads)
         else:
-            self._load(str(model), weights, pretrained, device, backend)
+            self._load(str(model), weights, pretrained, device, backend, threads)
         self.batch_size = batch_size
         self.max_pixels = max_pixels
 
     def _load(
         self, model: str, weights: str | os.PathLike | None, pretrained: bool, device: str,
-        backend: str,
+        backend: str, threads: int | None,
     ) -> None:  # fmt: skip
-        module, self.preprocess = build_model(model, pretrained=pretrained, weights=weights)
         config = read_run_config(model) if is_run_dir(model) else None
+        self.name = model if config is not None else canonical_name(model)
+        wants_onnx = backend == "onnx" or (backend == "auto" and device == "cpu")
+        fingerprint = weights_fingerprint(model, pretrained=pretrained, weights=weights)
+        cached = recall_export(fingerprint) if wants_onnx and fingerprint else None
+        if cached is not None:  # a later start: no torch, no model to build
+            metadata = read_metadata(cached)
+            self.labels, self.preprocess = metadata.labels, metadata.preprocess
+            self.runtime = OnnxRuntime(cached, threads)
+        else:
+            self._module, self.preprocess = build_model(
+                model, pretrained=pretrained, weights=weights
+            )
+            self.labels = labels_for(_num_classes(self._module))
+            self.runtime = self._runtime(device, backend, threads, fingerprint)
         if config is not None:  # a trained run: its class folder names are the labels
-            self.name = model
             self.labels = Labels.from_names(config["class_names"])
-        else:
-            self.name = canonical_name(model)
-            self.labels = labels_for(_num_classes(module))
-        if backend == "onnx":
-            self.runtime = OnnxRuntime(cached_export(module, self.export_metadata(module)))
-        else:
-            self.runtime = TorchRuntime(module, device=device)
-        if config is not None and config.get("classifier", "softmax") != "softmax":
-            self.runtime = HeadRuntime(self.runtime, OnnxHead(Path(model) / config["head"]))
+            if config.get("classifier", "softmax") != "softmax":
+                self.runtime = HeadRuntime(self.runtime, OnnxHead(Path(model) / config["head"]))
+
+    @property
+    def module(self):
+        """The PyTorch model (for export, Grad-CAM, training heads); built on first use
+        when the runtime came from the export cache, None for an `.onnx` file."""
+        if self._module is None and self._source is not None:
+            model, weights, pretrained = self._source
+            self._module, _ = build_model(model, pretrained=pretrained, weights=weights)
+        return self._module
+
+    def _runtime(
+        self, device: str, backend: str, threads: int | None, fingerprint: str | None
+    ) -> TorchRuntime | OnnxRuntime:
+        if backend == "torch" or (backend == "auto" and device != "cpu"):
+            return TorchRuntime(self.module, device=device)
+        try:
+            path = cached_export(self.module, self.export_metadata(self.module))
+        except Exception as exc:  # any exporter failure: "auto" still has a working path
+            if backend == "onnx":
+                raise
+            warnings.warn(
+                f"{self.name}: ONNX export failed ({type(exc).__name__}: {exc}); "
+                "running on PyTorch instead",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return TorchRuntime(self.module, device=device)
+        if fingerprint is not None:
+            remember_export(fingerprint, path)
+        return OnnxRuntime(path, threads)
 
     def export_metadata(self, module) -> OnnxMetadata:
         """What an ONNX export of `module` says of itself (a head run's backbone keeps its
@@ -96,6 +151,10 @@ class ImageClassifier:
         outputs = _num_classes(module)
         labels = self.labels if len(self.labels) == outputs else labels_for(outputs)
         return OnnxMetadata(self.name, labels, self.preprocess)
+
+    def run_metadata(self) -> OnnxMetadata:
+        """What an ONNX export of this whole classifier says of itself."""
+        return OnnxMetadata(self.name, self.labels, self.preprocess)
 
     @property
     def num_classes(self) -> int:
@@ -131,20 +190,36 @@ class ImageClassifier:
         for chunk in self._prepared_batches(paths):
             yield from _apply_to_batch(chunk, self.runtime.features)
 
+    def prepared_paths(
+        self, paths: Iterable[str | os.PathLike]
+    ) -> Iterator[tuple[str, np.ndarray | Exception]]:
+        """Each file decoded and preprocessed, in order; a failure (FileNotFoundError or
+        ImageError) in its place. A thread pool decodes ahead while the caller runs the
+        model: OpenCV and ONNX Runtime both release the GIL."""
+        workers = min(4, len(os.sched_getaffinity(0)))
+        lookahead = 2 * self.batch_size
+        with ThreadPoolExecutor(workers, thread_name_prefix="imgcls-decode") as pool:
+            pending: deque[tuple[str, Future]] = deque()
+            for path in paths:
+                pending.append((str(path), pool.submit(self._prepare_or_error, path)))
+                if len(pending) > lookahead:
+                    name, future = pending.popleft()
+                    yield name, future.result()
+            for name, future in pending:
+                yield name, future.result()
+
     def _prepared_batches(
         self, paths: Iterable[str | os.PathLike]
     ) -> Iterator[list[tuple[str, np.ndarray | Exception]]]:
-        chunk: list[tuple[str, np.ndarray | Exception]] = []
-        for path in paths:
-            try:
-                chunk.append((str(path), self.prepare(path)))
-            except (FileNotFoundError, ImageError) as exc:
-                chunk.append((str(path), exc))
-            if len(chunk) == self.batch_size:
-                yield chunk
-                chunk = []
-        if chunk:
+        prepared = self.prepared_paths(paths)
+        while chunk := list(itertools.islice(prepared, self.batch_size)):
             yield chunk
+
+    def _prepare_or_error(self, path: str | os.PathLike) -> np.ndarray | Exception:
+        try:
+            return self.prepare(path)
+        except (FileNotFoundError, ImageError) as exc:
+            return exc
 
     def prepare(self, image: ImageSource) -> np.ndarray:
         """Decode and preprocess one image to the model's (3, H, W) float32 input."""

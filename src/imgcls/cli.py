@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from imgcls.feedback import DEFAULT_FEEDBACK_DIR, DEFAULT_LOG_DB
 from imgcls.images import DEFAULT_MAX_PIXELS, list_images
 
 app = typer.Typer(
@@ -57,7 +58,9 @@ def predict(
     max_pixels: Annotated[
         int, typer.Option(min=1, help="Refuse images with more pixels than this.")
     ] = DEFAULT_MAX_PIXELS,
-    backend: Annotated[str, typer.Option(help="torch | onnx (ONNX Runtime, CPU).")] = "torch",
+    backend: Annotated[
+        str, typer.Option(help="auto (ONNX Runtime on the CPU) | torch | onnx.")
+    ] = "auto",
     output: Annotated[
         Path | None,
         typer.Option(help="Stream results to this JSON Lines file; a rerun skips what it has."),
@@ -145,7 +148,9 @@ def evaluate(
     weights: Annotated[Path | None, typer.Option(help="Weights file for MODEL.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 32,
-    backend: Annotated[str, typer.Option(help="torch | onnx (ONNX Runtime, CPU).")] = "torch",
+    backend: Annotated[
+        str, typer.Option(help="auto (ONNX Runtime on the CPU) | torch | onnx.")
+    ] = "auto",
 ) -> None:
     """Accuracy, top-5, per-class precision/recall/F1, confusion matrix and calibration."""
     from imgcls.evaluate import EvaluationError, evaluate, find_labelled_images, write_report
@@ -227,48 +232,149 @@ def features(
 @app.command()
 def export(
     model: Annotated[str, typer.Argument(help="Architecture name or run directory.")],
-    out: Annotated[Path, typer.Option(help="The .onnx file to write.")],
-    export_format: Annotated[str, typer.Option("--format", help="onnx.")] = "onnx",
+    out: Annotated[Path, typer.Option(help="The file to write (.onnx, or .pt for torchscript).")],
+    export_format: Annotated[str, typer.Option("--format", help="onnx | torchscript.")] = "onnx",
     weights: Annotated[Path | None, typer.Option(help="Weights file for MODEL.")] = None,
     images: Annotated[
         Path | None, typer.Option(help="Images to check PyTorch/ONNX parity on.")
     ] = None,
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Static int8 quantization (ONNX), needs --calib.")
+    ] = False,
+    calib: Annotated[
+        Path | None, typer.Option(help="Real images to calibrate int8 ranges on (100-500).")
+    ] = None,
+    min_agreement: Annotated[
+        float,
+        typer.Option(min=0, max=1, help="Refuse an int8 model agreeing less with fp32 (top-1)."),
+    ] = 0.97,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Export to ONNX (dynamic batch axis, labels and preprocessing in the metadata) and
-    check it against PyTorch: max abs difference of probabilities, top-1 agreement."""
+    """Export to ONNX (dynamic batch axis, labels and preprocessing in the metadata) or
+    TorchScript, and check it against PyTorch: max abs difference of probabilities, top-1
+    agreement. `--int8 --calib DIR` quantizes the ONNX file and reports its agreement with
+    fp32 and its speed-up."""
     import numpy as np
 
-    from imgcls.export import export_onnx, parity
+    from imgcls.export import export_head_onnx, export_onnx, export_torchscript, parity
     from imgcls.runtime import OnnxRuntime, TorchRuntime
 
-    if export_format != "onnx":
-        _fail_usage(f"--format must be onnx, got {export_format!r}")
-    classifier = _load_classifier(model, weights=weights)
-    if not isinstance(classifier.runtime, TorchRuntime):
-        _fail_usage(f"{model}: a classical-head run is not exported as one graph yet")
-    module = classifier.runtime.module
-    export_onnx(module, classifier.export_metadata(module), out)
+    if export_format not in ("onnx", "torchscript"):
+        _fail_usage(f"--format must be onnx or torchscript, got {export_format!r}")
+    if int8 and (export_format != "onnx" or calib is None):
+        _fail_usage("--int8 quantizes an ONNX export and needs --calib DIR of real images")
+    for directory in (images, calib if int8 else None):
+        if directory is not None and not list_images(directory):
+            _fail_usage(f"{directory}: no image files in this directory")
+    classifier = _load_classifier(model, weights=weights, backend="torch")
+    module = classifier.module
+    head = None if isinstance(classifier.runtime, TorchRuntime) else classifier.runtime.head
+    if head is not None and export_format != "onnx":
+        _fail_usage(f"{model}: a classical-head run exports to ONNX only (--format onnx)")
+    metadata = classifier.export_metadata(module) if head is None else classifier.run_metadata()
     if images is not None:
-        batch = np.stack([classifier.prepare(p) for p in list_images(images)[:64]])
+        batch = _preprocessed(images, classifier)[:64]
     else:  # inputs spread like normalised images, fixed for a repeatable check
         rng = np.random.default_rng(0)
         batch = rng.uniform(-2, 2, (8, *classifier.preprocess.input_size)).astype(np.float32)
+    if export_format == "torchscript":
+        export_torchscript(module, metadata, out)
+        exported = _torchscript_runtime(out)
+    elif head is not None:
+        export_head_onnx(module, head.path, metadata, out)
+        exported = OnnxRuntime(out)
+    else:
+        export_onnx(module, metadata, out)
+        exported = OnnxRuntime(out)
     report = {
         "path": str(out),
-        "format": "onnx",
+        "format": export_format,
         "num_classes": classifier.num_classes,
         "input_size": list(classifier.preprocess.input_size),
         "checked_on": len(batch),
-        **parity(classifier.runtime(batch), OnnxRuntime(out)(batch)),
+        **parity(classifier.runtime(batch), exported(batch)),
     }
+    if int8:
+        report["int8"] = _quantize(out, _preprocessed(calib, classifier), exported, min_agreement)
     if json_output:
         print(json.dumps(report, indent=2))
-    else:
+        return
+    stdout.print(
+        f"wrote {out}: max abs diff of probabilities {report['max_abs_diff']:.2e}, "
+        f"top-1 agreement {report['top1_agreement']:.0%} on {len(batch)} inputs"
+    )
+    if int8:
+        q = report["int8"]
         stdout.print(
-            f"wrote {out}: max abs diff of probabilities {report['max_abs_diff']:.2e}, "
-            f"top-1 agreement {report['top1_agreement']:.0%} on {len(batch)} inputs"
+            f"int8: top-1 agreement with fp32 {q['top1_agreement']:.1%} on {q['checked_on']} "
+            f"images, {q['speedup']:.2f}x fp32 speed ({q['images_per_s']:.1f} vs "
+            f"{q['fp32_images_per_s']:.1f} images/s at batch 8)"
         )
+
+
+def _preprocessed(directory: Path, classifier):
+    """The decodable images under DIRECTORY as one preprocessed (N, 3, H, W) array."""
+    import numpy as np
+
+    inputs = [x for _, x in classifier.prepared_paths(list_images(directory))]
+    inputs = [x for x in inputs if not isinstance(x, Exception)]
+    if not inputs:
+        _fail_usage(f"{directory}: none of its images could be decoded")
+    return np.stack(inputs)
+
+
+def _quantize(out: Path, calibration, fp32, min_agreement: float) -> dict[str, Any]:
+    """Quantize OUT in place to int8; its agreement with fp32 and speed-up on real images."""
+    import tempfile
+
+    import numpy as np
+
+    from imgcls.benchmark import time_calls
+    from imgcls.export import parity, quantize_int8
+    from imgcls.runtime import OnnxRuntime
+
+    with tempfile.TemporaryDirectory() as scratch:
+        candidate = quantize_int8(out, Path(scratch) / "int8.onnx", calibration)
+        int8 = OnnxRuntime(candidate)
+        agreement = parity(fp32(calibration), int8(calibration))["top1_agreement"]
+        batch = np.ascontiguousarray(calibration[:1].repeat(8, axis=0))
+        speed = {}
+        for name, runtime in (("fp32", fp32), ("int8", int8)):
+            latencies = time_calls(runtime, batch, seconds=2.0)
+            speed[name] = len(batch) * len(latencies) / latencies.sum()
+        if agreement < min_agreement:
+            out.unlink()
+            stderr.print(
+                f"[red]error:[/red] int8 top-1 agreement with fp32 is {agreement:.1%} on "
+                f"{len(calibration)} images, below --min-agreement {min_agreement:.0%}; "
+                f"{out} not written (more or more typical --calib images may help)"
+            )
+            raise typer.Exit(EXIT_INPUT_FAILED)
+        Path(candidate).replace(out)
+    return {
+        "top1_agreement": agreement,
+        "checked_on": len(calibration),
+        "images_per_s": speed["int8"],
+        "fp32_images_per_s": speed["fp32"],
+        "speedup": speed["int8"] / speed["fp32"],
+    }
+
+
+def _torchscript_runtime(path: Path):
+    """Our own freshly written TorchScript file, run for the parity check."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():  # deprecated in favour of torch.export, still supported
+        warnings.simplefilter("ignore", FutureWarning)
+        scripted = torch.jit.load(str(path), map_location="cpu").eval()
+
+    def run(batch):
+        with torch.inference_mode():
+            return scripted(torch.from_numpy(batch)).numpy()
+
+    return run
 
 
 @app.command()
@@ -388,9 +494,18 @@ def serve(
     threads: Annotated[
         int | None, typer.Option(min=1, help="Threads per model call (default: CPU cores - 1).")
     ] = None,
-    backend: Annotated[str, typer.Option(help="torch | onnx (ONNX Runtime, CPU).")] = "torch",
+    backend: Annotated[
+        str, typer.Option(help="auto (ONNX Runtime on the CPU) | torch | onnx.")
+    ] = "auto",
+    log_db: Annotated[
+        Path, typer.Option(help="SQLite file that logs every prediction (WAL mode).")
+    ] = Path(DEFAULT_LOG_DB),
+    no_log: Annotated[bool, typer.Option("--no-log", help="Do not log predictions.")] = False,
+    feedback_dir: Annotated[
+        Path, typer.Option(help="Where corrected images are kept, in class folders.")
+    ] = Path(DEFAULT_FEEDBACK_DIR),
 ) -> None:
-    """Serve models over HTTP: REST, KServe/Triton v2 and Prometheus metrics."""
+    """Serve models over HTTP: the web page, REST, KServe/Triton v2 and Prometheus metrics."""
     from imgcls.classifier import BACKENDS
     from imgcls.serve import ServeConfig, StartupError, run
 
@@ -406,11 +521,89 @@ def serve(
         max_upload_mb=max_upload_mb,
         max_pixels=max_pixels,
         threads=threads,
+        backend=backend,
+        log_db=None if no_log else str(log_db),
+        feedback_dir=str(feedback_dir),
     )
     try:
         run(config)
     except StartupError as exc:
         _fail_usage(str(exc))
+
+
+@app.command()
+def explain(
+    image: Annotated[Path, typer.Argument(help="The image to explain.")],
+    out: Annotated[Path, typer.Option(help="Where to write the image with the heat map (PNG).")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="CNN architecture name or run directory.")
+    ] = "efficientnet_lite0",
+    weights: Annotated[Path | None, typer.Option(help="Weights file for MODEL.")] = None,
+    label: Annotated[
+        str | None,
+        typer.Option("--class", help="Class to explain (label, id or index); default: top-1."),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Grad-CAM: write IMAGE with a heat map of the regions that made MODEL choose a class."""
+    import cv2
+
+    from imgcls.checkpoint import WeightsError
+    from imgcls.explain import Explainer, NotExplainable
+    from imgcls.images import ImageError
+    from imgcls.models import ModelError
+
+    if not image.is_file():  # before the model load: a typo costs no wait
+        stderr.print(f"[red]error:[/red] {image}: no such file", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INPUT_FAILED)
+    try:
+        explainer = Explainer(model, weights=weights)
+        explanation = explainer.explain(image, label)
+    except (ModelError, WeightsError, NotExplainable) as exc:
+        _fail_usage(str(exc))
+    except (FileNotFoundError, ImageError) as exc:
+        stderr.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INPUT_FAILED) from None
+    if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
+        out = out.with_suffix(".png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(out), cv2.cvtColor(explanation.overlay(), cv2.COLOR_RGB2BGR))
+    prediction = explanation.prediction
+    if json_output:
+        print(json.dumps({"path": str(image), "out": str(out), **prediction.to_dict()}))
+    else:
+        stdout.print(
+            f"{image}: heat map for {prediction.label!r} ({prediction.score:.1%}) → {out}",
+            highlight=False,
+        )
+
+
+feedback_app = typer.Typer(
+    help="The corrections collected by `imgcls serve`.", no_args_is_help=True
+)
+app.add_typer(feedback_app, name="feedback")
+
+
+@feedback_app.command("export")
+def feedback_export(
+    out: Annotated[Path, typer.Argument(help="New directory for the data set (<class>/*).")],
+    feedback_dir: Annotated[Path, typer.Option(help="The server's --feedback-dir.")] = Path(
+        DEFAULT_FEEDBACK_DIR
+    ),
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Copy the corrected images into OUT/<class>/, a data set `imgcls train` and
+    `imgcls doctor` take as it is."""
+    from imgcls.feedback import export_feedback
+
+    try:
+        counts = export_feedback(feedback_dir, out)
+    except (FileNotFoundError, FileExistsError) as exc:
+        _fail_usage(str(exc))
+    if json_output:
+        print(json.dumps({"out": str(out), "classes": counts, "num_images": sum(counts.values())}))
+    else:
+        stdout.print(f"{sum(counts.values())} images in {len(counts)} classes → {out}")
 
 
 def _expand_inputs(inputs: list[Path]) -> list[Path | tuple[Path, Exception]]:
@@ -433,7 +626,7 @@ def _load_classifier(model: str, **kwargs: Any):
     from imgcls.classifier import BACKENDS, ImageClassifier
     from imgcls.models import ModelError
 
-    if kwargs.get("backend", "torch") not in BACKENDS:
+    if kwargs.get("backend", "auto") not in BACKENDS:
         _fail_usage(f"--backend must be one of {', '.join(BACKENDS)}, got {kwargs['backend']!r}")
     try:
         return ImageClassifier(model, **kwargs)

@@ -10,6 +10,7 @@ preprocessing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,7 +24,19 @@ import numpy as np
 from imgcls.labels import Labels
 from imgcls.transforms import Preprocess
 
-__all__ = ["OnnxMetadata", "cache_dir", "cached_export", "export_onnx", "parity", "read_metadata"]
+__all__ = [
+    "OnnxMetadata",
+    "cache_dir",
+    "cached_export",
+    "export_head_onnx",
+    "export_onnx",
+    "export_torchscript",
+    "parity",
+    "quantize_int8",
+    "read_metadata",
+    "recall_export",
+    "remember_export",
+]
 
 METADATA_KEY = "imgcls"
 OPSET = 17
@@ -96,6 +109,137 @@ def export_onnx(module, metadata: OnnxMetadata, path: str | os.PathLike) -> Path
     return path
 
 
+def export_head_onnx(
+    module, head_path: str | os.PathLike, metadata: OnnxMetadata, path: str | os.PathLike
+) -> Path:
+    """One graph for a classical-head run: the backbone's pooled features through the
+    scikit-learn head (its skl2onnx file). `logits` are the head's log-probabilities, so
+    the softmax every caller applies gives its probabilities back; `features` stay."""
+    import tempfile
+
+    import onnx
+    from onnx import TensorProto, compose, helper, utils
+
+    from imgcls.checkpoint import atomic_write
+
+    with tempfile.TemporaryDirectory() as scratch:
+        backbone_path = export_onnx(module, metadata, Path(scratch) / "backbone.onnx")
+        backbone = utils.Extractor(onnx.load(str(backbone_path))).extract_model(
+            ["input"], ["features"]
+        )
+    head = onnx.load(str(head_path))
+    probabilities = next(o.name for o in head.graph.output if "prob" in o.name.lower())
+    head.ir_version = backbone.ir_version  # merge_models wants them equal; both opset 17
+    merged = compose.merge_models(
+        backbone,
+        head,
+        io_map=[("features", head.graph.input[0].name)],
+        outputs=["features", f"head_{probabilities}"],
+        prefix2="head_",
+    )
+    graph = merged.graph
+    graph.initializer.append(helper.make_tensor("head_floor", TensorProto.FLOAT, [], [1e-30]))
+    graph.node.extend(
+        [
+            helper.make_node("Max", [f"head_{probabilities}", "head_floor"], ["head_clipped"]),
+            helper.make_node("Log", ["head_clipped"], ["logits"]),
+        ]
+    )
+    features = next(o for o in graph.output if o.name == "features")
+    del graph.output[:]
+    graph.output.extend(
+        [
+            helper.make_tensor_value_info(
+                "logits", TensorProto.FLOAT, ["batch", len(metadata.labels)]
+            ),
+            features,
+        ]
+    )
+    del merged.metadata_props[:]
+    entry = merged.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, metadata.to_json()
+
+    def write(tmp: str) -> None:
+        onnx.checker.check_model(merged)
+        onnx.save(merged, tmp)
+
+    atomic_write(path, write)
+    return Path(path)
+
+
+def export_torchscript(module, metadata: OnnxMetadata, path: str | os.PathLike) -> Path:
+    """Write `module` traced to TorchScript (logits out), metadata as the extra file
+    `imgcls.json`; for C++ (libtorch) and mobile users who do not run ONNX."""
+    import torch
+
+    from imgcls.checkpoint import atomic_write
+
+    example = torch.zeros((1, *metadata.preprocess.input_size))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # TorchScript: deprecated, supported
+        traced = torch.jit.trace(module.eval(), example)
+    extra = {"imgcls.json": metadata.to_json()}
+    atomic_write(path, lambda tmp: torch.jit.save(traced, tmp, _extra_files=extra))
+    return Path(path)
+
+
+def quantize_int8(
+    fp32_path: str | os.PathLike, path: str | os.PathLike, calibration: np.ndarray
+) -> Path:
+    """Static int8 quantization of an exported file with ONNX Runtime: QDQ, per-channel
+    int8 weights, uint8 activations with ranges calibrated on `calibration` (N, 3, H, W),
+    real preprocessed images. The metadata is carried over."""
+    import tempfile
+
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from imgcls.checkpoint import atomic_write
+
+    class Batches(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(np.array_split(calibration, max(1, len(calibration) // 8)))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self.batches, None)
+            return None if batch is None else {"input": np.ascontiguousarray(batch)}
+
+    fp32 = onnx.load(str(fp32_path))
+    # The classifier layer stays float: it is a sliver of the time and most of the error.
+    keep_float = [node.name for node in fp32.graph.node if node.op_type in ("Gemm", "MatMul")]
+    with tempfile.TemporaryDirectory() as scratch:
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared))  # shapes, constant folding, BN fusion
+
+        def write(tmp: str) -> None:
+            quantize_static(
+                str(prepared),
+                tmp,
+                Batches(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                # 7-bit weights: AVX2 without VNNI multiplies u8 x s8 pairs into int16 sums
+                # that saturate with 8-bit weights (ONNX Runtime's quantization docs).
+                reduce_range=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=keep_float,
+            )
+            quantized = onnx.load(tmp)
+            del quantized.metadata_props[:]
+            quantized.metadata_props.extend(fp32.metadata_props)
+            onnx.save(quantized, tmp)
+
+        atomic_write(path, write)
+    return Path(path)
+
+
 def read_metadata(path: str | os.PathLike) -> OnnxMetadata:
     """The imgcls metadata of an exported file (ValueError when it has none)."""
     import onnxruntime as ort
@@ -135,6 +279,34 @@ def cached_export(module, metadata: OnnxMetadata) -> Path:
     if not path.is_file():
         export_onnx(module, metadata, path)
     return path
+
+
+def recall_export(fingerprint: str) -> Path | None:
+    """The cached export recorded for a weights fingerprint (see `remember_export`)."""
+    try:
+        name = json.loads((cache_dir() / _INDEX).read_text()).get(f"opset{OPSET}|{fingerprint}")
+    except (OSError, ValueError):
+        return None
+    path = cache_dir() / name if isinstance(name, str) else None
+    return path if path is not None and path.is_file() else None
+
+
+def remember_export(fingerprint: str, path: Path) -> None:
+    """Record which export a weights fingerprint (`imgcls.models.weights_fingerprint`)
+    gave, so the next start finds it without importing torch or building the model."""
+    from imgcls.checkpoint import atomic_write
+
+    index_path = cache_dir() / _INDEX
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError):
+        index = {}
+    index[f"opset{OPSET}|{fingerprint}"] = path.name
+    with contextlib.suppress(OSError):  # a read-only cache costs later starts their speed
+        atomic_write(index_path, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1)))
+
+
+_INDEX = "index.json"
 
 
 def _safe(name: str) -> str:

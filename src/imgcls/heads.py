@@ -125,6 +125,7 @@ class OnnxHead:
 
         from imgcls.checkpoint import WeightsError
 
+        self.path = Path(path)
         try:
             self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types

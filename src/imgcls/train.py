@@ -553,7 +553,8 @@ def train_head(config: TrainConfig) -> TrainResult:
         raise ConfigError("--classifier: fitting a head runs in one process, not torchrun")
     say = console.print if config.progress else _quiet
     splits = find_splits(config.data, config.val_split, config.seed)
-    backbone = ImageClassifier(config.model, batch_size=config.batch_size)
+    # PyTorch: --img-size may change the input size after loading, which an export fixes.
+    backbone = ImageClassifier(config.model, batch_size=config.batch_size, backend="torch")
     if config.img_size is not None:
         backbone.preprocess = backbone.preprocess.with_size(config.img_size)
 
@@ -576,7 +577,7 @@ def train_head(config: TrainConfig) -> TrainResult:
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_weights(out / "best.safetensors", backbone.runtime.module.state_dict())
+    save_weights(out / "best.safetensors", backbone.module.state_dict())
     save_head_onnx(head, train_x.shape[1], out / "head.onnx")
     run_config = _run_config(config, splits, backbone.preprocess)
     run_config.update(

@@ -19,7 +19,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-__all__ = ["AUGMENT_PRESETS", "Preprocess", "preprocess_image", "train_transform"]
+__all__ = [
+    "AUGMENT_PRESETS",
+    "Preprocess",
+    "crop_geometry",
+    "preprocess_image",
+    "train_transform",
+]
 
 AUGMENT_PRESETS = ("none", "light", "strong")
 
@@ -81,17 +87,11 @@ def preprocess_image(
     (3, H, W) float32 slot of a batch.
     """
     crop_h, crop_w = config.size
-    height, width = image.shape[:2]
-    scale_size = config.resize_size
-    # Sizes and offsets as torchvision's Resize (longer side truncated) and CenterCrop.
-    resized_h = scale_size if height <= width else int(scale_size * height / width)
-    resized_w = scale_size if width <= height else int(scale_size * width / height)
-    resized_h, resized_w = max(resized_h, crop_h), max(resized_w, crop_w)
+    height = image.shape[0]
+    resized_h, resized_w, top, left = crop_geometry(image.shape[:2], config)
     shrinking = resized_h < height
     interpolation = cv2.INTER_AREA if shrinking else _CV2_INTERPOLATION[config.interpolation]
     resized = cv2.resize(image, (resized_w, resized_h), interpolation=interpolation)
-    top = int(round((resized_h - crop_h) / 2.0))
-    left = int(round((resized_w - crop_w) / 2.0))
     crop = resized[top : top + crop_h, left : left + crop_w]
 
     mean = np.asarray(config.mean, dtype=np.float32) * 255.0
@@ -100,6 +100,21 @@ def preprocess_image(
         out = np.empty((3, crop_h, crop_w), dtype=np.float32)
     out[...] = ((crop.astype(np.float32) - mean) * inv_std).transpose(2, 0, 1)
     return out
+
+
+def crop_geometry(image_size: tuple[int, int], config: Preprocess) -> tuple[int, int, int, int]:
+    """(resized_h, resized_w, top, left): the size an image of (height, width) is resized
+    to and where the center crop starts in it, as torchvision's Resize (longer side
+    truncated) and CenterCrop."""
+    crop_h, crop_w = config.size
+    height, width = image_size
+    scale_size = config.resize_size
+    resized_h = scale_size if height <= width else int(scale_size * height / width)
+    resized_w = scale_size if width <= height else int(scale_size * width / height)
+    resized_h, resized_w = max(resized_h, crop_h), max(resized_w, crop_w)
+    top = int(round((resized_h - crop_h) / 2.0))
+    left = int(round((resized_w - crop_w) / 2.0))
+    return resized_h, resized_w, top, left
 
 
 def train_transform(

@@ -7,6 +7,7 @@ the request, call the `Service`, and return a typed response model.
 
 from __future__ import annotations
 
+import base64
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from importlib import resources
 from typing import Annotated, Any
 
+import cv2
 import uvicorn
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import HTMLResponse
@@ -67,6 +69,25 @@ class FileResult(BaseModel):
 class ClassifyResponse(BaseModel):
     model: str
     results: list[FileResult]
+
+
+class LabelList(BaseModel):
+    model: str
+    labels: list[str] = Field(description="Class names, in the model's output order.")
+
+
+class ExplainResponse(BaseModel):
+    model: str
+    filename: str
+    prediction: PredictionOut = Field(description="The explained class and its probability.")
+    image_png_base64: str = Field(description="The image with the Grad-CAM heat map, PNG.")
+
+
+class FeedbackResponse(BaseModel):
+    model: str
+    sha256: str = Field(description="SHA-256 of the uploaded file, as in the prediction log.")
+    label: str = Field(description="The corrected label, as stored.")
+    path: str = Field(description="Where the image is kept, under the feedback directory.")
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
@@ -132,7 +153,7 @@ async def classify(
     """Top-k labels for each uploaded `file` (multipart; several `file` fields: a batch)."""
     served = service.get(model)
     files = await _read_files(request, max_files=service.config.max_queue)
-    predictions = await served.classify(files, top_k=top_k)
+    predictions = await service.classify_and_log(served, files, top_k=top_k)
     return ClassifyResponse(
         model=served.name,
         results=[
@@ -140,6 +161,103 @@ async def classify(
             for (name, _), preds in zip(files, predictions, strict=True)
         ],
     )
+
+
+@router.get(
+    "/v1/models/{name}/labels",
+    response_model=LabelList,
+    responses=_errors(404),
+    tags=["v1"],
+)
+async def list_labels(name: str, service: ServiceDep) -> LabelList:
+    """The class names of a model (what `/v1/feedback` accepts as a label)."""
+    served = service.get(name)
+    return LabelList(model=served.name, labels=list(served.classifier.labels.names))
+
+
+@router.post(
+    "/v1/explain",
+    response_model=ExplainResponse,
+    responses={
+        200: {"content": {"image/png": {}}, "description": "PNG, or JSON with format=json."},
+        **_errors(400, 404, 413, 422),
+    },
+    openapi_extra=_MULTIPART_BODY,
+    tags=["v1"],
+)
+async def explain(
+    request: Request,
+    service: ServiceDep,
+    model: Annotated[str | None, Query(description="Model name; default: the first.")] = None,
+    label: Annotated[
+        str | None,
+        Query(alias="class", description="Class to explain (label, id or index); default: top-1."),
+    ] = None,
+    response_format: Annotated[
+        str, Query(alias="format", pattern="^(png|json)$", description="png | json")
+    ] = "png",
+) -> Response:
+    """Grad-CAM: the uploaded `file` with a heat map of what made the model choose the
+    class. PNG by default; `format=json` gives the prediction and the PNG in base64."""
+    served = service.get(model)
+    files = await _read_files(request, max_files=1)
+    [(name, data)] = files
+    explanation = await served.explain(name, data, label)
+    ok, png = cv2.imencode(".png", cv2.cvtColor(explanation.overlay(), cv2.COLOR_RGB2BGR))
+    assert ok, "OpenCV failed to encode a PNG"
+    prediction = explanation.prediction
+    if response_format == "json":
+        return Response(
+            ExplainResponse(
+                model=served.name,
+                filename=name,
+                prediction=PredictionOut(**prediction.to_dict()),
+                image_png_base64=base64.b64encode(png.tobytes()).decode("ascii"),
+            ).model_dump_json(),
+            media_type="application/json",
+        )
+    headers = {"X-Class-Index": str(prediction.index), "X-Score": f"{prediction.score:.6f}"}
+    return Response(png.tobytes(), media_type="image/png", headers=headers)
+
+
+@router.post(
+    "/v1/feedback",
+    response_model=FeedbackResponse,
+    responses=_errors(400, 404, 413, 422),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file", "label"],
+                        "properties": {
+                            "file": {"type": "string", "format": "binary"},
+                            "label": {"type": "string", "description": "The right class."},
+                        },
+                    }
+                }
+            },
+        }
+    },
+    tags=["v1"],
+)
+async def feedback(
+    request: Request,
+    service: ServiceDep,
+    model: Annotated[str | None, Query(description="Model name; default: the first.")] = None,
+) -> FeedbackResponse:
+    """A corrected label for an image: multipart `file` (the image) and `label` (one of
+    the model's classes, see /v1/models/{name}/labels; 422 otherwise). The image is kept
+    in the feedback directory under its label, and the correction logged."""
+    served = service.get(model)
+    files, fields = await _read_form(request, max_files=1)
+    label = fields.get("label", "").strip()
+    if not label:
+        raise ApiError(400, "BadRequest", "no 'label' field in the multipart body")
+    [(name, data)] = files
+    return FeedbackResponse(**await service.add_feedback(served, name, data, label))
 
 
 @router.get("/", include_in_schema=False)
@@ -219,6 +337,15 @@ def run(config: ServeConfig) -> None:
 
 async def _read_files(request: Request, max_files: int) -> list[tuple[str, bytes]]:
     """The (filename, bytes) of each multipart `file` field, read under the body cap."""
+    files, _ = await _read_form(request, max_files)
+    return files
+
+
+async def _read_form(
+    request: Request, max_files: int
+) -> tuple[list[tuple[str, bytes]], dict[str, str]]:
+    """The multipart `file` fields as (filename, bytes), 1 to `max_files` of them, and
+    the other text fields by name."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
         raise ApiError(
@@ -234,9 +361,18 @@ async def _read_files(request: Request, max_files: int) -> list[tuple[str, bytes
                 files.append((value.filename or "file", await value.read()))
             else:  # a plain form field: its text is the file
                 files.append(("file", value.encode()))
+        fields = {
+            key: value
+            for key, value in form.multi_items()
+            if key != "file" and isinstance(value, str)
+        }
     if not files:
         raise ApiError(400, "BadRequest", "no 'file' field in the multipart body")
-    return files
+    if len(files) > max_files:
+        raise ApiError(
+            400, "BadRequest", f"send at most {max_files} 'file' field(s), got {len(files)}"
+        )
+    return files, fields
 
 
 def _model_info(model: ServedModel) -> ModelInfo:
