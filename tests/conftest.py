@@ -124,3 +124,22 @@ def write_photo_crops(root: Path, per_class: int, size: int = 96, seed: int = 0)
             crop = cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
             cv2.imwrite(str(root / name / f"{i}.jpg"), crop)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A simple_cnn run directory trained for a few seconds on 32 px photo crops: a real
+    run to load, serve and tamper with, at a fraction of the default model's cost."""
+    from imgcls.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    write_photo_crops(root / "data", per_class=12, size=32)
+    out = root / "run"
+    train(
+        TrainConfig(
+            data=str(root / "data"), out=str(out), model="simple_cnn", pretrained=False,
+            epochs=2, batch_size=8, img_size=32, lr=3e-3, augment="none", workers=0,
+            progress=False,
+        )
+    )  # fmt: skip
+    return out

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -63,30 +65,35 @@ def _thread_server(config: ServeConfig) -> Iterator[str]:
 
 
 @contextmanager
-def process_server(*args: str) -> Iterator[tuple[subprocess.Popen, str]]:
+def process_server(*args: str, log: Path | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
     """`python -m imgcls serve --port P ARGS` in a subprocess, once /healthz answers.
     Without --log-db in ARGS it runs with --no-log, and without --feedback-dir it keeps
-    corrections in a temporary directory: tests leave no files behind."""
+    corrections in a temporary directory: tests leave no files behind. Its output is piped
+    (read it after the process ends) or, for long runs that would fill the pipe and block
+    the server on its request log, written to the file `log`."""
     with tempfile.TemporaryDirectory(prefix="imgcls-feedback-") as feedback_dir:
         if "--log-db" not in args:
             args = (*args, "--no-log")
         if "--feedback-dir" not in args:
             args = (*args, "--feedback-dir", feedback_dir)
-        with _process_server(args) as running:
+        with _process_server(args, log) as running:
             yield running
 
 
 @contextmanager
-def _process_server(args: tuple[str, ...]) -> Iterator[tuple[subprocess.Popen, str]]:
+def _process_server(
+    args: tuple[str, ...], log: Path | None
+) -> Iterator[tuple[subprocess.Popen, str]]:
     port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
     }
+    output = open(log, "w") if log is not None else subprocess.PIPE  # noqa: SIM115
     process = subprocess.Popen(
         [sys.executable, "-m", "imgcls", "serve", "--port", str(port), *args],
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=output,
         stderr=subprocess.STDOUT,
         text=True,
     )
@@ -98,13 +105,16 @@ def _process_server(args: tuple[str, ...]) -> Iterator[tuple[subprocess.Popen, s
         if process.poll() is None:
             process.kill()
             process.wait(timeout=30)
+        if log is not None:
+            output.close()
 
 
 def wait_healthy(url: str, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}: {process.stdout.read()}")
+            output = process.stdout.read() if process.stdout else "(see its log file)"
+            raise RuntimeError(f"server exited with {process.returncode}: {output}")
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                 return
@@ -126,3 +136,15 @@ def metric(text: str, name: str, **labels: str) -> float:
         if sample == name and found == wanted:
             return float(value)
     return 0.0
+
+
+def bomb_png(width: int = 40_000, height: int = 40_000) -> bytes:
+    """A tiny PNG whose header claims width x height pixels."""
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        body = kind + payload
+        return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 1024)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

@@ -80,7 +80,7 @@ def test_a_class_with_one_image_is_a_clear_error():
         out_of_fold_probabilities(features, np.array([0, 0, 0, 0, 1]))
 
 
-def test_doctor_without_a_check_or_with_a_missing_folder_is_a_usage_error(tmp_path):
+def test_doctor_on_an_empty_or_missing_folder_is_a_usage_error(tmp_path):
     assert CliRunner().invoke(app, ["doctor", str(tmp_path)]).exit_code == 2
     missing = CliRunner().invoke(app, ["doctor", str(tmp_path / "nope"), "--labels"])
     assert missing.exit_code == 2 and "no such directory" in missing.output

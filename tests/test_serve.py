@@ -3,16 +3,14 @@ uvicorn server and a real HTTP client."""
 
 from __future__ import annotations
 
-import struct
 import subprocess
 import sys
-import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from serve_utils import CAT, CAT_LABELS, ESPRESSO, metric, thread_server
+from serve_utils import CAT, CAT_LABELS, ESPRESSO, bomb_png, metric, thread_server
 
 MB = 1_000_000
 
@@ -40,18 +38,6 @@ def _assert_error(response: httpx.Response, status: int) -> dict:
     error = response.json()["error"]
     assert set(error) == {"type", "message"} and error["message"]
     return error
-
-
-def _bomb_png(width: int = 40_000, height: int = 40_000) -> bytes:
-    """A tiny PNG whose header claims width x height pixels."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        body = kind + payload
-        return struct.pack(">I", len(payload)) + body + struct.pack(">I", zlib.crc32(body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 1024)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def test_healthz_is_ok_once_loaded(client: httpx.Client) -> None:
@@ -136,7 +122,7 @@ def test_undecodable_files_are_422_naming_the_file(client: httpx.Client, data: b
 
 
 def test_decompression_bomb_header_is_refused_with_422(client: httpx.Client) -> None:
-    error = _assert_error(_classify(client, ("bomb.png", _bomb_png())), 422)
+    error = _assert_error(_classify(client, ("bomb.png", bomb_png())), 422)
     assert "bomb.png" in error["message"] and "pixels" in error["message"]
     assert client.get("/healthz").status_code == 200
 

@@ -15,8 +15,10 @@ A run directory (what `imgcls train` writes) holds:
     metrics.csv         one row per epoch;  curves.png  loss and accuracy plots
     skipped.txt         files that did not decode (when there were any)
 
-Every file is replaced atomically (written to a temporary file, then `os.replace`), and
-state.pt is written last, so a kill at any moment leaves a consistent last checkpoint.
+Every file is replaced atomically (written to a temporary file, flushed to disk, then
+`os.replace`), and state.pt is written last, so a kill at any moment leaves a consistent
+last checkpoint. A write that fails (disk full, no permission) raises `WriteError` and
+leaves the previous version of the file as it was.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from safetensors import SafetensorError  # light: safetensors imports no torch
+
 if TYPE_CHECKING:  # torch is imported where tensors are read or written, not at start-up
     import torch
 
@@ -36,6 +40,7 @@ __all__ = [
     "RUN_CONFIG",
     "RUN_STATE",
     "WeightsError",
+    "WriteError",
     "atomic_write",
     "is_run_dir",
     "load_run_state",
@@ -57,6 +62,10 @@ class WeightsError(ValueError):
     """A weights file that cannot be used; the message names the file and the reason."""
 
 
+class WriteError(OSError):
+    """A run-directory file that could not be written; its previous version is intact."""
+
+
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors by parameter name from a safetensors file or a plain state dict file.
 
@@ -67,7 +76,6 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such weights file")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
@@ -123,16 +131,37 @@ def read_run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call `write(temporary_path)`, then move the result over `path` in one step."""
+    """Call `write(temporary_path)`, flush it to disk, then move it over `path` in one step.
+
+    Raises WriteError (disk full, permission denied, ...) with `path` untouched."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
     os.close(fd)
     try:
         write(tmp)
+        # Without the flush a full disk can surface only after the rename (delayed
+        # allocation), leaving a truncated file where the good checkpoint was.
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError | SafetensorError):  # safetensors' writer: its own type
+            raise _write_error(path, exc) from None
         raise
+
+
+def _write_error(path: Path, exc: BaseException) -> WriteError:
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return WriteError(
+        f"{path}: cannot write ({reason}); the previous {path.name}, if any, is left intact"
+    )
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

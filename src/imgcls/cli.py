@@ -475,27 +475,6 @@ def _print_evaluations(reports: list[dict[str, Any]]) -> None:
             stderr.print(f"[red]✗[/red] {failure['error']}", highlight=False)
 
 
-@app.command()
-def doctor(
-    data: Annotated[
-        Path, typer.Argument(help="DATA/<class>/* or DATA/train/<class>/* (+ val/, test/).")
-    ],
-    labels: Annotated[
-        bool,
-        typer.Option("--labels", help="Find likely mislabelled images (k-fold, frozen features)."),
-    ] = False,
-    out: Annotated[
-        Path | None, typer.Option(help="Write label_issues.csv and label_issues.html here.")
-    ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    top: Annotated[int | None, typer.Option(min=1, help="Report at most this many images.")] = None,
-) -> None:
-    """Data set health report (here: --labels, the likely mislabelled images)."""
-    if not labels:
-        _fail_usage("doctor: pass --labels (the other checks are not on this branch)")
-    _doctor_labels(data, out, json_output, top)
-
-
 def _doctor_labels(data: Path, out: Path | None, json_output: bool, top: int | None) -> None:
     """`doctor --labels`: rank images by how unlikely an out-of-fold model finds their
     label (imgcls.audit), print the worst, write the CSV and the gallery."""
@@ -762,6 +741,9 @@ class _progress:
     def __exit__(self, *exc_info) -> None:
         self.bar.stop()
 
+    def set_total(self, total: int) -> None:
+        self.bar.update(self.task, total=total)
+
 
 def _print_predictions(results: list[dict[str, Any]]) -> None:
     for record in results:
@@ -838,7 +820,7 @@ def train(
     json_output: Annotated[bool, typer.Option("--json", help="Print a final JSON object.")] = False,
 ) -> None:
     """Train a classifier on folders of images; write a run directory usable as --model."""
-    from imgcls.checkpoint import WeightsError
+    from imgcls.checkpoint import WeightsError, WriteError
     from imgcls.data import DataError
     from imgcls.models import ModelError
     from imgcls.train import ConfigError, TrainConfig
@@ -857,6 +839,9 @@ def train(
         result = run_find_lr(config) if find_lr else run_train(config)
     except (ConfigError, DataError, ModelError, WeightsError, FileNotFoundError) as exc:
         _fail_usage(str(exc))
+    except WriteError as exc:  # disk full, no permission: the run stops, its files intact
+        stderr.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INPUT_FAILED) from None
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return
     if find_lr:
@@ -874,6 +859,150 @@ def train(
             f"trained {result.epochs} epoch(s) in {result.seconds:.0f}s; best val accuracy "
             f"{'n/a' if best is None else f'{best:.4f}'} (epoch {result.best_epoch}); "
             f"run directory {result.run_dir}"
+        )
+
+
+_SHOWN = 10  # paths listed per finding in the human-readable report
+
+
+@app.command()
+def doctor(
+    data: Annotated[
+        Path | None,
+        typer.Argument(help="DATA/<class>/* or DATA/train/<class>/* (+ val/, test/)."),
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Write report.html (with thumbnails) and report.json.")
+    ] = None,
+    quarantine: Annotated[
+        Path | None,
+        typer.Option(help="Move flagged files (corrupt, extra copies) here, with a manifest."),
+    ] = None,
+    only: Annotated[
+        Path | None,
+        typer.Option(help="With --quarantine: move exactly the files in this CSV's path column."),
+    ] = None,
+    restore: Annotated[
+        Path | None, typer.Option(help="Move the files of a quarantine manifest back.")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="Threads decoding files.")] = None,
+    labels: Annotated[
+        bool,
+        typer.Option(
+            "--labels", help="Instead: likely mislabelled images (k-fold on frozen features)."
+        ),
+    ] = False,
+    top: Annotated[
+        int | None, typer.Option(min=1, help="With --labels: report at most this many images.")
+    ] = None,
+) -> None:
+    """Data set health: corrupt files, duplicates, near-duplicates, split leaks, imbalance;
+    with --labels, the images whose label an out-of-fold model finds least likely.
+
+    Exit code 1 when corrupt files or leaks were found, 0 otherwise (warnings included)."""
+    from imgcls import doctor as doc
+
+    try:
+        if restore is not None:
+            if data is not None or quarantine is not None or only is not None:
+                _fail_usage("--restore MANIFEST takes no DATA, --quarantine or --only")
+            restored, problems = doc.restore(restore)
+            _report_moves({"restored": restored, "problems": problems}, json_output, "restored")
+            raise typer.Exit(EXIT_INPUT_FAILED if problems else EXIT_OK)
+        if data is None:
+            _fail_usage("give DATA to check, or --restore MANIFEST")
+        if labels:  # writes label_issues.csv (for --quarantine --only) and .html to --out
+            _doctor_labels(data, out, json_output, top)
+            return
+        if only is not None:
+            if quarantine is None:
+                _fail_usage("--only FILE.csv needs --quarantine DIR")
+            moves = [(p, f"listed in {only}") for p in doc.paths_from_csv(data, only)]
+            manifest = doc.quarantine(data, moves, quarantine)
+            _report_moves(
+                {"quarantined": [p for p, _ in moves], "manifest": str(manifest)},
+                json_output,
+                "quarantined",
+            )
+            return
+        bar = _progress(0, "checking images", enabled=not json_output)
+        with bar as advance:
+            report = doc.diagnose(data, workers=workers, progress=advance, on_total=bar.set_total)
+        result = report.to_dict()
+        if out is not None:
+            result["html_report"] = str(doc.write_html_report(report, out))
+        if quarantine is not None:
+            moves = report.flagged()
+            result["quarantined"] = [p for p, _ in moves]
+            result["manifest"] = str(doc.quarantine(data, moves, quarantine))
+    except doc.DoctorError as exc:
+        _fail_usage(str(exc))
+    if json_output:
+        print(json.dumps(result, ensure_ascii=False, indent=2))
+    else:
+        _print_doctor(result)
+    raise typer.Exit(EXIT_INPUT_FAILED if report.corrupt or report.leaks else EXIT_OK)
+
+
+def _report_moves(result: dict[str, Any], json_output: bool, what: str) -> None:
+    if json_output:
+        print(json.dumps(result, ensure_ascii=False, indent=2))
+        return
+    stdout.print(f"{len(result[what])} file(s) {what}", highlight=False)
+    if "manifest" in result:
+        stdout.print(f"manifest: {result['manifest']} (undo: imgcls doctor --restore it)")
+    for problem in result.get("problems", []):
+        stderr.print(f"[red]✗[/red] {problem}", highlight=False)
+
+
+def _print_doctor(r: dict[str, Any]) -> None:
+    counts = Table(title=f"{r['root']}: {r['num_images']} images", title_justify="left")
+    splits = list(r["classes"])
+    counts.add_column("class")
+    for split in splits:
+        counts.add_column(split, justify="right")
+    for label in sorted({c for by_class in r["classes"].values() for c in by_class}):
+        counts.add_row(label, *(str(r["classes"][s].get(label, "-")) for s in splits))
+    stdout.print(counts)
+
+    findings = Table(title="findings", title_justify="left", show_lines=True)
+    findings.add_column("check")
+    findings.add_column("count", justify="right")
+    findings.add_column("examples", overflow="fold")
+
+    def examples(paths: list[str]) -> str:
+        more = f" … +{len(paths) - _SHOWN}" if len(paths) > _SHOWN else ""
+        return ", ".join(paths[:_SHOWN]) + more
+
+    findings.add_row(
+        "corrupt",
+        str(len(r["corrupt"])),
+        "\n".join(f"{c['path']}: {c['reason']}" for c in r["corrupt"][:_SHOWN]),
+    )
+    for key in ("leaks", "duplicates", "near_duplicates"):
+        groups = r[key]
+        conflicts = sum(g["cross_class"] for g in groups)
+        label = key.replace("_", "-") + (f" ({conflicts} across classes)" if conflicts else "")
+        findings.add_row(
+            label, str(len(groups)), "\n".join(examples(g["paths"]) for g in groups[:_SHOWN])
+        )
+    for w in r["warnings"]:
+        findings.add_row(
+            f"[yellow]{w['kind']}[/yellow]",
+            str(len(w["paths"]) or ""),
+            w["message"] + ("\n" + examples(w["paths"]) if w["paths"] else ""),
+        )
+    stdout.print(findings)
+    stdout.print(
+        f"{r['num_files']} files in {r['seconds']:.1f}s ({r['images_per_s']:.0f} images/s)"
+    )
+    if "html_report" in r:
+        stdout.print(f"report: {r['html_report']}")
+    if "manifest" in r:
+        stdout.print(
+            f"{len(r['quarantined'])} file(s) quarantined; undo: imgcls doctor --restore "
+            f"{r['manifest']}"
         )
 
 

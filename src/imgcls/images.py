@@ -54,6 +54,11 @@ IMAGE_EXTENSIONS = frozenset(
 ImageSource = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray | Image.Image
 
 _EXIF_ORIENTATION = 0x0112
+# Note: Pillow's format plugins raise whatever their parsing hits on a corrupt file, not only
+# OSError/ValueError: fuzzing found TypeError from a TIFF tag of the wrong type (a bit flip
+# at byte 72), and struct.error and IndexError are possible too. On these two paths any
+# exception from Pillow means "not a valid image", so all are turned into ImageError.
+
 # Scale factors libjpeg decodes at directly, with the bit that asks OpenCV for each (the
 # IMREAD_REDUCED_* bits; combined with IMREAD_COLOR_RGB they keep RGB order).
 _JPEG_REDUCTIONS = ((8, 64), (4, 32), (2, 16))
@@ -104,11 +109,10 @@ def decode_image_bytes(
     """Decode encoded image bytes; `name` is how errors refer to the input."""
     if not data:
         raise ImageError(f"{name}: empty file (0 bytes)")
-    header = _read_header(data, name)
+    header = _read_header(data, name, max_pixels)
     if header is not None:
-        _check_pixels(header.width, header.height, name, max_pixels)
         _check_not_truncated(data, name)
-    image = _decode_with_opencv(data, header, min_side)
+    image = _decode_with_opencv(data, name, header, min_side)
     if image is None:
         image = _decode_with_pillow(data, name)
     elif header is None:
@@ -145,29 +149,39 @@ def _read_file(path: Path) -> bytes:
         raise ImageError(f"{path}: cannot read file ({exc.strerror or exc})") from None
 
 
-def _read_header(data: bytes, name: str) -> _Header | None:
-    """Size, alpha and orientation from the header alone; None if Pillow does not know it."""
+def _read_header(data: bytes, name: str, max_pixels: int) -> _Header | None:
+    """Size, alpha and orientation from the header alone; None if Pillow does not know it.
+
+    The pixel cap is checked here, before anything that could make Pillow decode pixels."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # Pillow warns about broken metadata; the image is then refused or used as is.
+            warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as im:
                 width, height = im.size
+                _check_pixels(width, height, name, max_pixels)
                 has_alpha = im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
                     "transparency" in im.info
                 )
                 orientation = _orientation(im)
                 image_format = im.format or ""
+    except ImageError:
+        raise
     except Image.DecompressionBombError as exc:
         # Pillow refuses above twice its MAX_IMAGE_PIXELS (about 179 MP) on its own.
         raise ImageError(f"{name}: refused, too many pixels ({exc})") from None
     except UnidentifiedImageError:
         return None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except Exception as exc:  # Pillow: any type on corrupt input (see the note at the top)
         raise ImageError(f"{name}: not a valid image ({exc})") from None
     return _Header(width, height, has_alpha, orientation, image_format)
 
 
 def _orientation(im: Image.Image) -> int:
+    # Pillow finds a PNG's EXIF after the pixel data only by decoding the whole image, so
+    # only EXIF that the header parse already found is read (JPEG/TIFF keep it up front).
+    if im.format not in ("JPEG", "MPO", "TIFF") and "exif" not in im.info:
+        return 1
     try:
         value = im.getexif().get(_EXIF_ORIENTATION, 1)
     except Exception:  # a broken EXIF block must not make the image unreadable
@@ -199,9 +213,20 @@ def _check_not_truncated(data: bytes, name: str) -> None:
 
 
 def _decode_with_opencv(
-    data: bytes, header: _Header | None, min_side: int | None
+    data: bytes, name: str, header: _Header | None, min_side: int | None
 ) -> np.ndarray | None:
-    buffer = np.frombuffer(data, dtype=np.uint8)
+    """OpenCV's decode; None when OpenCV cannot read the format (Pillow then tries)."""
+    try:
+        return _imdecode(np.frombuffer(data, dtype=np.uint8), header, min_side)
+    except cv2.error as exc:
+        # OpenCV asserts on what it will not decode, e.g. a side over 2^20 pixels.
+        reason = str(exc).strip().splitlines()[-1]
+        raise ImageError(f"{name}: cannot decode image ({reason})") from None
+
+
+def _imdecode(
+    buffer: np.ndarray, header: _Header | None, min_side: int | None
+) -> np.ndarray | None:
     # Orientation is applied by us from the EXIF tag Pillow read, the same way for every
     # format, so OpenCV is told to ignore it.
     if header is not None and header.has_alpha:
@@ -220,14 +245,14 @@ def _decode_with_opencv(
 def _decode_with_pillow(data: bytes, name: str) -> np.ndarray:
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore")  # broken metadata: see _read_header
             with Image.open(io.BytesIO(data)) as im:
                 im.seek(0)  # first frame of an animation
                 return _pil_to_rgb(im, name, None)
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image (unknown file format)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"{name}: cannot decode image ({exc})") from None
+    except Exception as exc:  # Pillow: any type on corrupt input (see the note at the top)
+        raise ImageError(f"{name}: cannot decode image ({type(exc).__name__}: {exc})") from None
 
 
 def _pil_to_rgb(im: Image.Image, name: str, max_pixels: int | None) -> np.ndarray:
