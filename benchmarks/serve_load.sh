@@ -27,7 +27,7 @@ DURATION=${DURATION:-20s}
 export IMAGE=${IMAGE:-samples/cat.jpg}
 URL="http://127.0.0.1:$PORT"
 
-PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} "$PYTHON" -m imgcls serve --port "$PORT" "$@" \
+PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} "$PYTHON" -m imgcls serve --port "$PORT" --no-log "$@" \
   > /tmp/imgcls-serve-load.log 2>&1 &
 SERVER=$!
 trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
