@@ -8,8 +8,7 @@ digits are tiny). Each model is trained with `imgcls train` and scored with
 
     .venv/bin/python benchmarks/heads_vs_finetune.py [--epochs 5] [--out /tmp/heads-bench]
 
-Measured on a 2-core AMD EPYC (Zen 4), no GPU, see the closing note of the issue and
-docs/heads.md for the table.
+Measured on a 2-core AMD EPYC (Zen 4), no GPU: the table is in docs/train.md.
 """
 
 from __future__ import annotations
