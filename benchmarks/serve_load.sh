@@ -9,15 +9,13 @@
 # Extra arguments go to `imgcls serve`. Needs wrk (Debian: apt-get install -y wrk).
 # wrk shares the machine's cores with the server, so figures are a lower bound.
 #
-# Measured 2026-11-25 on the 2-core AMD EPYC (Zen 4) dev VM, shared with other engineers'
-# test runs (load average 3.6-4.3 during the run), efficientnet_lite0 on torch eager, default
-# settings (max-batch 16, max-wait 5 ms, 1 model thread), samples/cat.jpg, 20 s per run:
-#   concurrency  1: 16.8 requests/s, latency p50 59 ms, p90 76 ms, p99 108 ms
-#   concurrency 16: 16.7 requests/s, latency p50 882 ms, p90 1.16 s, p99 1.47 s
-#   (733 images in 397 model calls over the whole script: batches form under load)
-# With 2 model threads (--threads 2, torch's default) the same load gave 10.7 and 4.6
-# requests/s (p99 2.2 s and 5.8 s): OpenMP threads waiting on each other on busy cores.
-# The figures move by ±50% with the other tenants' load; compare runs made back to back.
+# Measured 2026-11-25 11:32 UTC on the 2-core AMD EPYC (Zen 4) dev VM, efficientnet_lite0,
+# default settings (ONNX Runtime on both cores, max-batch 16, no batch wait), cat.jpg, 10 s:
+#   concurrency  1: 79 requests/s, latency p50 12.4 ms
+#   concurrency 16: 92-96 requests/s, latency p50 164-170 ms
+# and with --backend torch: 26 requests/s, p50 36 ms; 24 requests/s, p50 638 ms.
+# The figures move by tens of percent with the VM host's load; compare runs made back to
+# back (benchmarks/performance.py takes the median of several rounds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

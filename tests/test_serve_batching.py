@@ -41,6 +41,26 @@ def test_concurrent_submissions_are_grouped_into_batches_in_order() -> None:
     assert max(model.batch_sizes) == 8 and sum(model.batch_sizes) == 16
 
 
+def test_by_default_a_lone_image_runs_at_once_and_the_next_batch_gathers_meanwhile() -> None:
+    gate = threading.Event()
+    model = _FakeModel(gate)
+
+    async def scenario() -> list[np.ndarray]:
+        async with Batcher(model, max_batch=8) as batcher:
+            first = asyncio.ensure_future(batcher.submit([_image(0)]))
+            await asyncio.sleep(0.05)
+            assert batcher.depth == 0  # taken by the model without waiting for company
+            rest = [asyncio.ensure_future(batcher.submit([_image(i)])) for i in range(1, 6)]
+            await asyncio.sleep(0.01)
+            assert batcher.depth == 5  # queued while the model is busy
+            gate.set()
+            return await asyncio.gather(first, *rest)
+
+    outputs = asyncio.run(scenario())
+    assert [float(out[0, 0]) for out in outputs] == list(range(6))
+    assert model.batch_sizes == [1, 5]
+
+
 def test_a_full_queue_refuses_at_once_and_queues_nothing() -> None:
     gate = threading.Event()
     model = _FakeModel(gate)

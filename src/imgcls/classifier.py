@@ -65,6 +65,8 @@ class ImageClassifier:
     "auto" runs ONNX Runtime on the CPU (the model is exported once into the cache of
     `imgcls.export.cache_dir()`) and PyTorch elsewhere; "torch" and "onnx" force one.
     `threads` caps ONNX Runtime's threads (default: the cores this process may use).
+    `batch_size` is images per model call: 8 keeps a 2-core CPU's pipeline busiest
+    (`predict DIR` on 500 photos: 80 images/s against 75 at 32); raise it on a GPU.
     """
 
     def __init__(
@@ -75,7 +77,7 @@ class ImageClassifier:
         pretrained: bool = True,
         device: str = "cpu",
         backend: str = "auto",
-        batch_size: int = 32,
+        batch_size: int = 8,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         threads: int | None = None,
     ) -> None:

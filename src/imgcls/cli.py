@@ -54,7 +54,7 @@ def predict(
     ] = None,
     top_k: Annotated[int, typer.Option("--top-k", "-k", min=1, help="Predictions per image.")] = 5,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON array.")] = False,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 32,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 8,
     max_pixels: Annotated[
         int, typer.Option(min=1, help="Refuse images with more pixels than this.")
     ] = DEFAULT_MAX_PIXELS,
@@ -155,7 +155,7 @@ def evaluate(
     ] = None,
     weights: Annotated[Path | None, typer.Option(help="Weights file for MODEL.")] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 32,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 8,
     backend: Annotated[
         str, typer.Option(help="auto (ONNX Runtime on the CPU) | torch | onnx.")
     ] = "auto",
@@ -203,7 +203,7 @@ def features(
         str, typer.Option("--model", "-m", help="Backbone name or run directory.")
     ] = "efficientnet_lite0",
     weights: Annotated[Path | None, typer.Option(help="Weights file for the model.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 32,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 8,
 ) -> None:
     """Embeddings: pooled penultimate features of every image under DATA, to an .npz file
     with `paths`, `labels` (the parent folder names) and `features` (N x D float32)."""
@@ -556,8 +556,13 @@ def serve(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to bind.")] = 8000,
     max_batch: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 16,
     max_wait_ms: Annotated[
-        float, typer.Option(min=0, help="How long a batch waits to fill, in milliseconds.")
-    ] = 5.0,
+        float,
+        typer.Option(
+            min=0,
+            help="How long a batch waits to fill, in milliseconds (default: not at all; "
+            "batches form while the model runs).",
+        ),
+    ] = 0.0,
     max_queue: Annotated[
         int, typer.Option(min=1, help="Images waiting for the model; beyond it requests get 503.")
     ] = 256,
@@ -568,7 +573,11 @@ def serve(
         int, typer.Option(min=1, help="Refuse images with more pixels than this (422).")
     ] = DEFAULT_MAX_PIXELS,
     threads: Annotated[
-        int | None, typer.Option(min=1, help="Threads per model call (default: CPU cores - 1).")
+        int | None,
+        typer.Option(
+            min=1,
+            help="Threads per model call (default: all cores; one less for torch).",
+        ),
     ] = None,
     backend: Annotated[
         str, typer.Option(help="auto (ONNX Runtime on the CPU) | torch | onnx.")

@@ -73,6 +73,10 @@ class OnnxRuntime:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Denormal floats make CPU kernels many times slower; flush them to zero.
         options.add_session_config_entry("session.set_denormal_as_zero", "1")
+        # Idle threads sleep instead of spinning: beside decoding threads (serve, predict
+        # DIR) spinning takes the cores they need. Measured on 2 cores: model-only speed
+        # unchanged (110 images/s at batch 8), served at 16 connections 73 -> 81 requests/s.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:

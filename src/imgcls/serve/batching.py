@@ -4,7 +4,9 @@ Requests put their preprocessed (3, H, W) arrays on a bounded queue and await on
 per image. A worker task on the event loop takes up to `max_batch` images — waiting at
 most `max_wait_ms` for a batch to fill once the first image is there — and runs the model
 in its own thread, so the event loop keeps accepting requests while the model works.
-While one batch runs, the next one gathers: under load, batches fill by themselves.
+While one batch runs, the next one gathers: under load, batches fill by themselves, which
+is why the default wait is 0 (measured on 2 cores: 5 ms of waiting cost a lone request
+5 ms and gained nothing at 16 connections).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ class Batcher:
         predict: Callable[[np.ndarray], np.ndarray],
         *,
         max_batch: int = 16,
-        max_wait_ms: float = 5.0,
+        max_wait_ms: float = 0.0,
         max_queue: int = 256,
         on_batch: Callable[[np.ndarray], None] | None = None,
         name: str = "model",
@@ -114,7 +116,7 @@ class Batcher:
             if not self._pending:
                 self._arrived.clear()
                 await self._arrived.wait()
-            if len(self._pending) < self.max_batch:
+            if len(self._pending) < self.max_batch and self.max_wait > 0:
                 self._filled.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._filled.wait(), self.max_wait)

@@ -45,13 +45,13 @@ class ServeConfig:
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch: int = 16  # images per model call
-    max_wait_ms: float = 5.0  # how long a batch's first image waits for company
+    max_wait_ms: float = 0.0  # how long a batch's first image waits for company
     max_queue: int = 256  # images waiting for the model; beyond it, 503
     max_upload_mb: float = 20.0  # request body cap, MB (10^6 bytes)
     max_pixels: int = DEFAULT_MAX_PIXELS  # decoded image cap (width x height)
     device: str = "cpu"
     backend: str = "auto"  # auto (ONNX Runtime on the CPU) | torch | onnx
-    threads: int | None = None  # threads per model call; None: one less than cores
+    threads: int | None = None  # threads per model call; None: see Service.load
     log_db: str | None = None  # SQLite prediction log; None: off (the CLI turns it on)
     feedback_dir: str = DEFAULT_FEEDBACK_DIR  # corrected images, in class folders
 
@@ -228,12 +228,14 @@ class Service:
 
     async def load(self, stack: AsyncExitStack) -> None:
         """Load every configured model and start its batcher (stopped when `stack` closes)."""
-        # Process-wide. One core is left to HTTP, decoding and preprocessing: measured on 2
-        # busy cores, 2 model threads beside 16 decoding requests made OpenMP threads wait
-        # on each other (13 → 5 requests/s, p99 1.6 s → 5.8 s); 1 thread did not.
-        threads = self.config.threads or max(1, (os.cpu_count() or 1) - 1)
+        # ONNX Runtime gets every core: its idle threads sleep (runtime.py), so requests
+        # decode between model calls. Measured on 2 cores at 16 connections: 1 thread 59,
+        # 2 threads 81 requests/s. Torch keeps one core free: its OpenMP threads beside 16
+        # decoding requests waited on each other (13 → 5 requests/s, p99 1.6 s → 5.8 s).
+        cores = len(os.sched_getaffinity(0))
+        threads = self.config.threads or cores
         stack.callback(torch.set_num_threads, torch.get_num_threads())  # restored on exit
-        torch.set_num_threads(threads)
+        torch.set_num_threads(self.config.threads or max(1, cores - 1))  # process-wide
         for spec in self.config.models:
             classifier = await run_in_threadpool(
                 ImageClassifier,
