@@ -122,6 +122,8 @@ def test_cli_json_report_and_html_with_thumbnails(planted: Path, tmp_path: Path)
     for key in ("num_images", "classes", "corrupt", "duplicates", "near_duplicates", "leaks"):
         assert key in result
     assert result["num_images"] == 33 and len(result["leaks"]) == 2
+    assert "train/cat/truncated.jpg" in result["corrupt"]  # paths, as INTERFACE.md says
+    assert "truncated" in result["corrupt_reasons"]["train/cat/truncated.jpg"]
     page = (tmp_path / "report/report.html").read_text()
     assert "test/rocket/leak.jpg" in page
     thumbs = sorted((tmp_path / "report/thumbs").glob("*.jpg"))

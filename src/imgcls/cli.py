@@ -987,7 +987,7 @@ def _print_doctor(r: dict[str, Any]) -> None:
     findings.add_row(
         "corrupt",
         str(len(r["corrupt"])),
-        "\n".join(f"{c['path']}: {c['reason']}" for c in r["corrupt"][:_SHOWN]),
+        "\n".join(f"{path}: {r['corrupt_reasons'][path]}" for path in r["corrupt"][:_SHOWN]),
     )
     for key in ("leaks", "duplicates", "near_duplicates"):
         groups = r[key]

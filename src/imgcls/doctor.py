@@ -135,7 +135,9 @@ class Report:
             "num_files": self.num_files,
             "num_images": self.num_images,
             "classes": self.classes,
-            "corrupt": self.corrupt,
+            # Paths, as INTERFACE.md promises; the reasons beside them, by path.
+            "corrupt": [c["path"] for c in self.corrupt],
+            "corrupt_reasons": {c["path"]: c["reason"] for c in self.corrupt},
             "duplicates": self.duplicates,
             "near_duplicates": self.near_duplicates,
             "leaks": self.leaks,
