@@ -16,6 +16,7 @@ from imgcls.calibration import (
     softmax,
     uncalibrated,
 )
+from imgcls.heads import head_log_probabilities
 
 
 def calibrated_logits(n: int = 4000, classes: int = 5, seed: int = 0):
@@ -53,6 +54,30 @@ def test_an_under_confident_model_gets_a_temperature_below_one():
 def test_a_validation_set_without_errors_keeps_the_scores():
     logits = np.array([[3.0, 0.0], [0.0, 2.0], [1.0, 0.5]])
     assert fit_temperature(logits, np.array([0, 1, 0])) == 1.0
+
+
+def knn_votes(seed: int, n: int = 1000, classes: int = 10, k: int = 5):
+    """Probabilities as a k-NN head gives them (vote shares, often exact zeros for the true
+    class), from neighbours that are right with a chance drawn per image."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes, n)
+    right = rng.random((n, k)) < rng.uniform(0.3, 1.0, n)[:, None]
+    others = (labels[:, None] + rng.integers(1, classes, (n, k))) % classes
+    neighbours = np.where(right, labels[:, None], others)
+    votes = np.stack([np.bincount(row, minlength=classes) for row in neighbours])
+    return votes / k, labels
+
+
+def test_a_head_with_zero_probabilities_is_calibrated_not_flattened():
+    (val_proba, val_labels), (test_proba, test_labels) = knn_votes(0), knn_votes(1)
+    val_logits, test_logits = (head_log_probabilities(p) for p in (val_proba, test_proba))
+    assert np.isfinite(val_logits).all()
+    temperature = fit_temperature(val_logits, val_labels)
+    # log(0) clipped at 1e-30 gave T ~ 13, which flattens every split vote towards uniform
+    # and doubles the error; the floor keeps T near 1 and the error falls.
+    assert temperature < 2, temperature
+    before = top1_ece(test_logits, test_labels)
+    assert top1_ece(test_logits, test_labels, temperature) < before
 
 
 def test_uncalibrated_inverts_temperature_scaling():

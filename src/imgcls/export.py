@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from imgcls.heads import head_floor
 from imgcls.labels import Labels
 from imgcls.transforms import Preprocess
 
@@ -140,7 +141,8 @@ def export_head_onnx(
         prefix2="head_",
     )
     graph = merged.graph
-    graph.initializer.append(helper.make_tensor("head_floor", TensorProto.FLOAT, [], [1e-30]))
+    floor = head_floor(len(metadata.labels))
+    graph.initializer.append(helper.make_tensor("head_floor", TensorProto.FLOAT, [], [floor]))
     graph.node.extend(
         [
             helper.make_node("Max", [f"head_{probabilities}", "head_floor"], ["head_clipped"]),

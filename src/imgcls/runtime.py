@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from imgcls.heads import OnnxHead
+from imgcls.heads import OnnxHead, head_log_probabilities
 
 if TYPE_CHECKING:  # imported by TorchRuntime: ONNX Runtime alone never loads torch
     from torch import nn
@@ -115,4 +115,4 @@ class HeadRuntime:
     def logits_and_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         features = self.backbone.features(batch)
         probabilities = self.head.predict_proba(features)
-        return np.log(np.maximum(probabilities, 1e-30)).astype(np.float32), features
+        return head_log_probabilities(probabilities), features

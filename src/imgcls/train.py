@@ -55,7 +55,7 @@ from imgcls.checkpoint import (
     write_text,
 )
 from imgcls.data import DataSplits, ImageFolder, find_splits
-from imgcls.heads import HEAD_KINDS, fit_head, save_head_onnx
+from imgcls.heads import HEAD_KINDS, fit_head, head_log_probabilities, save_head_onnx
 from imgcls.models import (
     DEFAULT_MODEL,
     build_model,
@@ -622,7 +622,7 @@ def train_head(config: TrainConfig) -> TrainResult:
     )
     trust: dict[str, Any] = {}
     if head.val_proba is not None:
-        val_logits = np.log(np.maximum(head.val_proba, 1e-30))  # heads give probabilities
+        val_logits = head_log_probabilities(head.val_proba)  # heads give probabilities
         trust = _save_trust(
             out, run_config, config, val_logits, val_y, val_x, train_x, say
         )  # fmt: skip
