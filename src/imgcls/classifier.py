@@ -205,9 +205,9 @@ class ImageClassifier:
     ) -> Iterator[tuple[str, list[Prediction] | Exception]]:
         """Classify files in order, batching them; a file that fails yields its exception
         (FileNotFoundError or ImageError) in its place while the others go on."""
-        for chunk in self._prepared_batches(paths):
+        for prepared in self._prepared_batches(paths):
             yield from _apply_to_batch(
-                chunk, lambda batch: self.predict_batch(batch, top_k, min_score)
+                prepared, lambda batch: self.predict_batch(batch, top_k, min_score)
             )
 
     def scored_paths(
@@ -222,53 +222,61 @@ class ImageClassifier:
                 scores = np.full(len(probabilities), np.nan)
             return list(zip(probabilities, scores.tolist(), strict=True))
 
-        for chunk in self._prepared_batches(paths):
-            yield from _apply_to_batch(chunk, rows)
+        for prepared in self._prepared_batches(paths):
+            yield from _apply_to_batch(prepared, rows)
 
     def features_paths(
         self, paths: Iterable[str | os.PathLike]
     ) -> Iterator[tuple[str, np.ndarray | Exception]]:
         """Pooled penultimate features of each file, in order, failures in place."""
-        for chunk in self._prepared_batches(paths):
-            yield from _apply_to_batch(chunk, self.runtime.features)
+        for prepared in self._prepared_batches(paths):
+            yield from _apply_to_batch(prepared, self.runtime.features)
 
     def prepared_paths(
         self, paths: Iterable[str | os.PathLike]
     ) -> Iterator[tuple[str, np.ndarray | Exception]]:
         """Each file decoded and preprocessed, in order; a failure (FileNotFoundError or
-        ImageError) in its place. A thread pool decodes ahead while the caller runs the
-        model: OpenCV and ONNX Runtime both release the GIL."""
-        workers = min(4, len(os.sched_getaffinity(0)))
-        lookahead = 2 * self.batch_size
-        with ThreadPoolExecutor(workers, thread_name_prefix="imgcls-decode") as pool:
-            pending: deque[tuple[str, Future]] = deque()
-            for path in paths:
-                pending.append((str(path), pool.submit(self._prepare_or_error, path)))
-                if len(pending) > lookahead:
-                    name, future = pending.popleft()
-                    yield name, future.result()
-            for name, future in pending:
-                yield name, future.result()
+        ImageError) in its place."""
+        for batch, chunk in self._prepared_batches(paths):
+            rows = iter(batch)
+            for path, failure in chunk:
+                yield path, failure if failure is not None else next(rows)
 
     def _prepared_batches(
         self, paths: Iterable[str | os.PathLike]
-    ) -> Iterator[list[tuple[str, np.ndarray | Exception]]]:
-        prepared = self.prepared_paths(paths)
-        while chunk := list(itertools.islice(prepared, self.batch_size)):
-            yield chunk
+    ) -> Iterator[tuple[np.ndarray, list[tuple[str, Exception | None]]]]:
+        """Batches of files as (model input of the decodable ones, [(path, failure or
+        None)]). A thread pool decodes and preprocesses two batches ahead of the model,
+        each image straight into its row of the batch's array (OpenCV and ONNX Runtime
+        both release the GIL)."""
+        workers = min(4, len(os.sched_getaffinity(0)))
+        files = iter(paths)
+        with ThreadPoolExecutor(workers, thread_name_prefix="imgcls-decode") as pool:
+            pending: deque[tuple[np.ndarray, list[str], list[Future]]] = deque()
+            while names := [str(path) for path in itertools.islice(files, self.batch_size)]:
+                batch = np.empty((len(names), *self.preprocess.input_size), np.float32)
+                slots = zip(names, batch, strict=True)
+                rows = [pool.submit(self._prepare_into, name, row) for name, row in slots]
+                pending.append((batch, names, rows))
+                if len(pending) > 2:
+                    yield _collect(*pending.popleft())
+            while pending:
+                yield _collect(*pending.popleft())
 
-    def _prepare_or_error(self, path: str | os.PathLike) -> np.ndarray | Exception:
+    def _prepare_into(self, path: str, row: np.ndarray) -> Exception | None:
         try:
-            return self.prepare(path)
+            self.prepare(path, out=row)
         except (FileNotFoundError, ImageError) as exc:
             return exc
+        return None
 
-    def prepare(self, image: ImageSource) -> np.ndarray:
-        """Decode and preprocess one image to the model's (3, H, W) float32 input."""
+    def prepare(self, image: ImageSource, out: np.ndarray | None = None) -> np.ndarray:
+        """Decode and preprocess one image to the model's (3, H, W) float32 input, into
+        `out` when given (a row of a batch)."""
         decoded = load_image(
             image, max_pixels=self.max_pixels, min_side=self.preprocess.resize_size
         )
-        return preprocess_image(decoded, self.preprocess)
+        return preprocess_image(decoded, self.preprocess, out)
 
     def predict_batch(
         self, batch: np.ndarray, top_k: int = 5, min_score: float | None = None
@@ -333,14 +341,24 @@ def _check_min_score(min_score: float | None) -> None:
         raise ValueError(f"min_score must be a probability in [0, 1], got {min_score}")
 
 
+def _collect(
+    batch: np.ndarray, names: list[str], rows: list[Future]
+) -> tuple[np.ndarray, list[tuple[str, Exception | None]]]:
+    """A batch once its rows are written: the decodable rows, and each file's failure."""
+    failures = [row.result() for row in rows]
+    decoded = np.array([failure is None for failure in failures])
+    return (batch if decoded.all() else batch[decoded]), list(zip(names, failures, strict=True))
+
+
 def _apply_to_batch(
-    chunk: list[tuple[str, np.ndarray | Exception]], model_call: Callable[[np.ndarray], Sequence]
+    prepared: tuple[np.ndarray, list[tuple[str, Exception | None]]],
+    model_call: Callable[[np.ndarray], Sequence],
 ) -> Iterator[tuple[str, Any]]:
-    """Run `model_call` once on the decoded items of `chunk`; failures pass through."""
-    arrays = [item for _, item in chunk if isinstance(item, np.ndarray)]
-    outputs = iter(model_call(np.stack(arrays)) if arrays else [])
-    for path, item in chunk:
-        yield path, next(outputs) if isinstance(item, np.ndarray) else item
+    """Run `model_call` once on a prepared batch; the files that failed pass through."""
+    batch, chunk = prepared
+    outputs = iter(model_call(batch) if len(batch) else [])
+    for path, failure in chunk:
+        yield path, next(outputs) if failure is None else failure
 
 
 def _num_classes(module) -> int:
