@@ -3,8 +3,10 @@ uvicorn server and a real HTTP client."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -148,6 +150,32 @@ def test_chunked_upload_over_the_cap_is_413_while_streaming(client: httpx.Client
     )
     _assert_error(response, 413)
     assert client.get("/healthz").status_code == 200
+
+
+def test_a_client_that_hangs_up_mid_upload_is_no_server_error(
+    client: httpx.Client, url: str
+) -> None:
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/classify HTTP/1.1\r\nHost: test\r\nContent-Length: 100000\r\n"
+            b"Content-Type: multipart/form-data; boundary=b\r\n\r\n"
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="cat.jpg"\r\n\r\n'
+            + CAT[:1000]
+        )
+    deadline = time.monotonic() + 30
+    while True:  # the server notices the hang-up on its own time
+        text = client.get("/metrics").text
+        left = metric(text, "imgcls_http_requests_total", route="/v1/classify", method="POST",
+                      status="499")  # fmt: skip
+        if left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert left == 1
+    assert not metric(
+        text, "imgcls_http_requests_total", route="/v1/classify", method="POST", status="500"
+    )
+    assert _classify(client, ("cat.jpg", CAT)).status_code == 200
 
 
 def test_unknown_paths_and_methods_answer_json_errors(client: httpx.Client) -> None:
