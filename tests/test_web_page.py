@@ -212,6 +212,8 @@ def test_a_pasted_and_a_dropped_image_are_classified(browser, server) -> None:
 
     url, _, _ = server
     page = _page(browser, locale="en-US")
+    held: list = []  # the model list's request, held so the paste comes before its answer
+    page.route("**/v1/models", lambda route: held.append(route))
     page.goto(url)
     make_transfer = """([name, b64]) => {
         const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
@@ -226,6 +228,8 @@ def test_a_pasted_and_a_dropped_image_are_classified(browser, server) -> None:
         "t => document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: t}))", pasted
     )
     expect(page.locator(".card .meta")).to_contain_text("pasted.jpg")
+    assert len(held) == 1
+    held[0].continue_()
     expect(page.locator(".card .row .label").first).to_have_text("espresso")
 
     dropped = page.evaluate_handle(make_transfer, ["dropped.jpg", base64.b64encode(CAT).decode()])
