@@ -11,8 +11,11 @@ from imgcls.serve.service import Service
 __all__ = ["ServiceDep"]
 
 
-def get_service(request: Request) -> Service:
-    """The app's `Service` (its loaded models), set up by `create_app`."""
+async def get_service(request: Request) -> Service:
+    """The app's `Service` (its loaded models), set up by `create_app`.
+
+    `async` although it awaits nothing: FastAPI runs a plain-def dependency in its thread
+    pool, a thread hand-off on every request for one attribute read."""
     return request.app.state.service
 
 
