@@ -121,8 +121,8 @@ def _with_static_same_padding(module, example):
     in the tf_ models such as the default EfficientNet-Lite0) pad by constants.
 
     Conv2dSame computes its padding from the input's shape at run time, which the exporter
-    writes as shape arithmetic and a Pad node that ONNX Runtime can neither fold nor fuse:
-    each Pad and the layout reorders around it cost 26% of the default model's time. The
+    writes as shape arithmetic and Pad nodes that ONNX Runtime can neither fold nor fuse:
+    the Pads and the layout reorders around them took 27% of the default model's time. The
     export's spatial size is fixed, so the pads are constants; ONNX Runtime then fuses them
     into the convolutions (measured, batch 8 on 2 cores: 57 -> 42 ms, outputs identical).
     """
