@@ -44,6 +44,7 @@ OPSET = 17
 # Part of the cache key: bumped whenever export_onnx writes a different graph for the same
 # weights, so caches made by an older release are not reused.
 EXPORT_REVISION = 2
+_EXPORT_TAG = f"opset{OPSET}.r{EXPORT_REVISION}"  # what the cache's file names and index key on
 
 
 @dataclass(frozen=True)
@@ -327,7 +328,7 @@ def cached_export(module, metadata: OnnxMetadata) -> Path:
     The key is a digest of the metadata and of every weight tensor, so a retrained run or
     other weights never meet a stale export.
     """
-    digest = hashlib.sha256(f"r{EXPORT_REVISION}".encode() + metadata.to_json().encode())
+    digest = hashlib.sha256(_EXPORT_TAG.encode() + metadata.to_json().encode())
     for name, tensor in module.state_dict().items():
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -366,7 +367,7 @@ _INDEX = "index.json"
 
 
 def _index_key(fingerprint: str) -> str:
-    return f"opset{OPSET}.r{EXPORT_REVISION}|{fingerprint}"
+    return f"{_EXPORT_TAG}|{fingerprint}"
 
 
 def _safe(name: str) -> str:
