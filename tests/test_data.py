@@ -7,9 +7,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import write_photo_crops
 
 from imgcls.data import DataError, ImageFolder, find_splits
-from imgcls.transforms import Preprocess, preprocess_image, train_transform
+from imgcls.transforms import (
+    Augmentation,
+    Preprocess,
+    choose_augmentation,
+    preprocess_image,
+    survey_images,
+    train_transform,
+)
 
 
 def write_images(folder: Path, count: int, gray: bool = False, value: int = 0) -> None:
@@ -112,3 +120,67 @@ def test_train_transform_is_reproducible_with_a_seed():
 def test_unknown_augment_preset_is_refused():
     with pytest.raises(ValueError, match="augment must be one of"):
         train_transform(Preprocess(), "heavy")
+
+
+def write_digit_images(root: Path, per_class: int = 30, size: int = 28) -> list[tuple[Path, int]]:
+    """scikit-learn's handwritten digits, upsampled to `size` px PNGs: glyphs that a mirror
+    turns into other glyphs."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    samples = []
+    for label in range(10):
+        for i in np.flatnonzero(digits.target == label)[:per_class]:
+            image = (digits.images[i] * 16).clip(0, 255).astype(np.uint8)
+            path = root / str(label) / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), cv2.resize(image, (size, size), interpolation=cv2.INTER_CUBIC))
+            samples.append((path, label))
+    return samples
+
+
+def test_survey_finds_that_mirrored_digits_change_class(tmp_path):
+    survey = survey_images(write_digit_images(tmp_path), seed=0)
+    assert survey.images == 300 and survey.median_side == 28
+    assert survey.accuracy > 0.9 and survey.flipped_accuracy < 0.6
+    assert not survey.flips_keep_labels
+    augmentation = choose_augmentation("light", 28, survey=survey)
+    assert not augmentation.hflip and augmentation.crop == "shift"
+    assert "mirrored images look like other classes" in augmentation.describe()
+
+
+def test_survey_keeps_flips_for_photos(tmp_path):
+    write_photo_crops(tmp_path, per_class=30, size=96)
+    splits = find_splits(tmp_path, val_split=0)
+    survey = survey_images(splits.train, seed=0)
+    assert survey.median_side == 96 and survey.flips_keep_labels, survey
+    augmentation = choose_augmentation("light", 224, survey=survey)
+    assert augmentation.hflip and augmentation.crop == "random-resized"
+
+
+def test_flip_as_asked_overrides_the_survey(tmp_path):
+    survey = survey_images(write_digit_images(tmp_path, per_class=10), seed=0)
+    assert choose_augmentation("light", 28, hflip=True, survey=survey).hflip
+    assert not choose_augmentation("strong", 224, hflip=False).hflip
+    assert choose_augmentation("none", 28, hflip=True, survey=survey).crop == "center"
+
+
+def test_small_images_are_shifted_whole_not_cropped_away():
+    """A bright square in the middle of a 28-px frame: the light preset for small images
+    keeps it whole (off the frame's edges), where the photo preset's 35-100% random crop
+    often cuts it."""
+    config = Preprocess(input_size=(3, 28, 28), crop_pct=1.0, mean=(0, 0, 0), std=(1, 1, 1))
+    image = np.zeros((28, 28, 3), np.uint8)
+    image[5:23, 5:23] = 255
+
+    def share_cut(crop: str) -> float:
+        transform = train_transform(config, Augmentation("light", hflip=False, crop=crop), seed=0)
+        cut = 0
+        for _ in range(200):
+            bright = transform(image)[0] > 0.5
+            edges = np.concatenate([bright[0], bright[-1], bright[:, 0], bright[:, -1]])
+            cut += bool(edges.any())
+        return cut / 200
+
+    assert share_cut("shift") < 0.05
+    assert share_cut("random-resized") > 0.3

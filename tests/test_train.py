@@ -203,22 +203,57 @@ def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path, shapes, monkeypa
 
 
 def test_two_process_ddp_on_cpu_trains_a_usable_run(tmp_path, shapes):
+    """--batch-size is the global batch: two processes take 4 images each per step, so
+    they make the same optimizer steps (the same learning rate after every epoch) as one
+    process with 8, and the model is as good."""
     # --standalone: torchrun finds a free port itself (no race with a port picked here).
-    out = tmp_path / "ddp"
+    flags = ["--model", "simple_cnn", "--epochs", "4", "--batch-size", "8", "--lr", "3e-3",
+             "--workers", "0", "--json"]  # fmt: skip
     command = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-        "--standalone", "-m", "imgcls", "train", str(shapes), "--out", str(out),
-        "--model", "simple_cnn", "--epochs", "4", "--batch-size", "8", "--lr", "3e-3",
-        "--workers", "0", "--json",
+        "--standalone", "-m", "imgcls", "train", str(shapes), "--out", str(tmp_path / "ddp"),
+        *flags,
     ]  # fmt: skip
     done = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True,
                           timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)  # rank 0 alone prints
     assert report["epochs"] == 4 and report["best_val_accuracy"] >= 0.6, done.stderr[-2000:]
-    assert [int(r["epoch"]) for r in read_metrics(out)] == [1, 2, 3, 4]
-    prediction = ImageClassifier(str(out)).classify_image(shapes / "test" / "square" / "0.png")
+    two = read_metrics(tmp_path / "ddp")
+    assert [int(r["epoch"]) for r in two] == [1, 2, 3, 4]
+    assert read_run_config(tmp_path / "ddp")["batch"] == {
+        "global": 8, "per_process": 4, "processes": 2,
+    }  # fmt: skip
+    prediction = ImageClassifier(str(tmp_path / "ddp")).classify_image(
+        shapes / "test" / "square" / "0.png"
+    )
     assert prediction[0].label in SHAPES
+
+    one = CliRunner().invoke(app, ["train", str(shapes), "--out", str(tmp_path / "one"), *flags])
+    assert one.exit_code == 0, one.output
+    assert [r["lr"] for r in read_metrics(tmp_path / "one")] == [r["lr"] for r in two]
+    assert abs(json.loads(one.stdout)["best_val_accuracy"] - report["best_val_accuracy"]) < 0.15
+
+
+def test_default_training_of_the_textbook_cnn_on_digits_keeps_their_shape(tmp_path):
+    """Handwritten digits at 28 px with every augmentation default: no flips (a mirrored
+    2 or 7 is no digit), the whole digit kept in view; the net learns them almost all."""
+    from test_data import write_digit_images
+
+    data = tmp_path / "data"
+    for path, _ in write_digit_images(data / "train", per_class=100)[::5]:
+        (data / "test" / path.parent.name).mkdir(parents=True, exist_ok=True)
+        path.rename(data / "test" / path.parent.name / path.name)  # a fifth held out
+    result = CliRunner().invoke(app, [
+        "train", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--model",
+        "simple_cnn", "--no-pretrained", "--img-size", "28", "--workers", "0", "--json",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["run_dir"] == str(tmp_path / "run")
+    augmentation = read_run_config(tmp_path / "run")["augmentation"]
+    assert augmentation["hflip"] is False and augmentation["crop"] == "shift", augmentation
+    assert report["test_accuracy"] >= 0.97, report
 
 
 def test_ema_mixup_amp_and_balance_train_and_save_ema_weights(tmp_path, shapes):

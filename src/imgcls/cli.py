@@ -786,8 +786,13 @@ def train(
         str, typer.Option("--model", "-m", help="Architecture name (or simple_cnn).")
     ] = "efficientnet_lite0",
     pretrained: Annotated[bool, typer.Option(help="Start from ImageNet weights.")] = True,
+    weights: Annotated[
+        Path | None, typer.Option(help="Start from this state dict (safetensors or .pth/.bin).")
+    ] = None,
     epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = 10,
-    batch_size: Annotated[int, typer.Option(help="Images per step (per process).")] = 32,
+    batch_size: Annotated[
+        int, typer.Option(help="Images per step, all processes together (torchrun).")
+    ] = 32,
     img_size: Annotated[int | None, typer.Option(help="Square input size in pixels.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
     weight_decay: Annotated[float, typer.Option(help="Not on norms and biases.")] = 0.05,
@@ -795,6 +800,12 @@ def train(
     warmup_epochs: Annotated[float, typer.Option(help="Linear warm-up before cosine.")] = 1.0,
     label_smoothing: Annotated[float, typer.Option(help="Cross-entropy smoothing.")] = 0.0,
     augment: Annotated[str, typer.Option(help="none | light | strong.")] = "light",
+    hflip: Annotated[
+        bool | None,
+        typer.Option(
+            "--hflip/--no-hflip", help="Left-right flips (default: where they keep labels)."
+        ),
+    ] = None,
     mixup: Annotated[float, typer.Option(help="MixUp alpha (0: off).")] = 0.0,
     cutmix: Annotated[float, typer.Option(help="CutMix alpha (0: off).")] = 0.0,
     freeze_backbone: Annotated[bool, typer.Option(help="Train only the classifier head.")] = False,
@@ -841,6 +852,7 @@ def train(
     # Every option named like a TrainConfig field goes straight into it.
     options = {k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__}
     options.update(data=str(data), out=str(out or "."), progress=not json_output)
+    options.update(weights=None if weights is None else str(weights))
     if workers is None:
         del options["workers"]
     config = TrainConfig(**options)

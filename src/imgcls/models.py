@@ -30,6 +30,7 @@ __all__ = [
     "build_model",
     "canonical_name",
     "classifier_head",
+    "load_initial_weights",
     "pooled_features",
     "weights_fingerprint",
 ]
@@ -266,15 +267,40 @@ def _build_torchvision(
     return module, preprocess
 
 
-def _load_weights(module: nn.Module, weights: str | os.PathLike, arch: str) -> None:
+def load_initial_weights(module: nn.Module, weights: str | os.PathLike, arch: str) -> None:
+    """Start training `module` from a state dict file: every tensor must fit, except the
+    classifier head's when the file has another number of classes; the head then starts
+    fresh for the new classes, as it does from ImageNet weights."""
     state = load_state_dict_file(weights)
+    current = module.state_dict()
+    head = next(name for name, m in module.named_modules() if m is classifier_head(module))
+    fresh = {
+        k for k in current
+        if k.startswith(f"{head}.") and k in state and state[k].shape != current[k].shape
+    }  # fmt: skip
+    kept = {k: v for k, v in state.items() if k not in fresh}
+    _load_weights(module, weights, arch, kept, may_miss=fresh)
+
+
+def _load_weights(
+    module: nn.Module,
+    weights: str | os.PathLike,
+    arch: str,
+    state: dict[str, torch.Tensor] | None = None,
+    may_miss: set[str] | frozenset[str] = frozenset(),
+) -> None:
+    """Load a state dict file (or `state`, read from it) into `module`; every tensor must
+    fit, and none may be missing but those in `may_miss`."""
+    if state is None:
+        state = load_state_dict_file(weights)
     try:
         result = module.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # tensor shapes that differ from the architecture's
         detail = " ".join(str(exc).split())[:300]
         raise ModelError(f"{weights}: does not fit {arch} ({detail})") from None
-    if result.missing_keys or result.unexpected_keys:
-        missing, unexpected = result.missing_keys, result.unexpected_keys
+    missing = [k for k in result.missing_keys if k not in may_miss]
+    unexpected = result.unexpected_keys
+    if missing or unexpected:
         raise ModelError(
             f"{weights}: does not fit {arch} ({len(missing)} missing, {len(unexpected)} "
             f"unexpected tensors, e.g. {(missing or unexpected)[:3]}); "

@@ -9,6 +9,10 @@ Several processes (DDP, gloo on CPU, nccl on GPU), one machine:
 
     torchrun --nproc_per_node=4 -m imgcls train DATA --out runs/exp1
 
+`--batch-size` is the global batch: each of N processes takes batch / N images a step, so
+the optimizer takes the same steps with the same learning rate whatever N is, and the run
+is as good as the one-process run at equal epochs (docs/train.md has the measurement).
+
 Several machines: run the same command on each, with the rendezvous flags
 
     torchrun --nnodes=2 --node_rank=0|1 --nproc_per_node=8 \\
@@ -61,9 +65,18 @@ from imgcls.models import (
     build_model,
     canonical_name,
     classifier_head,
+    load_initial_weights,
     pooled_features,
 )
-from imgcls.transforms import AUGMENT_PRESETS, Preprocess, preprocess_image, train_transform
+from imgcls.transforms import (
+    AUGMENT_PRESETS,
+    Augmentation,
+    Preprocess,
+    choose_augmentation,
+    preprocess_image,
+    survey_images,
+    train_transform,
+)
 
 __all__ = ["ConfigError", "TrainConfig", "TrainResult", "find_lr", "train"]
 
@@ -90,8 +103,9 @@ class TrainConfig:
     out: str  # the run directory to write
     model: str = DEFAULT_MODEL  # any registry name: timm architecture, alexnet, simple_cnn
     pretrained: bool = True  # start from ImageNet weights (False: random initialisation)
+    weights: str | None = None  # start from this state dict file instead (safetensors/.pth)
     epochs: int = 10  # passes over the training set
-    batch_size: int = 32  # images per step, per process
+    batch_size: int = 32  # images per optimizer step, all processes together
     img_size: int | None = None  # square input size in pixels (None: the model's own)
     lr: float | None = None  # peak learning rate (None: 1e-3 for adamw, 0.05 for sgd)
     weight_decay: float = 0.05  # decoupled (adamw) or L2 (sgd); never on norms and biases
@@ -99,6 +113,7 @@ class TrainConfig:
     warmup_epochs: float = 1.0  # linear warm-up, then cosine decay to zero (≤ 20% of steps)
     label_smoothing: float = 0.0  # cross-entropy label smoothing, 0..1
     augment: str = "light"  # none | light | strong
+    hflip: bool | None = None  # left-right flips (None: only where they keep labels)
     mixup: float = 0.0  # MixUp alpha (0: off)
     cutmix: float = 0.0  # CutMix alpha (0: off); with both, one is drawn per batch
     freeze_backbone: bool = False  # train only the classifier head
@@ -127,6 +142,8 @@ class TrainConfig:
         """Refuse values out of range, naming the argument (the CLI boundary calls this)."""
         if not Path(self.data).is_dir():
             raise ConfigError(f"DATA: no such directory {self.data}")
+        if self.weights is not None and not Path(self.weights).is_file():
+            raise ConfigError(f"--weights: no such file {self.weights}")
         _check(self.epochs >= 1, "--epochs", "at least 1", self.epochs)
         _check(self.batch_size >= 1, "--batch-size", "at least 1", self.batch_size)
         _check(self.img_size is None or self.img_size >= 8, "--img-size", "≥ 8", self.img_size)
@@ -213,25 +230,21 @@ def train(config: TrainConfig) -> TrainResult:
     state = load_run_state(out / RUN_STATE) if resuming else None
     if config.resume and is_run_dir(out):
         _check_same_run(read_run_config(out), config, splits)
-    torch.manual_seed(config.seed)  # the same initial weights on every rank
-    model, preprocess = build_model(
-        config.model,
-        pretrained=config.pretrained and state is None,
-        num_classes=num_classes,
-        img_size=config.img_size,
-    )
-    if config.freeze_backbone:
-        model.requires_grad_(False)
-        classifier_head(model).requires_grad_(True)
+    model, preprocess = _initial_model(config, num_classes, fresh=state is None)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     ema = _make_ema(model, config.ema_decay) if config.ema else None
     optimizer = _make_optimizer(model, config)
 
-    train_set = ImageFolder(splits.train, train_transform(preprocess, config.augment))
+    augmentation = _choose_augmentation(config, splits, preprocess)
+    train_set = ImageFolder(splits.train, train_transform(preprocess, augmentation))
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, seed=config.seed)
     loader_rng = torch.Generator()
-    train_loader = _loader(train_set, config, device, sampler=sampler, generator=loader_rng)
+    # The global batch is split across processes (rounded up when it does not divide).
+    batch_per_process = math.ceil(config.batch_size / world)
+    train_loader = _loader(
+        train_set, config, device, batch_per_process, sampler=sampler, generator=loader_rng
+    )
     val_loader = _eval_loader(splits.val[rank::world], preprocess, config, device)
     steps_per_epoch = len(train_loader)
     total_steps = config.epochs * steps_per_epoch
@@ -262,7 +275,13 @@ def train(config: TrainConfig) -> TrainResult:
         dist.barrier()  # every rank has read `out` before rank 0 writes to it
     if master:
         out.mkdir(parents=True, exist_ok=True)
-        write_json(out / RUN_CONFIG, _run_config(config, splits, preprocess))
+        run_config = _run_config(config, splits, preprocess, augmentation)
+        run_config["batch"] = {
+            "global": batch_per_process * world,
+            "per_process": batch_per_process,
+            "processes": world,
+        }
+        write_json(out / RUN_CONFIG, run_config)
         _write_metrics(out, rows, ema is not None)  # drops a row logged after the last state
         _write_skipped(out, splits)
     if splits.skipped and master:  # a warning, shown even when progress is off
@@ -272,8 +291,11 @@ def train(config: TrainConfig) -> TrainResult:
         )
     say(
         f"{config.model}: {num_classes} classes, {len(splits.train)} train / "
-        f"{len(splits.val)} val images, {preprocess.size[0]} px, {device.type} × {world}"
+        f"{len(splits.val)} val images, {preprocess.size[0]} px, {device.type} × {world}, "
+        f"batch {batch_per_process * world}"
+        + (f" ({batch_per_process} per process)" if world > 1 else "")
     )
+    say(f"augmentation: {augmentation.describe()}")
     raw_model = model
     if world > 1:
         device_ids = [device.index] if device.type == "cuda" else None
@@ -443,6 +465,34 @@ def _check_same_run(saved: dict[str, Any], config: TrainConfig, splits: DataSpli
         raise ConfigError(f"--resume: {config.out} was trained on other classes")
 
 
+def _initial_model(
+    config: TrainConfig, num_classes: int, fresh: bool = True
+) -> tuple[nn.Module, Preprocess]:
+    """The model a run starts from (the same on every rank): ImageNet weights, a weights
+    file, or random; `fresh` False when a resume will load its own state over it."""
+    torch.manual_seed(config.seed)
+    model, preprocess = build_model(
+        config.model,
+        pretrained=config.pretrained and fresh and config.weights is None,
+        num_classes=num_classes,
+        img_size=config.img_size,
+    )
+    if config.weights is not None and fresh:
+        load_initial_weights(model, config.weights, canonical_name(config.model))
+    if config.freeze_backbone:
+        model.requires_grad_(False)
+        classifier_head(model).requires_grad_(True)
+    return model, preprocess
+
+
+def _choose_augmentation(
+    config: TrainConfig, splits: DataSplits, preprocess: Preprocess
+) -> Augmentation:
+    """The preset fitted to the training images: see `transforms.choose_augmentation`."""
+    survey = survey_images(splits.train, config.seed) if config.augment != "none" else None
+    return choose_augmentation(config.augment, min(preprocess.size), config.hflip, survey)
+
+
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW or SGD over the trainable parameters; timm's factory leaves norms and biases
     out of weight decay."""
@@ -495,10 +545,12 @@ def _seed_worker(worker_id: int) -> None:
     get_worker_info().dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
 
 
-def _loader(dataset, config: TrainConfig, device: torch.device, **kwargs: Any) -> DataLoader:
+def _loader(
+    dataset, config: TrainConfig, device: torch.device, batch_size: int, **kwargs: Any
+) -> DataLoader:
     return DataLoader(
         dataset,
-        batch_size=config.batch_size,
+        batch_size=batch_size,
         num_workers=config.workers,
         pin_memory=device.type == "cuda",
         worker_init_fn=_seed_worker if config.workers else None,
@@ -580,14 +632,16 @@ def train_head(config: TrainConfig) -> TrainResult:
     from imgcls.classifier import ImageClassifier
 
     started = time.perf_counter()
-    if not config.pretrained or is_run_dir(config.model):
+    if not (config.pretrained or config.weights) or is_run_dir(config.model):
         raise ConfigError("--classifier: a head needs a pretrained registry backbone's features")
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise ConfigError("--classifier: fitting a head runs in one process, not torchrun")
     say = console.print if config.progress else _quiet
     splits = find_splits(config.data, config.val_split, config.seed)
     # PyTorch: --img-size may change the input size after loading, which an export fixes.
-    backbone = ImageClassifier(config.model, batch_size=config.batch_size, backend="torch")
+    backbone = ImageClassifier(
+        config.model, weights=config.weights, batch_size=config.batch_size, backend="torch"
+    )
     if config.img_size is not None:
         backbone.preprocess = backbone.preprocess.with_size(config.img_size)
 
@@ -728,7 +782,12 @@ def _fmt(accuracy: float | None) -> str:
     return "n/a" if accuracy is None else f"{accuracy:.4f}"
 
 
-def _run_config(config: TrainConfig, splits: DataSplits, preprocess: Preprocess) -> dict:
+def _run_config(
+    config: TrainConfig,
+    splits: DataSplits,
+    preprocess: Preprocess,
+    augmentation: Augmentation | None = None,
+) -> dict:
     """config.json: what it takes to rebuild the model and feed it, and how it was trained."""
     from imgcls import __version__
 
@@ -749,6 +808,7 @@ def _run_config(config: TrainConfig, splits: DataSplits, preprocess: Preprocess)
             "skipped": len(splits.skipped),
         },
         "train": asdict(config),
+        **({"augmentation": augmentation.to_dict()} if augmentation else {}),
     }
 
 
@@ -895,23 +955,15 @@ def find_lr(
     trains nothing to keep."""
     config.check()
     splits = find_splits(config.data, config.val_split, config.seed)
-    torch.manual_seed(config.seed)
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, preprocess = build_model(
-        config.model,
-        pretrained=config.pretrained,
-        num_classes=len(splits.class_names),
-        img_size=config.img_size,
-    )
-    if config.freeze_backbone:
-        model.requires_grad_(False)
-        classifier_head(model).requires_grad_(True)
+    model, preprocess = _initial_model(config, len(splits.class_names))
     model.to(device)
     _train_mode(model, config.freeze_backbone)
     optimizer = _make_optimizer(model, config)
     criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    train_set = ImageFolder(splits.train, train_transform(preprocess, config.augment, config.seed))
-    loader = _loader(train_set, config, device, shuffle=True, drop_last=False)
+    augmentation = _choose_augmentation(config, splits, preprocess)
+    train_set = ImageFolder(splits.train, train_transform(preprocess, augmentation, config.seed))
+    loader = _loader(train_set, config, device, config.batch_size, shuffle=True, drop_last=False)
 
     gamma = (end_lr / start_lr) ** (1 / (steps - 1))
     lrs: list[float] = []
