@@ -15,7 +15,8 @@ from conftest import cli_env, imgcls_command, write_photo_crops
 from imgcls import ImageClassifier
 from imgcls.checkpoint import WeightsError, read_run_config
 from imgcls.evaluate import evaluate, find_labelled_images
-from imgcls.heads import HEAD_KINDS, OnnxHead, fit_head, save_head_onnx
+from imgcls.heads import HEAD_KINDS, FittedHead, OnnxHead, fit_head, save_head_onnx
+from imgcls.svm import TemperatureScaledSVC
 from imgcls.train import TrainConfig, train
 
 
@@ -47,6 +48,92 @@ def test_head_learns_and_onnx_matches_scikit_learn(tmp_path, blobs, kind):
 def test_unknown_kind_is_refused(blobs):
     with pytest.raises(ValueError, match="logreg, svm, mlp, knn"):
         fit_head("forest", *blobs)
+
+
+@pytest.fixture(scope="module")
+def photo_features(classifier, tmp_path_factory):
+    """EfficientNet-Lite0 features of photo crops, extracted once: 40 per class to fit on
+    and 20 other crops per class (another seed) held out. Labels 0, 1, 2: cat, espresso,
+    rocket."""
+    root = tmp_path_factory.mktemp("photo-features")
+
+    def features(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+        samples = find_labelled_images(folder)
+        vectors = [f for _, f in classifier.features_paths([path for path, _ in samples])]
+        names = sorted({name for _, name in samples})
+        return np.stack(vectors), np.array([names.index(name) for _, name in samples])
+
+    fit = features(write_photo_crops(root / "fit", per_class=40, seed=1))
+    held_out = features(write_photo_crops(root / "held_out", per_class=20, seed=2))
+    return fit, held_out
+
+
+@pytest.fixture(scope="module")
+def photo_heads(photo_features) -> dict[str, object]:
+    """Every kind of head fitted on the photo features, every 4th image for validation."""
+    (x, y), _ = photo_features
+    val = np.arange(len(y)) % 4 == 0
+    return {kind: fit_head(kind, x[~val], y[~val], x[val], y[val], seed=0) for kind in HEAD_KINDS}
+
+
+@pytest.mark.parametrize("kind", HEAD_KINDS)
+def test_head_classifies_held_out_photos(photo_heads, photo_features, kind):
+    _, (x, y) = photo_features
+    pipeline = photo_heads[kind].pipeline
+    assert (pipeline.predict(x) == y).mean() >= 0.97
+    assert (pipeline.predict_proba(x).argmax(axis=1) == y).mean() >= 0.97
+
+
+def test_svm_search_tries_both_kernels(photo_heads):
+    head = photo_heads["svm"]
+    assert {point["kernel"] for point in head.search} == {"linear", "rbf"}
+    assert all({"kernel", "C", "val_accuracy"} == set(point) for point in head.search)
+    assert head.params in [{"kernel": p["kernel"], "C": p["C"]} for p in head.search]
+
+
+def _hard_svm_problem(photo_features, classes: tuple[int, ...]):
+    """The photo features of `classes` (relabelled 0, 1, ...) with every 10th training label
+    wrong, so that held-out folds have errors to fit a temperature on, and blends of one
+    image per class: ambiguous inputs, where one-vs-one votes tie."""
+    (x, y), (test_x, test_y) = photo_features
+    keep, test_keep = np.isin(y, classes), np.isin(test_y, classes)
+    x, y = x[keep], np.searchsorted(classes, y[keep])
+    noisy = y.copy()
+    noisy[::10] = (noisy[::10] + 1) % len(classes)
+    one_per_class = np.repeat(np.stack([x[y == c] for c in range(len(classes))], axis=1), 3, 0)
+    weights = np.random.default_rng(0).dirichlet(np.ones(len(classes)), len(one_per_class))
+    blends = np.einsum("nc,ncd->nd", weights, one_per_class)
+    inputs = np.concatenate([x, test_x[test_keep], blends]).astype(np.float32)
+    return x, noisy, inputs
+
+
+CLASS_SETS = pytest.mark.parametrize("classes", [(0, 1, 2), (0, 2)], ids=["3-class", "binary"])
+
+
+@CLASS_SETS
+def test_svm_head_predicts_the_argmax_of_its_decision_function(photo_features, classes):
+    x, y, inputs = _hard_svm_problem(photo_features, classes)
+    val = np.arange(len(y)) % 4 == 0
+    pipeline = fit_head("svm", x[~val], y[~val], x[val], y[val], seed=0).pipeline
+    decision = pipeline.decision_function(inputs)
+    decided = (decision > 0).astype(int) if len(classes) == 2 else decision.argmax(axis=1)
+    assert np.array_equal(pipeline.predict(inputs), decided)
+    assert np.array_equal(pipeline.predict_proba(inputs).argmax(axis=1), decided)
+
+
+@CLASS_SETS
+@pytest.mark.parametrize("kernel", ["linear", "rbf"])
+def test_svm_head_onnx_gives_the_pipeline_probabilities(tmp_path, photo_features, classes, kernel):
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x, y, inputs = _hard_svm_problem(photo_features, classes)
+    svm = TemperatureScaledSVC(kernel=kernel, random_state=0)
+    pipeline = make_pipeline(StandardScaler(), svm).fit(x, y)
+    assert svm.temperature_ != 1.0  # the noisy labels leave held-out errors to fit T on
+    save_head_onnx(FittedHead("svm", pipeline, {}, None), x.shape[1], tmp_path / "svm.onnx")
+    probabilities = OnnxHead(tmp_path / "svm.onnx").predict_proba(inputs)
+    assert np.allclose(probabilities, pipeline.predict_proba(inputs), atol=1e-5)
 
 
 @pytest.fixture(scope="module")

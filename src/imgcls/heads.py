@@ -1,13 +1,14 @@
 """Classical classifiers on frozen CNN features: softmax regression, SVM, MLP, k-NN.
 
 `fit_head` fits a scikit-learn pipeline (standardisation, then the classifier) and picks its
-main hyper-parameter on the validation split from a small grid; the chosen model is then
+hyper-parameters on the validation split from a small grid; the chosen model is then
 refitted on train + validation. Heads are stored as ONNX (skl2onnx) and run with ONNX
 Runtime, so loading a run never unpickles anything.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -26,12 +27,22 @@ __all__ = [
     "save_head_onnx",
 ]
 
-# The grid searched on the validation split for each kind: (parameter, values).
-_GRIDS: dict[str, tuple[str, list[Any]]] = {
-    "logreg": ("C", [0.01, 0.1, 1.0, 10.0]),  # inverse L2 strength
-    "svm": ("C", [0.1, 1.0, 10.0]),  # RBF kernel, Platt-scaled probabilities
-    "mlp": ("alpha", [1e-4, 1e-2, 1.0]),  # L2 penalty of a 512-unit hidden layer
-    "knn": ("n_neighbors", [1, 5, 15]),  # distance-weighted votes, cosine metric
+
+def _grid(**axes: list[Any]) -> list[dict[str, Any]]:
+    """Every combination of the named values, as keyword arguments, first axis slowest."""
+    return [dict(zip(axes, values, strict=True)) for values in itertools.product(*axes.values())]
+
+
+# The grid searched on the validation split for each kind, in order: ties go to the first
+# point, and without validation data the middle one is used.
+_GRIDS: dict[str, list[dict[str, Any]]] = {
+    "logreg": _grid(C=[0.01, 0.1, 1.0, 10.0]),  # inverse L2 strength
+    "svm": [  # SVC; linear changes little from C = 0.1 up, RBF needs C >= 1 (docs/train.md)
+        *_grid(kernel=["linear"], C=[0.01, 0.1, 1.0]),
+        *_grid(kernel=["rbf"], C=[1.0, 10.0, 100.0]),
+    ],
+    "mlp": _grid(alpha=[1e-4, 1e-2, 1.0]),  # L2 penalty of a 512-unit hidden layer
+    "knn": _grid(n_neighbors=[1, 5, 15]),  # distance-weighted votes, cosine metric
 }
 HEAD_KINDS = tuple(_GRIDS)
 
@@ -67,38 +78,37 @@ class FittedHead:
     val_proba: np.ndarray | None = None
 
 
-def _make(kind: str, value: Any, seed: int, train_y: np.ndarray):
-    from sklearn.calibration import CalibratedClassifierCV
+def _make(kind: str, params: dict[str, Any], seed: int, train_y: np.ndarray):
     from sklearn.linear_model import LogisticRegression
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import Normalizer, StandardScaler
-    from sklearn.svm import SVC
 
     if kind == "logreg":
-        return make_pipeline(StandardScaler(), LogisticRegression(C=value, max_iter=2000))
+        return make_pipeline(StandardScaler(), LogisticRegression(**params, max_iter=2000))
     if kind == "svm":
-        # Probabilities by Platt scaling, fitted on held-out folds of the training set.
+        from imgcls.svm import TemperatureScaledSVC
+
+        # Probabilities by one temperature, fitted on held-out folds of the training set.
         folds = max(2, min(3, int(np.bincount(train_y).min())))
-        svc = SVC(C=value, random_state=seed)
-        return make_pipeline(
-            StandardScaler(), CalibratedClassifierCV(svc, method="sigmoid", cv=folds)
-        )
+        svm = TemperatureScaledSVC(**params, folds=folds, random_state=seed)
+        return make_pipeline(StandardScaler(), svm)
     if kind == "mlp":
         return make_pipeline(
             StandardScaler(),
             MLPClassifier(
                 (512,),
-                alpha=value,
+                **params,
                 max_iter=500,
                 early_stopping=len(train_y) >= 50,
                 random_state=seed,
             ),
         )
     # k-NN on L2-normalised features: Euclidean distance then ranks like cosine distance.
+    neighbours = min(params["n_neighbors"], len(train_y))
     return make_pipeline(
-        Normalizer(), KNeighborsClassifier(n_neighbors=min(value, len(train_y)), weights="distance")
+        Normalizer(), KNeighborsClassifier(n_neighbors=neighbours, weights="distance")
     )
 
 
@@ -110,24 +120,24 @@ def fit_head(
     val_y: np.ndarray | None = None,
     seed: int = 0,
 ) -> FittedHead:
-    """Fit a `kind` head; with validation data, choose its hyper-parameter there."""
+    """Fit a `kind` head; with validation data, choose its hyper-parameters there."""
     if kind not in _GRIDS:
         raise ValueError(f"classifier must be one of {', '.join(HEAD_KINDS)}; got {kind!r}")
-    name, values = _GRIDS[kind]
+    grid = _GRIDS[kind]
     search: list[dict[str, Any]] = []
-    best_value, best_accuracy, best_proba = values[len(values) // 2], None, None
+    best_params, best_accuracy, best_proba = grid[len(grid) // 2], None, None
     if val_x is not None and val_y is not None and len(val_y):
-        for value in values:
-            pipeline = _make(kind, value, seed, train_y).fit(train_x, train_y)
+        for params in grid:
+            pipeline = _make(kind, params, seed, train_y).fit(train_x, train_y)
             proba = pipeline.predict_proba(val_x)
             accuracy = float((proba.argmax(axis=1) == val_y).mean())
-            search.append({name: value, "val_accuracy": accuracy})
+            search.append({**params, "val_accuracy": accuracy})
             if best_accuracy is None or accuracy > best_accuracy:
-                best_value, best_accuracy, best_proba = value, accuracy, proba
+                best_params, best_accuracy, best_proba = params, accuracy, proba
         train_x = np.concatenate([train_x, val_x])
         train_y = np.concatenate([train_y, val_y])
-    pipeline = _make(kind, best_value, seed, train_y).fit(train_x, train_y)
-    return FittedHead(kind, pipeline, {name: best_value}, best_accuracy, search, best_proba)
+    pipeline = _make(kind, best_params, seed, train_y).fit(train_x, train_y)
+    return FittedHead(kind, pipeline, dict(best_params), best_accuracy, search, best_proba)
 
 
 def save_head_onnx(head: FittedHead, num_features: int, path: str | os.PathLike) -> None:
@@ -136,6 +146,10 @@ def save_head_onnx(head: FittedHead, num_features: int, path: str | os.PathLike)
 
     from imgcls.checkpoint import atomic_write
 
+    if head.kind == "svm":
+        from imgcls.svm import register_onnx_converter
+
+        register_onnx_converter()
     with warnings.catch_warnings():
         # skl2onnx reads SVC attributes that scikit-learn 1.9 deprecates; nothing to act on.
         warnings.filterwarnings("ignore", message="Attribute `prob[AB]_` was deprecated")
