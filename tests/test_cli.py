@@ -1,4 +1,5 @@
-"""`imgcls predict` as a user runs it: real processes, JSON contract, exit codes, offline."""
+"""`imgcls predict` as a user runs it: real processes, JSON contract, exit codes, offline;
+and stdout that is JSON alone under --json, whatever a library prints."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CAT_IDS, ESPRESSO_ID, cli_env, imgcls_command
+from conftest import CAT_IDS, ESPRESSO_ID, cli_env, imgcls_command, write_photo_crops
 
 PREDICTION_KEYS = {"label", "class_id", "index", "score", "unknown"}
 
@@ -39,6 +40,7 @@ def test_json_follows_the_contract_in_input_order(samples, tmp_path):
     result = run("predict", *inputs, "--json", "--top-k", "3")
 
     assert result.returncode == 1, result.stderr  # some inputs failed, the rest went on
+    assert "note:" not in result.stderr  # nothing held back: the ImageNet model exports
     records = json.loads(result.stdout)
     assert [r["path"] for r in records] == [
         inputs[0],
@@ -151,3 +153,133 @@ def test_shards_split_the_inputs_without_overlap(samples, tmp_path):
     assert sorted(paths[0] + paths[1]) == sorted(str(p) for p in samples.glob("*.jpg"))
     bad = run("predict", str(samples), "--shard", "2/2")
     assert bad.returncode == 2 and "--shard" in bad.stderr
+
+
+def run_python(script: str, *args: str, env: dict[str, str] | None = None):
+    """`imgcls ARGS...` in a process that first runs SCRIPT (which ends by calling main)."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env or cli_env(),
+    )
+
+
+MAIN = """
+from imgcls.cli import main
+sys.argv = ["imgcls", *sys.argv[1:]]
+main()
+"""
+# PyTorch's own adaptive pool in SimpleCNN, as it was: at 28 px the exporter refuses it
+# and prints its graph on stdout.
+UNEXPORTABLE_POOL = (
+    """
+import sys, torch
+import imgcls.simple_cnn
+imgcls.simple_cnn.AdaptiveAvgPool2d = torch.nn.AdaptiveAvgPool2d
+"""
+    + MAIN
+)
+# A library that talks on stdout three ways: Python, write(2), and C stdio (which a pipe
+# buffers until exit unless flushed).
+LOUD_LIBRARY = (
+    """
+import ctypes, os, sys
+from imgcls.classifier import ImageClassifier
+quiet = ImageClassifier.predict_batch
+def loud(self, *args, **kwargs):
+    print("from Python")
+    os.write(1, b"from write(2)\\n")
+    ctypes.CDLL(None).printf(b"from printf\\n")
+    return quiet(self, *args, **kwargs)
+ImageClassifier.predict_batch = loud
+"""
+    + MAIN
+)
+
+
+@pytest.fixture(scope="module")
+def run_28px(tmp_path_factory) -> tuple[Path, Path]:
+    """(run directory, data) of a simple_cnn trained one epoch at 28 px, where its pooled
+    maps are 3x3: the size that once did not export."""
+    root = tmp_path_factory.mktemp("run_28px")
+    data = write_photo_crops(root / "data", per_class=6, size=28)
+    result = run(
+        "train", str(data), "--out", str(root / "run"), "--model", "simple_cnn",
+        "--no-pretrained", "--img-size", "28", "--epochs", "1", "--workers", "0", "--json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["run_dir"] == str(root / "run")
+    return root / "run", data
+
+
+def test_a_28px_simple_cnn_run_exports_and_its_json_commands_print_json(run_28px):
+    run_dir, data = run_28px
+    evaluation = run("evaluate", str(run_dir), str(data), "--json")
+    assert evaluation.returncode == 0, evaluation.stderr
+    assert json.loads(evaluation.stdout)["num_images"] == 18
+    prediction = run("predict", str(data / "cat" / "0.jpg"), "--model", str(run_dir), "--json")
+    assert prediction.returncode == 0, prediction.stderr
+    top = json.loads(prediction.stdout)[0]["predictions"][0]
+    assert top["label"] in {"cat", "espresso", "rocket"}
+    for result in (evaluation, prediction):  # ONNX Runtime ran it, and nothing was held back
+        assert "ONNX export failed" not in result.stderr and "note:" not in result.stderr
+
+
+def test_json_stays_json_when_the_export_fails_and_pytorch_runs_instead(run_28px, tmp_path):
+    run_dir, data = run_28px
+    image = str(data / "rocket" / "0.jpg")
+    env = {**cli_env(), "IMGCLS_CACHE_DIR": str(tmp_path / "cache")}  # no export cached
+
+    args = ("predict", image, "--model", str(run_dir), "--json")
+    failed = run_python(UNEXPORTABLE_POOL, *args, env=env)
+    assert failed.returncode == 0, failed.stderr
+    assert json.loads(failed.stdout)[0]["path"] == image
+    assert "ONNX export failed" in failed.stderr and "running on PyTorch instead" in failed.stderr
+    notes = [line for line in failed.stderr.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and notes[0].endswith("to stdout; not shown with --json"), notes
+    assert "Torch IR graph" not in failed.stdout + failed.stderr  # held back, not moved
+
+    forced = run(*args, "--backend", "torch", env=env)
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads(forced.stdout)[0]["path"] == image
+
+
+def test_what_a_library_writes_to_stdout_under_json_becomes_one_line_on_stderr(run_28px):
+    run_dir, data = run_28px
+    image = str(data / "cat" / "1.jpg")
+    result = run_python(LOUD_LIBRARY, "predict", image, "--model", str(run_dir), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)[0]["path"] == image
+    assert "note: a library printed 3 lines to stdout; not shown with --json" in result.stderr
+    for text in ("from Python", "from write(2)", "from printf"):
+        assert text not in result.stdout + result.stderr
+
+    human = run_python(LOUD_LIBRARY, "predict", image, "--model", str(run_dir))
+    assert "from Python" in human.stdout and "from printf" in human.stdout  # only --json holds
+
+
+def test_json_is_held_apart_under_clirunner_too(run_28px, monkeypatch):
+    """typer's CliRunner swaps sys.stdout for a buffer, leaving file descriptor 1 alone."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from imgcls.classifier import ImageClassifier
+    from imgcls.cli import app
+
+    run_dir, data = run_28px
+    quiet = ImageClassifier.predict_batch
+
+    def loud(self, *args, **kwargs):
+        print("from Python")
+        os.write(1, b"from write(2)\n")
+        return quiet(self, *args, **kwargs)
+
+    monkeypatch.setattr(ImageClassifier, "predict_batch", loud)
+    image = str(data / "cat" / "2.jpg")
+    result = CliRunner().invoke(app, ["predict", image, "--model", str(run_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["path"] == image
+    assert "note: a library printed 2 lines to stdout" in result.stderr

@@ -6,9 +6,15 @@ Exit codes: 0 success, 1 some input failed (the rest were still processed), 2 us
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import functools
 import json
 import os
 import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,6 +38,88 @@ stderr = Console(stderr=True)
 
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE = 0, 1, 2
 
+# The documents a running --json command has handed to `_print_json`.
+_json_documents: ContextVar[list[Any] | None] = ContextVar("json_documents", default=None)
+
+
+def _json_command(command: Callable[..., None]) -> Callable[..., None]:
+    """For a command with `--json` (its `json_output` parameter): stdout carries the JSON
+    document alone. While the command works, anything else written to stdout, by Python
+    or by C/C++ libraries on file descriptor 1 (torch's ONNX exporter prints a graph there
+    when an export fails), is held back and counted in one line on stderr; the document
+    given to `_print_json` is printed once stdout is restored."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **kwargs: Any) -> None:
+        if not kwargs.get("json_output"):
+            return command(*args, **kwargs)
+        documents: list[Any] = []
+        token = _json_documents.set(documents)
+        try:
+            with _stdout_held_back():
+                command(*args, **kwargs)
+        finally:  # typer.Exit carries the exit code of a command that has its document
+            _json_documents.reset(token)
+            for document in documents:
+                _print_json(document)
+
+    return run
+
+
+def _print_json(document: Any) -> None:
+    """Print a --json command's document; in a `_json_command`, once stdout is restored."""
+    documents = _json_documents.get()
+    if documents is None:
+        print(json.dumps(document, ensure_ascii=False, indent=2))
+    else:
+        documents.append(document)
+
+
+@contextlib.contextmanager
+def _stdout_held_back() -> Iterator[None]:
+    """Send `sys.stdout` and file descriptor 1 to a temporary file for the block; then
+    restore both and say on stderr how many lines were held back. (Under typer's
+    CliRunner `sys.stdout` is a buffer, not fd 1: both are held all the same.)"""
+    python_stdout = sys.stdout
+    python_stdout.flush()
+    _flush_c_stdio()
+    with tempfile.TemporaryFile() as held:
+        try:
+            saved_fd = os.dup(1)
+        except OSError:  # no fd 1 to hold back
+            saved_fd = None
+        else:
+            os.dup2(held.fileno(), 1)
+        held_stream = open(held.fileno(), "w", encoding="utf-8", closefd=False)  # noqa: SIM115
+        sys.stdout = held_stream
+        try:
+            yield
+        finally:
+            held_stream.close()
+            python_stdout.flush()  # what a library wrote to the stream it kept
+            _flush_c_stdio()
+            sys.stdout = python_stdout
+            if saved_fd is not None:
+                os.dup2(saved_fd, 1)
+                os.close(saved_fd)
+            held.seek(0)
+            lines = len(held.read().splitlines())
+            if lines:
+                stderr.print(
+                    f"note: a library printed {lines} line{'s' if lines > 1 else ''} to "
+                    "stdout; not shown with --json",
+                    highlight=False,
+                    markup=False,
+                    soft_wrap=True,
+                )
+
+
+def _flush_c_stdio() -> None:
+    """Flush C's stdio buffers (printf, std::cout): to a pipe they are written only when
+    full or at exit, after the block that should have held them back."""
+    with contextlib.suppress(OSError, AttributeError, TypeError):  # no C library (Windows)
+        ctypes.CDLL(None).fflush(None)
+
 
 @app.callback()
 def _root() -> None:
@@ -39,6 +127,7 @@ def _root() -> None:
 
 
 @app.command()
+@_json_command
 def predict(
     inputs: Annotated[
         list[Path],
@@ -112,9 +201,10 @@ def predict(
     failed = sum("error" in r for r in results)
     if sink is not None:
         sink.close()
+    if json_output:
+        _print_json(results)
+    elif sink is not None:
         stdout.print(f"{len(results)} images → {output} ({failed} failed)")
-    elif json_output:
-        print(json.dumps(results, ensure_ascii=False, indent=2))
     else:
         _print_predictions(results)
     raise typer.Exit(EXIT_INPUT_FAILED if failed else EXIT_OK)
@@ -142,6 +232,7 @@ def _recorded_paths(output: Path) -> set[str]:
 
 
 @app.command()
+@_json_command
 def evaluate(
     model: Annotated[str, typer.Argument(help="Architecture name or run directory.")],
     data: Annotated[Path, typer.Argument(help="DATA/<split>/<class>/* or DATA/<class>/*.")],
@@ -187,9 +278,7 @@ def evaluate(
         reports.append(metrics)
 
     if json_output:
-        print(
-            json.dumps(reports[0] if len(reports) == 1 else reports, ensure_ascii=False, indent=2)
-        )
+        _print_json(reports[0] if len(reports) == 1 else reports)
     else:
         _print_evaluations(reports)
     raise typer.Exit(EXIT_INPUT_FAILED if any(r["failed"] for r in reports) else EXIT_OK)
@@ -238,6 +327,7 @@ def features(
 
 
 @app.command()
+@_json_command
 def export(
     model: Annotated[str, typer.Argument(help="Architecture name or run directory.")],
     out: Annotated[Path, typer.Option(help="The file to write (.onnx, or .pt for torchscript).")],
@@ -305,7 +395,7 @@ def export(
     if int8:
         report["int8"] = _quantize(out, _preprocessed(calib, classifier), exported, min_agreement)
     if json_output:
-        print(json.dumps(report, indent=2))
+        _print_json(report)
         return
     stdout.print(
         f"wrote {out}: max abs diff of probabilities {report['max_abs_diff']:.2e}, "
@@ -386,6 +476,7 @@ def _torchscript_runtime(path: Path):
 
 
 @app.command()
+@_json_command
 def benchmark(
     model: Annotated[str, typer.Argument(help="Architecture name, run directory or .onnx.")],
     backend: Annotated[
@@ -421,7 +512,7 @@ def benchmark(
                     f"images/s  p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms"
                 )
     if json_output:
-        print(json.dumps(results, indent=2))
+        _print_json(results)
 
 
 def _test_card():
@@ -493,7 +584,7 @@ def _doctor_labels(data: Path, out: Path | None, json_output: bool, top: int | N
     if out is not None:
         report["files"] = [str(p) for p in write_audit(audit, out, top)]
     if json_output:
-        print(json.dumps(report, ensure_ascii=False, indent=2))
+        _print_json(report)
         return
     table = Table(
         title=f"likely mislabelled: {report['num_issues']} of {report['num_images']} images",
@@ -617,6 +708,7 @@ def serve(
 
 
 @app.command()
+@_json_command
 def explain(
     image: Annotated[Path, typer.Argument(help="The image to explain.")],
     out: Annotated[Path, typer.Option(help="Where to write the image with the heat map (PNG).")],
@@ -655,7 +747,7 @@ def explain(
     cv2.imwrite(str(out), cv2.cvtColor(explanation.overlay(), cv2.COLOR_RGB2BGR))
     prediction = explanation.prediction
     if json_output:
-        print(json.dumps({"path": str(image), "out": str(out), **prediction.to_dict()}))
+        _print_json({"path": str(image), "out": str(out), **prediction.to_dict()})
     else:
         stdout.print(
             f"{image}: heat map for {prediction.label!r} ({prediction.score:.1%}) → {out}",
@@ -670,6 +762,7 @@ app.add_typer(feedback_app, name="feedback")
 
 
 @feedback_app.command("export")
+@_json_command
 def feedback_export(
     out: Annotated[Path, typer.Argument(help="New directory for the data set (<class>/*).")],
     feedback_dir: Annotated[Path, typer.Option(help="The server's --feedback-dir.")] = Path(
@@ -686,7 +779,7 @@ def feedback_export(
     except (FileNotFoundError, FileExistsError) as exc:
         _fail_usage(str(exc))
     if json_output:
-        print(json.dumps({"out": str(out), "classes": counts, "num_images": sum(counts.values())}))
+        _print_json({"out": str(out), "classes": counts, "num_images": sum(counts.values())})
     else:
         stdout.print(f"{sum(counts.values())} images in {len(counts)} classes → {out}")
 
@@ -777,6 +870,7 @@ def _print_predictions(results: list[dict[str, Any]]) -> None:
 
 
 @app.command()
+@_json_command
 def train(
     data: Annotated[
         Path, typer.Argument(help="DATA/<class>/* or DATA/train/<class>/* (+ val/, test/).")
@@ -868,12 +962,12 @@ def train(
     if find_lr:
         summary = {"suggested_lr": result.suggested_lr, "plot": result.plot}
         if json_output:
-            print(json.dumps(summary, indent=2))
+            _print_json(summary)
         else:
             stdout.print(f"suggested learning rate: {result.suggested_lr:.2e} ({result.plot})")
         return
     if json_output:
-        print(json.dumps(result.to_dict(), indent=2))
+        _print_json(result.to_dict())
     else:
         best = result.best_val_accuracy
         stdout.print(
@@ -887,6 +981,7 @@ _SHOWN = 10  # paths listed per finding in the human-readable report
 
 
 @app.command()
+@_json_command
 def doctor(
     data: Annotated[
         Path | None,
@@ -960,7 +1055,7 @@ def doctor(
     except doc.DoctorError as exc:
         _fail_usage(str(exc))
     if json_output:
-        print(json.dumps(result, ensure_ascii=False, indent=2))
+        _print_json(result)
     else:
         _print_doctor(result)
     raise typer.Exit(EXIT_INPUT_FAILED if report.corrupt or report.leaks else EXIT_OK)
@@ -968,7 +1063,7 @@ def doctor(
 
 def _report_moves(result: dict[str, Any], json_output: bool, what: str) -> None:
     if json_output:
-        print(json.dumps(result, ensure_ascii=False, indent=2))
+        _print_json(result)
         return
     stdout.print(f"{len(result[what])} file(s) {what}", highlight=False)
     if "manifest" in result:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 
-__all__ = ["SimpleCNN"]
+__all__ = ["AdaptiveAvgPool2d", "SimpleCNN"]
 
 
 class SimpleCNN(nn.Module):
@@ -26,7 +28,7 @@ class SimpleCNN(nn.Module):
                 nn.MaxPool2d(2),
             ]
             in_channels = width
-        layers.append(nn.AdaptiveAvgPool2d(4))
+        layers.append(AdaptiveAvgPool2d(4))
         self.features = nn.Sequential(*layers)
         self.num_features = in_channels * 4 * 4
         self.pre_logits = nn.Sequential(
@@ -40,3 +42,43 @@ class SimpleCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.pre_logits(self.features(x)))
+
+
+class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """`nn.AdaptiveAvgPool2d` that also exports to ONNX when the output size does not
+    divide the input (28 px images reach this pool as 3x3 maps, pooled to 4x4).
+
+    The TorchScript ONNX exporter writes adaptive pooling only for sizes that divide. An
+    export's spatial size is fixed, so there the bins PyTorch pools over are constants:
+    each output cell is written as the mean of its slice. Outside an export, and where the
+    size divides, it is PyTorch's own operator."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.onnx.is_in_onnx_export():
+            return super().forward(x)
+        with warnings.catch_warnings():  # constants on purpose: an export has one size
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            height, width = int(x.shape[-2]), int(x.shape[-1])
+        out_height, out_width = _pair(self.output_size, (height, width))
+        if height % out_height == 0 and width % out_width == 0:
+            return super().forward(x)  # written as an AveragePool
+        rows = [
+            torch.cat(
+                [x[..., top:bottom, left:right].mean((-2, -1), keepdim=True)
+                 for left, right in _bins(width, out_width)],
+                dim=-1,
+            )
+            for top, bottom in _bins(height, out_height)
+        ]  # fmt: skip
+        return torch.cat(rows, dim=-2)
+
+
+def _pair(size, input_size: tuple[int, int]) -> tuple[int, int]:
+    """`output_size` as (height, width); None keeps the input's size, as in PyTorch."""
+    sizes = (size, size) if isinstance(size, int) else tuple(size)
+    return tuple(s if s is not None else i for s, i in zip(sizes, input_size, strict=True))
+
+
+def _bins(length: int, bins: int) -> list[tuple[int, int]]:
+    """PyTorch's adaptive pooling windows: [floor(i*L/n), ceil((i+1)*L/n)) for each i."""
+    return [(i * length // bins, -(-(i + 1) * length // bins)) for i in range(bins)]
