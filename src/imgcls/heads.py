@@ -47,7 +47,7 @@ _GRIDS: dict[str, list[dict[str, Any]]] = {
 HEAD_KINDS = tuple(_GRIDS)
 
 # A head never rules a class out: each class keeps at least 1% / C of the probability (so
-# its top probability stays under ~99%). k-NN votes and SVMs give exact zeros, whose
+# its top probability stays under ~99%). k-NN votes give exact zeros, whose
 # logarithm made the temperature fit chase a few confidently wrong validation images
 # (digits, k-NN head: T = 13.5 and test ECE 0.155 -> 0.396; with the floor T = 0.73 and
 # 0.160 -> 0.084, benchmarks/trust.py --only heads).

@@ -219,6 +219,7 @@ class Augmentation:
     hflip: bool  # random left-right mirror
     crop: str  # center (the eval crop) | random-resized (35-100% of the image) | shift
     reason: str = ""  # why flips and crop are what they are
+    survey: ImageSurvey | None = None  # what the choice was made from
 
     def describe(self) -> str:
         if self.preset == "none":
@@ -231,7 +232,7 @@ class Augmentation:
         return f"{self.preset}: {crop}, {flip}" + (f" ({self.reason})" if self.reason else "")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {**asdict(self), "survey": self.survey and self.survey.to_dict()}
 
 
 def choose_augmentation(
@@ -264,7 +265,7 @@ def choose_augmentation(
     else:
         reasons.append("flip " + ("on" if hflip else "off") + " as asked")
     crop = "shift" if small else "random-resized"
-    return Augmentation(preset, hflip=hflip, crop=crop, reason="; ".join(reasons))
+    return Augmentation(preset, hflip, crop, reason="; ".join(reasons), survey=survey)
 
 
 def train_transform(
