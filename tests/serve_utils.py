@@ -65,8 +65,11 @@ def _thread_server(config: ServeConfig) -> Iterator[str]:
 
 
 @contextmanager
-def process_server(*args: str, log: Path | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
-    """`python -m imgcls serve --port P ARGS` in a subprocess, once /healthz answers.
+def process_server(
+    *args: str, log: Path | None = None, host: str = "127.0.0.1"
+) -> Iterator[tuple[subprocess.Popen, str]]:
+    """`python -m imgcls serve --host HOST --port P ARGS` in a subprocess, once /healthz
+    answers on HOST.
     Without --log-db in ARGS it runs with --no-log, and without --feedback-dir it keeps
     corrections in a temporary directory: tests leave no files behind. Its output is piped
     (read it after the process ends) or, for long runs that would fill the pipe and block
@@ -76,13 +79,13 @@ def process_server(*args: str, log: Path | None = None) -> Iterator[tuple[subpro
             args = (*args, "--no-log")
         if "--feedback-dir" not in args:
             args = (*args, "--feedback-dir", feedback_dir)
-        with _process_server(args, log) as running:
+        with _process_server(args, log, host) as running:
             yield running
 
 
 @contextmanager
 def _process_server(
-    args: tuple[str, ...], log: Path | None
+    args: tuple[str, ...], log: Path | None, host: str
 ) -> Iterator[tuple[subprocess.Popen, str]]:
     port = free_port()
     env = {
@@ -91,13 +94,13 @@ def _process_server(
     }
     output = open(log, "w") if log is not None else subprocess.PIPE  # noqa: SIM115
     process = subprocess.Popen(
-        [sys.executable, "-m", "imgcls", "serve", "--port", str(port), *args],
+        [sys.executable, "-m", "imgcls", "serve", "--host", host, "--port", str(port), *args],
         env=env,
         stdout=output,
         stderr=subprocess.STDOUT,
         text=True,
     )
-    url = f"http://127.0.0.1:{port}"
+    url = f"http://{host}:{port}"
     try:
         wait_healthy(url, process)
         yield process, url

@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 from conftest import CAT_IDS, ESPRESSO_ID, cli_env, imgcls_command, write_photo_crops
+from typer.testing import CliRunner
+
+from imgcls.cli import app
 
 PREDICTION_KEYS = {"label", "class_id", "index", "score", "unknown"}
 
@@ -73,6 +76,28 @@ def test_human_output_is_a_table_and_exit_zero(samples):
     assert result.returncode == 0, result.stderr
     for expected in ("cat.jpg", "espresso.jpg", "rocket.jpg", "espresso", "n07920052", "%"):
         assert expected in result.stdout
+
+
+def test_backend_option_picks_the_runtime_that_answers(tiny_run, samples, tmp_path, monkeypatch):
+    """torch runs the model eagerly, onnx exports it into IMGCLS_CACHE_DIR first; both
+    give the same answers. (In this process, as `imgcls.cli` is the command's code: two
+    more interpreters would cost a torch import each.)"""
+    answers = {}
+    for backend in ("torch", "onnx"):
+        monkeypatch.setenv("IMGCLS_CACHE_DIR", str(tmp_path / backend))
+        args = ["predict", str(samples), "--model", str(tiny_run), "--backend", backend, "--json"]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        answers[backend] = json.loads(result.stdout)
+    assert not list(tmp_path.glob("torch/*.onnx"))
+    assert len(list(tmp_path.glob("onnx/*.onnx"))) == 1
+    for eager, exported in zip(answers["torch"], answers["onnx"], strict=True):
+        assert eager["path"] == exported["path"]
+        assert [p["label"] for p in eager["predictions"]] == [
+            p["label"] for p in exported["predictions"]
+        ]
+        for a, b in zip(eager["predictions"], exported["predictions"], strict=True):
+            assert a["score"] == pytest.approx(b["score"], abs=1e-4)
 
 
 SOCKET_GUARD = """
@@ -264,10 +289,7 @@ def test_json_is_held_apart_under_clirunner_too(run_28px, monkeypatch):
     """typer's CliRunner swaps sys.stdout for a buffer, leaving file descriptor 1 alone."""
     import os
 
-    from typer.testing import CliRunner
-
     from imgcls.classifier import ImageClassifier
-    from imgcls.cli import app
 
     run_dir, data = run_28px
     quiet = ImageClassifier.predict_batch

@@ -217,6 +217,21 @@ def test_class_folder_layout_warns_of_tiny_extreme_gray_and_imbalance(tmp_path: 
     assert not report.leaks and not report.duplicates and not report.near_duplicates
 
 
+def test_json_warnings_name_an_imbalance_and_stay_empty_for_a_healthy_set(tmp_path: Path):
+    root = write_tiles(tmp_path / "data", {"": (0, 1, 2)})  # 9 distinct tiles per class
+    healthy = doctor_cli(str(root), "--json")
+    assert healthy.exit_code == 0, healthy.stderr
+    assert json.loads(healthy.stdout)["warnings"] == []
+
+    (root / "rare").mkdir()
+    cv2.imwrite(str(root / "rare/only.jpg"), cv2.imread(str(root / "rocket/00.jpg"))[::-1])
+    imbalanced = doctor_cli(str(root), "--json")
+    assert imbalanced.exit_code == 0, imbalanced.stderr  # a warning is not a failure
+    [warning] = json.loads(imbalanced.stdout)["warnings"]
+    assert warning["kind"] == "imbalance"
+    assert "has 9 images and 'rare' 1" in warning["message"]
+
+
 def test_blocked_hamming_search_matches_brute_force(monkeypatch):
     rng = np.random.default_rng(0)
     base = rng.integers(0, 2**63, 300, dtype=np.uint64)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from conftest import cli_env, imgcls_command
+from conftest import cli_env, imgcls_command, write_photo_crops
 from sklearn.metrics import classification_report
+from typer.testing import CliRunner
 
+from imgcls.cli import app
 from imgcls.evaluate import (
     OTHER,
     EvaluationError,
@@ -94,11 +97,20 @@ def test_known_answers_and_top5(evaluation):
 
 
 def test_predictions_outside_the_data_set_go_to_other(evaluation):
-    # The flipped espresso photo in "projectile" is still an espresso: not other. The
-    # cat crop in "tabby" may be any cat; every prediction is a data set class or OTHER.
-    assert all(0 <= p < len(evaluation.classes) for p in evaluation.predicted)
-    if OTHER in evaluation.classes:
-        assert evaluation.classes[-1] == OTHER
+    classes = evaluation.classes
+    answers = {  # "folder/file" → (data set class answered, the model's own top-1)
+        Path(path).relative_to(Path(path).parents[1]).as_posix(): (classes[p], label)
+        for path, p, label in zip(
+            evaluation.paths, evaluation.predicted, evaluation.predicted_labels, strict=True
+        )
+    }
+    # The flipped espresso photo in "projectile" is still an espresso: a data set class.
+    assert answers["n04008634/1.jpg"] == ("espresso", "espresso")
+    # The cat crop in "tabby" reads as an Egyptian cat, which the data set lacks: OTHER,
+    # the last class. Every answer is the model's top-1 where the data set has that class.
+    assert answers["tabby/0.jpg"] == (OTHER, "Egyptian cat") and classes[-1] == OTHER
+    for answer, label in answers.values():
+        assert answer == (label if label in classes[:-1] else OTHER)
 
 
 def test_expected_calibration_error_by_hand():
@@ -151,6 +163,21 @@ def test_cli_writes_the_report_and_lists_failures(dataset, tmp_path):
         image = cv2.imread(str(out / name))
         assert image is not None and min(image.shape[:2]) >= 300, name
         assert image.std() > 10, f"{name} is blank"
+
+
+def test_split_picks_the_folder_and_top5_is_left_out_under_five_classes(tiny_run, tmp_path):
+    write_photo_crops(tmp_path / "data" / "val", per_class=2, size=32, seed=1)
+    write_photo_crops(tmp_path / "data" / "test", per_class=3, size=32, seed=2)
+    num_images = {}
+    for split in ("val", "test"):
+        args = ["evaluate", str(tiny_run), str(tmp_path / "data"), "--split", split, "--json"]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        metrics = json.loads(result.stdout)
+        num_images[split] = metrics["num_images"]
+        assert metrics["classes"] == ["cat", "espresso", "rocket"]
+        assert "top5_accuracy" not in metrics  # 3 classes: every answer is in a top 5
+    assert num_images == {"val": 6, "test": 9}
 
 
 def test_cli_compares_several_models(dataset):

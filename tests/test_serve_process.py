@@ -1,9 +1,12 @@
-"""`imgcls serve` as a process: graceful SIGTERM, request log, start-up failure."""
+"""`imgcls serve` as a process: graceful SIGTERM, request log, start-up failure, the
+address it binds and the backend it runs."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -112,3 +115,32 @@ def test_a_model_that_cannot_load_is_a_usage_error() -> None:
     )
     assert run.returncode == 2
     assert "no_such_model_xyz" in run.stderr
+
+
+def _classify_cat(url: str) -> dict:
+    response = httpx.post(f"{url}/v1/classify", files={"file": ("cat.jpg", CAT)}, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_host_option_binds_that_address_only(tiny_run: Path) -> None:
+    # 127.0.0.2 is loopback too on Linux (all of 127/8), so the test stays on this machine.
+    with process_server("--model", str(tiny_run), host="127.0.0.2") as (_, url):
+        assert url.startswith("http://127.0.0.2:")
+        predictions = _classify_cat(url)["results"][0]["predictions"]
+        assert {p["label"] for p in predictions} == {"cat", "espresso", "rocket"}
+        port = int(url.rsplit(":", 1)[1])
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) == errno.ECONNREFUSED
+
+
+def test_backend_torch_serves_with_pytorch(tiny_run: Path) -> None:
+    from imgcls import ImageClassifier
+
+    with process_server("--model", str(tiny_run), "--backend", "torch") as (_, url):
+        [listed] = httpx.get(f"{url}/v1/models", timeout=30).json()["models"]
+        assert listed["backend"] == "torch" and listed["num_classes"] == 3
+        served = _classify_cat(url)["results"][0]["predictions"]
+    eager = ImageClassifier(str(tiny_run), backend="torch").classify_image(CAT, top_k=3)
+    assert [p["label"] for p in served] == [p.label for p in eager]
+    assert [p["score"] for p in served] == pytest.approx([p.score for p in eager], abs=1e-5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import write_photo_crops
+from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from imgcls import ImageClassifier
@@ -130,11 +132,30 @@ def test_predict_cli_accepts_a_run_directory(shapes_run, shapes):
     assert {p["label"] for p in record["predictions"]} == set(SHAPES)
 
 
-def test_weights_option_overrides_the_run_weights(shapes_run):
+def test_weights_option_overrides_the_run_weights(shapes_run, shapes, tmp_path):
+    """A weights file whose last layer has the circle and square rows swapped: scores
+    follow the file, in the Python API and in `imgcls predict --weights`."""
     out, _ = shapes_run
-    best = ImageClassifier(str(out))
-    last = ImageClassifier(str(out), weights=out / "last.safetensors")
-    assert last.labels == best.labels
+    weights = load_file(out / "best.safetensors")
+    for name in ("fc.1.weight", "fc.1.bias"):
+        weights[name] = weights[name][[1, 0, 2]].contiguous()
+    swapped_file = tmp_path / "swapped.safetensors"
+    save_file(weights, swapped_file)
+    image = shapes / "test" / "circle" / "1.png"
+
+    best = {p.label: p.score for p in ImageClassifier(str(out)).classify_image(image, top_k=3)}
+    swapped = ImageClassifier(str(out), weights=swapped_file).classify_image(image, top_k=3)
+    assert max(best, key=best.get) == "circle" and best["circle"] > best["square"]
+    assert swapped[0].label == "square"
+    assert {p.label: p.score for p in swapped} == pytest.approx(
+        {"circle": best["square"], "square": best["circle"], "triangle": best["triangle"]},
+        abs=1e-5,
+    )
+
+    result = CliRunner().invoke(app, ["predict", str(image), "--model", str(out), "--weights",
+                                      str(swapped_file), "--json"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)[0]["predictions"][0]["label"] == "square"
 
 
 def test_simple_cnn_adapts_to_image_size():
@@ -172,13 +193,21 @@ def test_killed_run_resumes_and_logs_each_epoch_once(tmp_path, shapes):
     time.sleep(0.3)  # well into epoch 2
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert len(read_metrics(out)) < 4, "the run finished before it was killed"
+    committed = load_run_state(out / "state.pt")["epoch"]
+    assert committed < 4, "the run finished before it was killed"
+    kept = read_metrics(out)[:committed]  # a row logged after the last state may follow
 
-    resumed = subprocess.run([*command, "--resume", "--json"], env=subprocess_env(),
+    resumed = subprocess.run([*command, "--resume"], env=subprocess_env(),
                              capture_output=True, text=True, timeout=300)  # fmt: skip
     assert resumed.returncode == 0, resumed.stderr
-    assert json.loads(resumed.stdout)["epochs"] == 4
-    assert [int(r["epoch"]) for r in read_metrics(out)] == [1, 2, 3, 4]
+    # The resumed process ran the remaining epochs only: no restart from epoch 1.
+    assert f"resuming {out} after epoch {committed}" in resumed.stderr
+    ran = [int(k) for k in re.findall(r"^epoch (\d+)/4 \|", resumed.stderr, re.MULTILINE)]
+    assert ran == list(range(committed + 1, 5)), resumed.stderr
+    assert resumed.stdout.startswith("trained 4 epoch(s)")
+    rows = read_metrics(out)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert rows[:committed] == kept  # their timings too: those epochs were not run again
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
 
 
@@ -196,10 +225,15 @@ def test_resume_repeats_the_uninterrupted_run_exactly(tmp_path, shapes, monkeypa
     with pytest.raises(KeyboardInterrupt):
         train(TrainConfig(out=str(tmp_path / "resumed"), **common))
     monkeypatch.undo()
+    interrupted = read_metrics(tmp_path / "resumed")
+    assert [int(r["epoch"]) for r in interrupted] == [1, 2]
     train(TrainConfig(out=str(tmp_path / "resumed"), resume=True, **common))
     columns = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr")
     whole, resumed = read_metrics(tmp_path / "whole"), read_metrics(tmp_path / "resumed")
     assert [[r[c] for c in columns] for r in resumed] == [[r[c] for c in columns] for r in whole]
+    # Epochs 1-2 kept to the microsecond of their timings: only epoch 3 ran again (a
+    # silent restart from epoch 1 would repeat the same numbers, but not the same times).
+    assert resumed[:2] == interrupted
 
 
 def test_two_process_ddp_on_cpu_trains_a_usable_run(tmp_path, shapes):
@@ -267,6 +301,26 @@ def test_ema_mixup_amp_and_balance_train_and_save_ema_weights(tmp_path, shapes):
     assert (out / "ema.safetensors").is_file()
     assert "ema_val_acc" in read_metrics(out)[0]
     assert ImageClassifier(str(out)).num_classes == 3
+
+
+def test_weight_decay_is_recorded_and_shrinks_the_weights(tmp_path):
+    """The same short run with and without decay: `--weight-decay` reaches config.json and
+    the optimizer, whose decay pulls the conv and linear weights towards zero."""
+    draw_shapes(tmp_path / "data", 12)  # 36 images: 8 steps of 4, a few seconds a run
+
+    def weight_norm(decay: str) -> float:
+        out = tmp_path / f"decay{decay}"
+        result = CliRunner().invoke(app, [
+            "train", str(tmp_path / "data"), "--out", str(out), "--model", "simple_cnn",
+            "--epochs", "1", "--batch-size", "4", "--lr", "3e-3", "--weight-decay", decay,
+            "--augment", "none", "--workers", "0", "--json",
+        ])  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert read_run_config(out)["train"]["weight_decay"] == float(decay)
+        weights = load_file(out / "last.safetensors")  # decay skips norms and biases (1-d)
+        return sum(float(t.square().sum()) for t in weights.values() if t.ndim > 1) ** 0.5
+
+    assert weight_norm("30") < 0.8 * weight_norm("0")  # measured: 9.1 against 13.4
 
 
 def test_early_stopping_stops_after_patience(tmp_path, shapes):
@@ -339,7 +393,7 @@ def test_bad_arguments_get_one_line_errors_and_exit_code_2(tmp_path, shapes, arg
     assert not (tmp_path / "run" / "best.safetensors").exists()
 
 
-def test_corrupt_files_are_listed_in_the_run_directory(tmp_path):
+def test_json_report_names_the_run_and_corrupt_files_are_listed_in_it(tmp_path):
     draw_shapes(tmp_path / "data", 6)
     (tmp_path / "data" / "circle" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     result = CliRunner().invoke(app, [
@@ -347,6 +401,10 @@ def test_corrupt_files_are_listed_in_the_run_directory(tmp_path):
         "simple_cnn", "--epochs", "1", "--workers", "0", "--json",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["skipped"] == 1
+    report = json.loads(result.stdout)
+    assert report["run_dir"] == str(tmp_path / "run") and report["epochs"] == 1
+    assert 0 <= report["best_val_accuracy"] <= 1
+    assert read_run_config(report["run_dir"])["architecture"] == "simple_cnn"
+    assert report["skipped"] == 1
     assert "broken.png" in (tmp_path / "run" / "skipped.txt").read_text()
     assert "skipped 1 file" in result.stderr
