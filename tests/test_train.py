@@ -11,6 +11,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -156,6 +157,32 @@ def test_weights_option_overrides_the_run_weights(shapes_run, shapes, tmp_path):
                                       str(swapped_file), "--json"])  # fmt: skip
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["predictions"][0]["label"] == "square"
+
+
+def test_train_weights_file_is_the_start_and_another_class_count_gets_a_fresh_head(
+    shapes_run, shapes, tmp_path
+):
+    """`train --weights`: the backbone starts from the file (frozen here, so it stays so
+    exactly) and learns two of the three shape classes on the features it brings."""
+    out, _ = shapes_run
+    data = tmp_path / "two"
+    for split in ("train", "val"):
+        for name in ("circle", "square"):
+            shutil.copytree(shapes / split / name, data / split / name)
+    result = CliRunner().invoke(app, [
+        "train", str(data), "--out", str(tmp_path / "run"), "--model", "simple_cnn",
+        "--weights", str(out / "best.safetensors"), "--freeze-backbone", "--epochs", "2",
+        "--lr", "3e-3", "--workers", "0", "--json",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    start, trained = (
+        load_file(out / "best.safetensors"),
+        load_file(tmp_path / "run" / "best.safetensors"),
+    )
+    for name in ("features.0.weight", "pre_logits.2.weight"):
+        assert torch.equal(trained[name], start[name]), name
+    assert trained["fc.1.weight"].shape == (2, 256) and start["fc.1.weight"].shape == (3, 256)
+    assert json.loads(result.stdout)["best_val_accuracy"] >= 0.9
 
 
 def test_simple_cnn_adapts_to_image_size():
@@ -373,6 +400,7 @@ def test_existing_run_needs_resume(shapes_run, shapes):
         (["train", "{shapes}", "--out", "{out}", "--augment", "heavy"], "--augment must be"),
         (["train", "{shapes}"], "--out RUN is required"),
         (["train", "{shapes}", "--out", "{out}", "--model", "resnet5O"], "unknown model"),
+        (["train", "{shapes}", "--out", "{out}", "--weights", "{missing}"], "--weights: no such"),
     ],
 )
 def test_bad_arguments_get_one_line_errors_and_exit_code_2(tmp_path, shapes, args, message):
