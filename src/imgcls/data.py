@@ -56,7 +56,7 @@ LabelledFile = tuple[Path, str]  # (image file, class name)
 
 
 class DataError(ValueError):
-    """A data set that cannot be trained on; the message says which folder and why."""
+    """A data set that cannot be read or trained on; the message says which folder and why."""
 
 
 @dataclass
