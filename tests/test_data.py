@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -10,6 +11,8 @@ import pytest
 from conftest import write_photo_crops
 
 from imgcls.data import DataError, ImageFolder, find_splits
+from imgcls.doctor import diagnose
+from imgcls.evaluate import find_labelled_images
 from imgcls.transforms import (
     Augmentation,
     Preprocess,
@@ -86,6 +89,59 @@ def test_val_class_unknown_to_train_is_an_error(tmp_path):
     write_images(tmp_path / "val" / "c", 2)
     with pytest.raises(DataError, match="not in the training set"):
         find_splits(tmp_path)
+
+
+def test_training_evaluation_and_the_doctor_read_the_same_files(tmp_path):
+    """One reading of a tricky tree: hidden files and folders at any depth are skipped,
+    nested folders belong to their class, extensions count in any case, links to files
+    count and links to folders inside a class are not followed."""
+    for split in ("train", "val", "test"):
+        for name in ("cat", "dog"):
+            write_images(tmp_path / split / name, 1)
+    cat, dog = tmp_path / "train" / "cat", tmp_path / "train" / "dog"
+    for path in (cat / "1.PNG", cat / "sub/deeper/2.JPG", cat / ".hidden.png",
+                 cat / ".thumbs/3.png", tmp_path / "train/.cache/4.png",
+                 tmp_path / "extra/cat/5.png"):  # fmt: skip
+        path.parent.mkdir(parents=True, exist_ok=True)
+        assert cv2.imwrite(str(path), np.full((20, 24, 3), len(path.parts), np.uint8))
+    (cat / "notes.txt").write_text("not an image")
+    (tmp_path / "train" / "LICENSE.txt").write_text("beside the class folders")
+    (dog / "link.png").symlink_to(dog / "0.png")
+    (dog / "linked_folder").symlink_to(tmp_path / "extra" / "cat", target_is_directory=True)
+    (dog / "broken.png").symlink_to(tmp_path / "missing.png")
+    expected = {
+        "train": {"train/cat/0.png", "train/cat/1.PNG", "train/cat/sub/deeper/2.JPG",
+                  "train/dog/0.png", "train/dog/link.png"},
+        "val": {"val/cat/0.png", "val/dog/0.png"},
+        "test": {"test/cat/0.png", "test/dog/0.png"},
+    }  # fmt: skip
+
+    def read(samples, names=None) -> set[tuple[str, str]]:
+        """(path relative to the data, class name) of each sample."""
+        return {
+            (path.relative_to(tmp_path).as_posix(), names[label] if names else label)
+            for path, label in samples
+        }
+
+    splits = find_splits(tmp_path, val_split=0)
+    evaluation = {split: find_labelled_images(tmp_path, split) for split in expected}
+    report = diagnose(tmp_path)
+    assert not splits.skipped and not report.corrupt
+    for split, files in expected.items():
+        labelled = {(file, file.split("/")[1]) for file in files}
+        assert read(getattr(splits, split), splits.class_names) == labelled
+        assert read(evaluation[split]) == labelled
+        assert report.classes[split] == Counter(name for _, name in labelled)
+    assert report.num_files == sum(map(len, expected.values()))
+    assert report.non_images == ["train/cat/notes.txt"]
+
+
+def test_split_folders_without_train_are_not_taken_for_classes(tmp_path):
+    write_images(tmp_path / "val" / "a", 2)
+    write_images(tmp_path / "test" / "a", 2)
+    with pytest.raises(DataError, match="val/, test/ but no train/ folder"):
+        find_splits(tmp_path)
+    assert len(find_labelled_images(tmp_path, "val")) == 2
 
 
 def test_grayscale_images_become_rgb_tensors(tmp_path):

@@ -15,7 +15,6 @@ The CSV has a `path` column first (relative to DATA), so
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
 import os
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from imgcls.data import DataError, find_splits
+from imgcls.gallery import Thumbnails
 from imgcls.models import DEFAULT_MODEL
 
 __all__ = [
@@ -205,19 +205,17 @@ def write_audit(audit: LabelAudit, out: str | os.PathLike, top: int | None = Non
 
 def _gallery(audit: LabelAudit, issues: list[LabelIssue]) -> str:
     """A self-contained HTML page: thumbnails inlined as JPEG data URIs."""
-    cards = []
-    for item in issues:
-        thumbnail = _thumbnail(Path(audit.data) / item.path)
-        image = (
-            f'<img src="data:image/jpeg;base64,{thumbnail}" alt="">' if thumbnail else "unreadable"
-        )
-        cards.append(
-            f"<figure>{image}<figcaption><code>{html.escape(item.path)}</code><br>"
+    thumbnails = Thumbnails(THUMBNAIL_SIDE)
+    cards = [
+        thumbnails.figure(
+            Path(audit.data) / item.path,
+            f"<code>{html.escape(item.path)}</code><br>"
             f"given <b>{html.escape(item.given_label)}</b> → suggested "
             f"<b>{html.escape(item.suggested_label)}</b><br>"
-            f"p(given) {item.self_confidence:.3f}, margin {item.margin:+.3f}"
-            f"</figcaption></figure>"
+            f"p(given) {item.self_confidence:.3f}, margin {item.margin:+.3f}",
         )
+        for item in issues
+    ]
     title = f"Likely mislabelled images in {html.escape(audit.data)}"
     summary = (
         f"{len(audit.issues)} of {len(audit.ranked)} images: the out-of-fold model "
@@ -238,20 +236,3 @@ code {{ word-break: break-all; }}
 {chr(10).join(cards) or "<p>No likely mislabelled images.</p>"}
 </main></body></html>
 """
-
-
-def _thumbnail(path: Path) -> str | None:
-    import cv2
-
-    from imgcls.images import ImageError, load_image
-
-    try:
-        image = load_image(path)
-    except (ImageError, OSError):
-        return None
-    scale = THUMBNAIL_SIDE / max(image.shape[:2])
-    if scale < 1:
-        size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-    return base64.b64encode(encoded.tobytes()).decode("ascii") if ok else None

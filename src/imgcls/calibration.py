@@ -52,12 +52,15 @@ KNN_MAX_REFERENCE = 20_000  # training images kept as k-NN reference (a seeded s
 MIN_SCORE_GRID = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
+# Written here, not scipy.special's: numpy only, the serving install has no scipy (this
+# module is on the inference path: ImageClassifier applies the temperature).
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax, computed in float64 so tiny probabilities do not round to zero."""
     return np.exp(log_softmax(logits))
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise log-softmax in float64 (numpy only, as `softmax`)."""
     shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 

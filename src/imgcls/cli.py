@@ -570,12 +570,12 @@ def _doctor_labels(data: Path, out: Path | None, json_output: bool, top: int | N
     """`doctor --labels`: rank images by how unlikely an out-of-fold model finds their
     label (imgcls.audit), print the worst, write the CSV and the gallery."""
     from imgcls.audit import audit_labels, write_audit
-    from imgcls.data import DataError
+    from imgcls.data import DataError, scan_dataset
 
     if not data.is_dir():
         _fail_usage(f"DATA: no such directory {data}")
-    total = len(list_images(data))
     try:
+        total = sum(len(files) for files in scan_dataset(data).splits.values())
         with _progress(total, "extracting features", enabled=not json_output) as advance:
             audit = audit_labels(data, progress=advance)
     except DataError as exc:
@@ -725,7 +725,7 @@ def explain(
     """Grad-CAM: write IMAGE with a heat map of the regions that made MODEL choose a class."""
     import cv2
 
-    from imgcls.checkpoint import WeightsError
+    from imgcls.checkpoint import WeightsError, WriteError, atomic_write
     from imgcls.explain import Explainer, NotExplainable
     from imgcls.images import ImageError
     from imgcls.models import ModelError
@@ -743,8 +743,15 @@ def explain(
         raise typer.Exit(EXIT_INPUT_FAILED) from None
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
         out = out.with_suffix(".png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out), cv2.cvtColor(explanation.overlay(), cv2.COLOR_RGB2BGR))
+    ok, encoded = cv2.imencode(out.suffix, cv2.cvtColor(explanation.overlay(), cv2.COLOR_RGB2BGR))
+    try:
+        if not ok:
+            raise WriteError(f"{out}: OpenCV could not encode the heat map")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, lambda tmp: Path(tmp).write_bytes(encoded.tobytes()))
+    except OSError as exc:  # WriteError too: disk full, no permission
+        stderr.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INPUT_FAILED) from None
     prediction = explanation.prediction
     if json_output:
         _print_json({"path": str(image), "out": str(out), **prediction.to_dict()})
@@ -1018,6 +1025,7 @@ def doctor(
 
     Exit code 1 when corrupt files or leaks were found, 0 otherwise (warnings included)."""
     from imgcls import doctor as doc
+    from imgcls.checkpoint import WriteError
 
     try:
         if restore is not None:
@@ -1054,6 +1062,9 @@ def doctor(
             result["manifest"] = str(doc.quarantine(data, moves, quarantine))
     except doc.DoctorError as exc:
         _fail_usage(str(exc))
+    except WriteError as exc:  # --out: disk full, no permission
+        stderr.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(EXIT_INPUT_FAILED) from None
     if json_output:
         _print_json(result)
     else:

@@ -15,8 +15,9 @@ keeps only those small fingerprints, so memory does not grow with image size. Th
   grayscale mixed with colour, non-image files in class folders.
 
 `quarantine` moves flagged files out with a manifest JSON; `restore` moves them back.
-Both data set layouts of `imgcls.data` are understood (split folders, or class folders only;
-the latter is reported as one split named "all").
+The files checked are those training reads: the folders are read by `imgcls.data`'s
+`scan_dataset` (split folders, or class folders only; the latter is reported as one split
+named "all").
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ from typing import Any
 import cv2
 import numpy as np
 
-from imgcls.checkpoint import write_json
-from imgcls.images import IMAGE_EXTENSIONS, ImageError, decode_image_bytes, load_image
+from imgcls.checkpoint import write_json, write_text
+from imgcls.data import UNSPLIT, DataError, DatasetLayout, scan_dataset
+from imgcls.gallery import Thumbnails
+from imgcls.images import ImageError, decode_image_bytes
 
 __all__ = [
     "DoctorError",
@@ -51,8 +54,6 @@ __all__ = [
     "write_html_report",
 ]
 
-SPLITS = ("train", "val", "test")
-SINGLE_SPLIT = "all"  # the split name reported for the DATA/<class>/* layout
 MANIFEST = "manifest.json"
 
 # Near-duplicate rule: a pair is the same picture when its 64-bit pHash differs in at most
@@ -80,6 +81,7 @@ TINY_SIDE = 32  # shorter side in pixels under which an image carries little for
 MAX_ASPECT = 4.0  # longer / shorter side beyond which the centre crop loses most of the image
 IMBALANCE_RATIO = 5.0  # largest / smallest class of a split beyond which we warn
 GRAY_TOLERANCE = 8  # max channel difference (of 255) still counted as a gray pixel
+THUMBNAIL_SIDE = 128  # pixels, the longer side of a report.html thumbnail
 _BLOCK = 1024  # rows x columns of one Hamming tile: 1024 x 8192 uint64 = 64 MB at most
 _COLUMNS = 8192
 
@@ -173,15 +175,18 @@ def diagnose(
     """Check every file under `root`; `on_total(n)` is told the file count, then
     `progress(1)` is called per file."""
     started = time.perf_counter()
-    root = Path(root)
-    layout, class_dirs, warnings, stray = _find_layout(root)
-    files = [
-        (path, split, label)
-        for (split, label), folder in class_dirs.items()
-        for path in _files(folder)
+    try:
+        layout = scan_dataset(root)
+    except DataError as exc:
+        raise DoctorError(str(exc)) from None
+    root = layout.root
+    if not any(layout.classes.values()):
+        raise DoctorError(
+            f"{root}: no class folders (expected DATA/<class>/* or DATA/train/<class>/*)"
+        )
+    images = [
+        (path, split, label) for split, files in layout.splits.items() for path, label in files
     ]
-    images = [f for f in files if f[0].suffix.lower() in IMAGE_EXTENSIONS]
-    non_images = [_rel(root, p) for p, _, _ in files if p.suffix.lower() not in IMAGE_EXTENSIONS]
     if on_total is not None:
         on_total(len(images))
     records = []
@@ -191,9 +196,7 @@ def diagnose(
             progress(1)
 
     good = [r for r in records if r.error is None]
-    classes: dict[str, dict[str, int]] = {}
-    for split, label in class_dirs:
-        classes.setdefault(split, {})[label] = 0
+    classes = {split: dict.fromkeys(names, 0) for split, names in layout.classes.items()}
     for r in good:
         classes[r.split][r.label] += 1
     duplicates, representatives = _exact_groups(good)
@@ -204,24 +207,12 @@ def diagnose(
         for group in groups
         if len(group["splits"]) > 1
     ]
-    if non_images:
-        warnings.append(
-            _warning(
-                "non_image_files",
-                f"{len(non_images)} file(s) in class folders are not images by extension "
-                "(training skips them)",
-                non_images,
-            )
-        )
-    if stray:
-        warnings.append(
-            _warning("stray_files", f"{len(stray)} file(s) outside class folders", stray)
-        )
+    warnings = _layout_warnings(layout)
     warnings += _class_warnings(classes)
     warnings += _image_warnings(good)
     return Report(
         root=str(root),
-        layout=layout,
+        layout=layout.kind,
         num_files=len(records),
         num_images=len(good),
         classes=classes,
@@ -230,53 +221,38 @@ def diagnose(
         near_duplicates=near,
         leaks=leaks,
         warnings=warnings,
-        non_images=sorted(non_images),
+        non_images=sorted(_rel(root, p) for p in layout.non_images),
         seconds=time.perf_counter() - started,
     )
 
 
-def _find_layout(
-    root: Path,
-) -> tuple[str, dict[tuple[str, str], Path], list[dict[str, Any]], list[str]]:
-    """(layout, {(split, class): folder}, warnings, stray files) for `root`."""
-    if not root.is_dir():
-        raise DoctorError(f"{root}: no such data directory")
-    warnings: list[dict[str, Any]] = []
-    stray: list[str] = []
-    if (root / "train").is_dir():
-        layout, split_roots = "splits", {s: root / s for s in SPLITS if (root / s).is_dir()}
-        others = [p.name for p in _visible(root) if p.is_dir() and p.name not in SPLITS]
-        if others:
-            warnings.append(
-                _warning("ignored_folders", f"folders that are not train/val/test: {others}", [])
-            )
-    else:
-        layout, split_roots = "classes", {SINGLE_SPLIT: root}
-    class_dirs: dict[tuple[str, str], Path] = {}
-    for split, split_root in split_roots.items():
-        for entry in _visible(split_root):
-            if entry.is_dir():
-                class_dirs[(split, entry.name)] = entry
-            elif entry.is_file():
-                stray.append(_rel(root, entry))
-    if not class_dirs:
-        raise DoctorError(
-            f"{root}: no class folders (expected DATA/<class>/* or DATA/train/<class>/*)"
+def _layout_warnings(layout: DatasetLayout) -> list[dict[str, Any]]:
+    """What training will not read: folders beside train/ val/ test/, files that are not
+    images, files beside the class folders."""
+    warnings = []
+    if layout.ignored:
+        others = [p.name for p in layout.ignored]
+        warnings.append(
+            _warning("ignored_folders", f"folders that are not train/val/test: {others}", [])
         )
-    return layout, class_dirs, warnings, stray
-
-
-def _visible(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
-
-
-def _files(folder: Path) -> list[Path]:
-    """Every visible file under a class folder, recursively (as `imgcls.data` reads it)."""
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+    if layout.non_images:
+        warnings.append(
+            _warning(
+                "non_image_files",
+                f"{len(layout.non_images)} file(s) in class folders are not images by "
+                "extension (training skips them)",
+                (_rel(layout.root, p) for p in layout.non_images),
+            )
+        )
+    if layout.stray:
+        warnings.append(
+            _warning(
+                "stray_files",
+                f"{len(layout.stray)} file(s) outside class folders",
+                (_rel(layout.root, p) for p in layout.stray),
+            )
+        )
+    return warnings
 
 
 def _rel(root: Path, path: Path) -> str:
@@ -363,40 +339,34 @@ def _exact_groups(records: list[_Record]) -> tuple[list[dict[str, Any]], list[_R
 
 def _near_groups(representatives: list[_Record], records: list[_Record]) -> list[dict[str, Any]]:
     """Connected groups of near-duplicate pictures (exact copies of each ride along)."""
+    from scipy.sparse import coo_array
+    from scipy.sparse.csgraph import connected_components
+
     phash = np.array([r.phash for r in representatives], dtype=np.uint64)
     dhash = np.array([r.dhash for r in representatives], dtype=np.uint64)
     pairs = near_duplicate_pairs(phash, dhash, PHASH_MAX_DISTANCE, DHASH_MAX_DISTANCE)
-    if pairs:
-        thumbs = np.frombuffer(b"".join(r.thumb for r in representatives), np.uint8)
-        thumbs = thumbs.reshape(len(representatives), -1).astype(np.int16)
-        first, second = (np.array(column) for column in list(zip(*pairs, strict=True))[:2])
-        difference = np.abs(thumbs[first] - thumbs[second]).mean(axis=1)
-        pairs = [
-            pair for pair, d in zip(pairs, difference, strict=True) if d <= THUMB_MAX_DIFFERENCE
-        ]
-    parent = list(range(len(representatives)))
-
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j, _ in pairs:
-        parent[find(j)] = find(i)
-    distance: dict[int, int] = defaultdict(int)
-    for i, _, d in pairs:
-        distance[find(i)] = max(distance[find(i)], d)
-    components: dict[int, list[int]] = defaultdict(list)
-    for i in {i for pair in pairs for i in pair[:2]}:
-        components[find(i)].append(i)
+    if not pairs:
+        return []
+    first, second, distance = (np.array(column) for column in zip(*pairs, strict=True))
+    thumbs = np.frombuffer(b"".join(r.thumb for r in representatives), np.uint8)
+    thumbs = thumbs.reshape(len(representatives), -1).astype(np.int16)
+    same = np.abs(thumbs[first] - thumbs[second]).mean(axis=1) <= THUMB_MAX_DIFFERENCE
+    first, second, distance = first[same], second[same], distance[same]
+    n = len(representatives)
+    graph = coo_array((np.ones(len(first)), (first, second)), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    max_distance = np.zeros(n, int)
+    np.maximum.at(max_distance, component[first], distance)
+    members: dict[int, list[int]] = defaultdict(list)
+    for i in np.unique(np.concatenate([first, second])).tolist():
+        members[int(component[i])].append(i)
     by_pixels: dict[bytes, list[_Record]] = defaultdict(list)
     for r in records:
         by_pixels[r.pixel_digest].append(r)
     groups = []
-    for root, members in components.items():
-        files = [r for i in members for r in by_pixels[representatives[i].pixel_digest]]
-        groups.append({"max_distance": distance[root], **_group_info(files)})
+    for label, linked in members.items():
+        files = [r for i in linked for r in by_pixels[representatives[i].pixel_digest]]
+        groups.append({"max_distance": int(max_distance[label]), **_group_info(files)})
     groups.sort(key=lambda g: g["paths"][0])
     return groups
 
@@ -447,7 +417,7 @@ def _class_warnings(classes: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
                 _warning(
                     "empty_classes",
                     f"{split}: class folder(s) with no usable image: {empty}",
-                    [f"{split}/{label}" if split != SINGLE_SPLIT else label for label in empty],
+                    [f"{split}/{label}" if split != UNSPLIT else label for label in empty],
                 )
             )
         missing = [label for label in all_classes if label not in counts]
@@ -609,31 +579,13 @@ def restore(manifest_path: str | os.PathLike) -> tuple[list[str], list[str]]:
 def write_html_report(report: Report, out: str | os.PathLike, max_groups: int = 200) -> Path:
     """`out/report.html` (with thumbnails in `out/thumbs/`) and `out/report.json`."""
     out = Path(out)
-    thumbs = out / "thumbs"
-    thumbs.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report.to_dict())
     root = Path(report.root)
-    made: dict[str, str] = {}
-
-    def thumb(rel: str) -> str:
-        if rel not in made:
-            name = f"{len(made):05d}.jpg"
-            try:
-                image = load_image(root / rel, min_side=HASH_MIN_SIDE)
-                scale = 128 / max(image.shape[:2])
-                small = cv2.resize(
-                    image, None, fx=min(1, scale), fy=min(1, scale), interpolation=cv2.INTER_AREA
-                )
-                cv2.imwrite(str(thumbs / name), cv2.cvtColor(small, cv2.COLOR_RGB2BGR))
-                made[rel] = f"thumbs/{name}"
-            except (ImageError, OSError):
-                made[rel] = ""
-        return made[rel]
+    thumbnails = Thumbnails(THUMBNAIL_SIDE, out / "thumbs")
 
     def figure(rel: str) -> str:
-        src = thumb(rel)
-        img = f'<img src="{html.escape(src)}" alt="">' if src else "<div>(gone)</div>"
-        return f"<figure>{img}<figcaption>{html.escape(rel)}</figcaption></figure>"
+        return thumbnails.figure(root / rel, html.escape(rel))
 
     def groups_html(title: str, groups: list[dict[str, Any]]) -> str:
         if not groups:
@@ -667,8 +619,8 @@ def write_html_report(report: Report, out: str | os.PathLike, max_groups: int = 
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>imgcls doctor: {html.escape(report.root)}</title>
 <style>body{{font-family:sans-serif;margin:2em}} .row{{display:flex;flex-wrap:wrap;gap:8px}}
-figure{{margin:0;width:140px;font-size:11px;word-break:break-all}} img{{max-width:128px}}
-td{{padding:0 1em}}</style></head><body>
+figure{{margin:0;width:140px;font-size:11px;word-break:break-all}}
+img{{max-width:{THUMBNAIL_SIDE}px}} td{{padding:0 1em}}</style></head><body>
 <h1>imgcls doctor: {html.escape(report.root)}</h1>
 <p>{report.num_files} image files, {report.num_images} decodable, layout {report.layout},
 {report.images_per_s:.0f} images/s.</p>
@@ -681,5 +633,5 @@ td{{padding:0 1em}}</style></head><body>
 </body></html>
 """
     page_path = out / "report.html"
-    page_path.write_text(page, encoding="utf-8")
+    write_text(page_path, page)
     return page_path

@@ -28,9 +28,16 @@ from imgcls.calibration import (
     uncalibrated,
 )
 from imgcls.classifier import ImageClassifier
-from imgcls.images import list_images
+from imgcls.data import SPLITS, UNSPLIT, DataError, scan_dataset
 
-__all__ = ["EvaluationError", "Evaluation", "evaluate", "find_labelled_images", "write_report"]
+__all__ = [
+    "Evaluation",
+    "EvaluationError",
+    "ImageResult",
+    "evaluate",
+    "find_labelled_images",
+    "write_report",
+]
 
 OTHER = "(other)"  # predictions of a class the data set does not have
 TOP_K = 5
@@ -40,40 +47,63 @@ class EvaluationError(ValueError):
     """A data set that cannot be evaluated with this model; the message says why."""
 
 
+@dataclass(frozen=True)
+class ImageResult:
+    """One evaluated image."""
+
+    path: str
+    true: int  # index into `Evaluation.classes`
+    predicted: int  # index into `Evaluation.classes` (OTHER for a class not in the data)
+    predicted_label: str  # the model's own top-1 name, even for OTHER
+    score: float  # top-1 probability (calibrated by the run's temperature)
+    raw_score: float  # top-1 before temperature scaling
+    top_k_hit: bool  # the true class among the model's top 5
+    unknown: bool  # the model's own rule said "unknown"
+
+
 @dataclass
 class Evaluation:
     """Everything `imgcls evaluate` reports for one model on one data set."""
 
     model: str
     classes: list[str]  # data set classes, then OTHER when some prediction fell outside
-    true: list[int]  # per image, index into `classes`
-    predicted: list[int]
-    top_k_hit: list[bool]  # the true class among the model's top 5
-    scores: list[float]  # top-1 probability (calibrated by the run's temperature)
-    predicted_labels: list[str]  # the model's own top-1 name, even for OTHER
-    paths: list[str]
+    images: list[ImageResult] = field(default_factory=list)  # in evaluation order
     failed: list[dict[str, str]] = field(default_factory=list)  # {"path", "error"}
     seconds: float = 0.0
-    raw_scores: list[float] = field(default_factory=list)  # top-1 before temperature scaling
-    unknown: list[bool] = field(default_factory=list)  # the model's own rule said "unknown"
     temperature: float = 1.0
     reject: dict[str, Any] | None = None  # the model's rule: score, threshold
+
+    @property
+    def true(self) -> list[int]:
+        return [image.true for image in self.images]
+
+    @property
+    def predicted(self) -> list[int]:
+        return [image.predicted for image in self.images]
+
+    def column(self, name: str, dtype: type = float) -> np.ndarray:
+        """One field of every image (an `ImageResult` attribute), as an array."""
+        return np.asarray([getattr(image, name) for image in self.images], dtype)
+
+    def correct(self) -> np.ndarray:
+        """Whether each image's top-1 is its true class."""
+        return self.column("true", int) == self.column("predicted", int)
 
     def metrics(self) -> dict[str, Any]:
         """The JSON object of INTERFACE.md: accuracy, per-class metrics, confusion matrix."""
         from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
         labels = list(range(len(self.classes)))
-        data_labels = sorted(set(self.true))
-        true, predicted = np.asarray(self.true), np.asarray(self.predicted)
+        true, predicted = self.column("true", int), self.column("predicted", int)
+        data_labels = sorted(set(true.tolist()))
         precision, recall, f1, support = precision_recall_fscore_support(
             true, predicted, labels=labels, zero_division=0
         )
-        num_images = len(self.true)
+        num_images = len(self.images)
         result: dict[str, Any] = {
             "model": self.model,
             "num_images": num_images,
-            "accuracy": float((true == predicted).mean()) if num_images else 0.0,
+            "accuracy": float(self.correct().mean()) if num_images else 0.0,
             "classes": self.classes,
             "confusion_matrix": confusion_matrix(true, predicted, labels=labels).tolist(),
             "per_class": {
@@ -87,28 +117,30 @@ class Evaluation:
             },
             "macro_f1": float(np.mean([f1[i] for i in data_labels])) if data_labels else 0.0,
             "expected_calibration_error": expected_calibration_error(
-                np.asarray(self.scores), true == predicted
+                self.column("score"), self.correct()
             ),
             "images_per_s": num_images / self.seconds if self.seconds else 0.0,
             "failed": self.failed,
         }
         result.update(self.trust_metrics())
         if len([c for c in self.classes if c != OTHER]) >= TOP_K:
-            result["top5_accuracy"] = float(np.mean(self.top_k_hit)) if num_images else 0.0
+            top_k_hit = self.column("top_k_hit", bool)
+            result["top5_accuracy"] = float(np.mean(top_k_hit)) if num_images else 0.0
         return result
 
     def trust_metrics(self) -> dict[str, Any]:
         """Calibration before/after the temperature, the operating points of a threshold on
         the top-1 probability, and what the model's own "unknown" rule did."""
-        correct = np.asarray(self.true) == np.asarray(self.predicted)
+        correct = self.correct()
+        scores = self.column("score")
         result: dict[str, Any] = {
             "temperature": self.temperature,
-            "ece": expected_calibration_error(np.asarray(self.scores), correct),
-            "ece_uncalibrated": expected_calibration_error(np.asarray(self.raw_scores), correct),
-            "operating_points": operating_points(np.asarray(self.scores), correct),
+            "ece": expected_calibration_error(scores, correct),
+            "ece_uncalibrated": expected_calibration_error(self.column("raw_score"), correct),
+            "operating_points": operating_points(scores, correct),
         }
         if self.reject is not None:
-            unknown = np.asarray(self.unknown, bool)
+            unknown = self.column("unknown", bool)
             answered = ~unknown
             result["reject"] = {
                 **self.reject,
@@ -120,18 +152,16 @@ class Evaluation:
 
 def find_labelled_images(data: str | os.PathLike, split: str = "test") -> list[tuple[Path, str]]:
     """(image, class folder name) pairs from DATA/<split>/<class>/*, or DATA/<class>/* when
-    DATA holds class folders only."""
-    root = Path(data)
-    if not root.is_dir():
-        raise EvaluationError(f"{root}: no such data directory")
-    split_root = root / split if (root / split).is_dir() else root
-    if split_root == root and any((root / s).is_dir() for s in ("train", "val", "test")):
-        raise EvaluationError(f"{root}: has no {split}/ folder (choose one with --split)")
-    class_dirs = sorted(
-        p for p in split_root.iterdir() if p.is_dir() and not p.name.startswith(".")
-    )
-    samples = [(path, d.name) for d in class_dirs for path in list_images(d)]
+    DATA holds class folders only; read as training reads them (`imgcls.data`)."""
+    try:
+        layout = scan_dataset(data, SPLITS if split in SPLITS else (*SPLITS, split))
+    except DataError as exc:
+        raise EvaluationError(str(exc)) from None
+    if layout.kind == "splits" and split not in layout.splits:
+        raise EvaluationError(f"{layout.root}: has no {split}/ folder (choose one with --split)")
+    samples = layout.splits[split if layout.kind == "splits" else UNSPLIT]
     if not samples:
+        split_root = layout.root / split if layout.kind == "splits" else layout.root
         raise EvaluationError(f"{split_root}: no images in class folders (expected <class>/*)")
     return samples
 
@@ -147,8 +177,7 @@ def evaluate(
     model_to_data = {model_index: i for i, model_index in enumerate(folder_to_index.values())}
     by_path = {str(path): name for path, name in samples}
 
-    evaluation = Evaluation(classifier.name, classes, [], [], [], [], [], [])
-    evaluation.temperature = classifier.temperature
+    evaluation = Evaluation(classifier.name, classes, temperature=classifier.temperature)
     if classifier.rejection is not None:
         rule = classifier.rejection
         evaluation.reject = {"score": rule.score, "threshold": rule.threshold}
@@ -170,16 +199,19 @@ def evaluate(
             predicted = classes.index(OTHER)
         else:
             predicted = model_to_data[top.index]
-        evaluation.paths.append(path)
-        evaluation.true.append(model_to_data[true_model_index])
-        evaluation.predicted.append(predicted)
-        evaluation.top_k_hit.append(any(p.index == true_model_index for p in ranked))
-        evaluation.scores.append(top.score)
-        evaluation.raw_scores.append(
-            float(uncalibrated(probabilities[None], classifier.temperature).max())
+        raw_score = uncalibrated(probabilities[None], classifier.temperature).max()
+        evaluation.images.append(
+            ImageResult(
+                path=path,
+                true=model_to_data[true_model_index],
+                predicted=predicted,
+                predicted_label=top.label,
+                score=top.score,
+                raw_score=float(raw_score),
+                top_k_hit=any(p.index == true_model_index for p in ranked),
+                unknown=bool(unknown[0]),
+            )
         )
-        evaluation.unknown.append(bool(unknown[0]))
-        evaluation.predicted_labels.append(top.label)
     evaluation.seconds = time.perf_counter() - start
     return evaluation
 
@@ -211,45 +243,38 @@ def write_report(evaluation: Evaluation, metrics: dict[str, Any], out: str | os.
     with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["path", "true", "predicted", "score", "unknown"])
-        for path, t, label, s, unknown in zip(
-            evaluation.paths,
-            evaluation.true,
-            evaluation.predicted_labels,
-            evaluation.scores,
-            evaluation.unknown,
-            strict=True,
-        ):
-            writer.writerow([path, evaluation.classes[t], label, f"{s:.6f}", unknown])
+        for image in evaluation.images:
+            writer.writerow(
+                [
+                    image.path,
+                    evaluation.classes[image.true],
+                    image.predicted_label,
+                    f"{image.score:.6f}",
+                    image.unknown,
+                ]
+            )
     plots.confusion_matrix(
         np.asarray(metrics["confusion_matrix"]), evaluation.classes, out / "confusion_matrix.png"
     )
     plots.mistakes(_most_confident_mistakes(evaluation), out / "mistakes.png")
-    correct = np.asarray(evaluation.true) == np.asarray(evaluation.predicted)
+    scores = evaluation.column("score")
+    correct = evaluation.correct()
     plots.reliability(
-        np.asarray(evaluation.scores),
+        scores,
         correct,
         ECE_BINS,
         out / "reliability.png",
-        before=np.asarray(evaluation.raw_scores) if evaluation.temperature != 1.0 else None,
+        before=evaluation.column("raw_score") if evaluation.temperature != 1.0 else None,
     )
-    plots.coverage_accuracy(np.asarray(evaluation.scores), correct, out / "coverage_accuracy.png")
+    plots.coverage_accuracy(scores, correct, out / "coverage_accuracy.png")
 
 
 def _most_confident_mistakes(
     evaluation: Evaluation, limit: int = 16
 ) -> list[tuple[str, str, str, float]]:
-    wrong = [
-        (evaluation.scores[i], i)
-        for i in range(len(evaluation.true))
-        if evaluation.true[i] != evaluation.predicted[i]
-    ]
-    wrong.sort(reverse=True)
+    wrong = [image for image in evaluation.images if image.true != image.predicted]
+    wrong.sort(key=lambda image: image.score, reverse=True)
     return [
-        (
-            evaluation.paths[i],
-            evaluation.classes[evaluation.true[i]],
-            evaluation.predicted_labels[i],
-            score,
-        )
-        for score, i in wrong[:limit]
+        (image.path, evaluation.classes[image.true], image.predicted_label, image.score)
+        for image in wrong[:limit]
     ]

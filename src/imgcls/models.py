@@ -66,10 +66,9 @@ BUNDLED = {
     for i in range(5)
 }
 
-# Architectures timm lacks, built by torchvision: name -> (builder, preprocessing).
-_TORCHVISION = {
-    "alexnet": ("alexnet", Preprocess(interpolation="bilinear")),
-}
+# Architectures timm lacks, from torchvision (with timm's head interface, imgcls.alexnet):
+# name -> preprocessing.
+_TORCHVISION = {"alexnet": Preprocess(interpolation="bilinear")}
 
 # The textbook CNN works on small images: 32 px by default, --img-size for others.
 SIMPLE_CNN = "simple_cnn"
@@ -161,9 +160,7 @@ def weights_fingerprint(
 
 def classifier_head(module: nn.Module) -> nn.Module:
     """The final classification layer(s): what `--freeze-backbone` leaves trainable."""
-    if hasattr(module, "get_classifier"):  # timm models and SimpleCNN
-        return module.get_classifier()
-    return module.classifier[-1]  # torchvision's AlexNet
+    return module.get_classifier()  # timm's interface; SimpleCNN and AlexNet have it too
 
 
 def _build_run(run_dir: str | os.PathLike, weights: str | os.PathLike | None):
@@ -178,12 +175,7 @@ def _build_run(run_dir: str | os.PathLike, weights: str | os.PathLike | None):
 
 def pooled_features(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """The pooled penultimate features of a batch: what the classifier head reads."""
-    if hasattr(module, "forward_head"):  # timm's interface
-        return module.forward_head(module.forward_features(x), pre_logits=True)
-    if hasattr(module, "pre_logits"):  # SimpleCNN
-        return module.pre_logits(module.features(x))
-    # torchvision's AlexNet: everything but the last linear layer
-    return module.classifier[:-1](module.avgpool(module.features(x)).flatten(1))
+    return module.forward_head(module.forward_features(x), pre_logits=True)
 
 
 def _build_timm(
@@ -250,21 +242,19 @@ def _build_torchvision(
     arch: str, pretrained: bool, num_classes: int | None
 ) -> tuple[nn.Module, Preprocess]:
     import torchvision
-    from torch import nn
 
-    builder_name, preprocess = _TORCHVISION[arch]
-    builder = getattr(torchvision.models, builder_name)
-    module = builder(weights=None)
+    from imgcls.alexnet import AlexNet
+
+    module = AlexNet()
     if pretrained:
-        weights_enum = torchvision.models.get_model_weights(builder_name).DEFAULT
+        weights_enum = torchvision.models.get_model_weights(arch).DEFAULT
         try:
             module.load_state_dict(weights_enum.get_state_dict(progress=False))
         except Exception as exc:  # network or cache failure: say what to do instead
             raise ModelError(_no_weights_message(arch, exc)) from None
     if num_classes is not None:
-        last = module.classifier[-1]
-        module.classifier[-1] = nn.Linear(last.in_features, num_classes)
-    return module, preprocess
+        module.reset_classifier(num_classes)
+    return module, _TORCHVISION[arch]
 
 
 def load_initial_weights(module: nn.Module, weights: str | os.PathLike, arch: str) -> None:

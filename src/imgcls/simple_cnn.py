@@ -14,7 +14,10 @@ class SimpleCNN(nn.Module):
     """The textbook CNN: conv → BN → ReLU → max-pool blocks, then fully connected
     layers with dropout. An adaptive pool before the classifier makes it work at any input
     size; it is meant for small images (28–64 px). Outputs logits (softmax is applied by
-    the loss in training and by the classifier at inference)."""
+    the loss in training and by the classifier at inference).
+
+    Its interface is timm's (`forward_features`, `forward_head`, `num_features`,
+    `get_classifier`, `reset_classifier`), so the registry treats it as any timm model."""
 
     def __init__(self, num_classes: int = 10, widths: tuple[int, ...] = (32, 64, 128)) -> None:
         super().__init__()
@@ -30,18 +33,36 @@ class SimpleCNN(nn.Module):
             in_channels = width
         layers.append(AdaptiveAvgPool2d(4))
         self.features = nn.Sequential(*layers)
-        self.num_features = in_channels * 4 * 4
+        self.num_features = 256  # the classifier's input: the pooled penultimate features
         self.pre_logits = nn.Sequential(
-            nn.Flatten(), nn.Dropout(0.3), nn.Linear(self.num_features, 256), nn.ReLU(True)
+            nn.Flatten(),
+            nn.Dropout(0.3),
+            nn.Linear(in_channels * 4 * 4, self.num_features),
+            nn.ReLU(True),
         )
         self.num_classes = num_classes
-        self.fc = nn.Sequential(nn.Dropout(0.3), nn.Linear(256, num_classes))
+        self.fc = _classifier(self.num_features, num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.pre_logits(x)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
 
     def get_classifier(self) -> nn.Module:
         return self.fc
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.pre_logits(self.features(x)))
+    def reset_classifier(self, num_classes: int) -> None:
+        self.num_classes = num_classes
+        self.fc = _classifier(self.num_features, num_classes)
+
+
+def _classifier(num_features: int, num_classes: int) -> nn.Sequential:
+    return nn.Sequential(nn.Dropout(0.3), nn.Linear(num_features, num_classes))
 
 
 class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):

@@ -15,11 +15,12 @@ It lives apart from `heads.py` because it subclasses scikit-learn's estimators, 
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import softmax
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from sklearn.svm import SVC
 
-from imgcls.calibration import fit_temperature, softmax
+from imgcls.calibration import fit_temperature
 
 __all__ = ["TemperatureScaledSVC", "register_onnx_converter"]
 
@@ -59,7 +60,7 @@ class TemperatureScaledSVC(ClassifierMixin, BaseEstimator):
         return self.svc_.decision_function(X)
 
     def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        return softmax(_logits(self.decision_function(X)) / self.temperature_)
+        return softmax(_logits(self.decision_function(X)) / self.temperature_, axis=1)
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         # The argmax of the decision values, not SVC.predict: libsvm breaks one-vs-one vote
