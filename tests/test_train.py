@@ -29,9 +29,10 @@ from typer.testing import CliRunner
 from imgcls import ImageClassifier
 from imgcls.checkpoint import load_run_state, read_run_config, save_run_state
 from imgcls.cli import app
+from imgcls.lr_find import find_lr
 from imgcls.models import build_model
 from imgcls.simple_cnn import SimpleCNN
-from imgcls.train import ConfigError, TrainConfig, find_lr, train
+from imgcls.train import ConfigError, TrainConfig, train
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 SHAPES = ("circle", "square", "triangle")
@@ -376,7 +377,7 @@ def test_find_lr_writes_a_plot_and_suggests_a_rate(tmp_path, shapes):
 
 
 def test_lr_suggestion_lies_in_the_falling_part_of_the_curve():
-    from imgcls.train import _valley
+    from imgcls.lr_find import _valley
 
     flat, falling, rising = [1.0] * 20, list(np.linspace(0.99, 0.2, 40)), [0.3, 0.8, 3.0, 9.0]
     index = _valley(flat + falling + rising)

@@ -15,6 +15,8 @@ A run directory (what `imgcls train` writes) holds:
     metrics.csv         one row per epoch;  curves.png  loss and accuracy plots
     skipped.txt         files that did not decode (when there were any)
 
+`new_run_config` builds config.json; `write_metrics` and `write_skipped` write the last two.
+
 Every file is replaced atomically (written to a temporary file, flushed to disk, then
 `os.replace`), and state.pt is written last, so a kill at any moment leaves a consistent
 last checkpoint. A write that fails (disk full, no permission) raises `WriteError` and
@@ -23,6 +25,8 @@ leaves the previous version of the file as it was.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import pickle
@@ -36,7 +40,11 @@ from safetensors import SafetensorError  # light: safetensors imports no torch
 if TYPE_CHECKING:  # torch is imported where tensors are read or written, not at start-up
     import torch
 
+    from imgcls.data import DataSplits
+    from imgcls.transforms import Augmentation, Preprocess
+
 __all__ = [
+    "METRICS_COLUMNS",
     "RUN_CONFIG",
     "RUN_STATE",
     "WeightsError",
@@ -45,15 +53,22 @@ __all__ = [
     "is_run_dir",
     "load_run_state",
     "load_state_dict_file",
+    "new_run_config",
     "read_run_config",
     "save_run_state",
     "save_weights",
     "write_json",
+    "write_metrics",
+    "write_skipped",
     "write_text",
 ]
 
 RUN_CONFIG = "config.json"
 RUN_STATE = "state.pt"
+METRICS_COLUMNS = (
+    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s",
+)  # fmt: skip
+EMA_COLUMNS = ("ema_val_loss", "ema_val_acc")  # metrics.csv of a run with --ema
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema")
 
@@ -195,3 +210,56 @@ def load_run_state(path: str | os.PathLike) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as exc:
         raise WeightsError(f"{path}: not a usable resume state ({exc})") from None
+
+
+def new_run_config(
+    architecture: str,
+    splits: DataSplits,
+    preprocess: Preprocess,
+    train: dict[str, Any],
+    augmentation: Augmentation | None = None,
+) -> dict[str, Any]:
+    """config.json: what it takes to rebuild the model and feed it, and how it was trained
+    (`train`: the fields of the run's TrainConfig)."""
+    from imgcls import __version__
+
+    return {
+        "format": "imgcls-run",
+        "imgcls_version": __version__,
+        "architecture": architecture,
+        "num_classes": len(splits.class_names),
+        "class_names": splits.class_names,
+        "preprocess": preprocess.to_dict(),
+        "img_size": preprocess.size[0],
+        "weights": "best.safetensors",
+        "ema": train["ema"],
+        "data": {
+            "train": len(splits.train),
+            "val": len(splits.val),
+            "test": len(splits.test),
+            "skipped": len(splits.skipped),
+        },
+        "train": train,
+        **({"augmentation": augmentation.to_dict()} if augmentation else {}),
+    }
+
+
+def write_metrics(run_dir: str | os.PathLike, rows: list[dict[str, Any]], ema: bool) -> None:
+    """metrics.csv: one row per epoch (a missing value is an empty cell)."""
+    columns = METRICS_COLUMNS + (EMA_COLUMNS if ema else ())
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_value(row.get(k)) for k in columns})
+    write_text(Path(run_dir) / "metrics.csv", buffer.getvalue())
+
+
+def _csv_value(value: Any) -> Any:
+    return "" if value is None else round(value, 6) if isinstance(value, float) else value
+
+
+def write_skipped(run_dir: str | os.PathLike, skipped: list[tuple[Path, str]]) -> None:
+    """skipped.txt: the files that did not decode and why, when there were any."""
+    if skipped:
+        write_text(Path(run_dir) / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in skipped))

@@ -943,9 +943,9 @@ def train(
     """Train a classifier on folders of images; write a run directory usable as --model."""
     from imgcls.checkpoint import WeightsError, WriteError
     from imgcls.data import DataError
+    from imgcls.lr_find import find_lr as run_find_lr
     from imgcls.models import ModelError
     from imgcls.train import ConfigError, TrainConfig
-    from imgcls.train import find_lr as run_find_lr
     from imgcls.train import train as run_train
 
     if out is None and not find_lr:

@@ -1,19 +1,30 @@
-"""Pictures of results, drawn with matplotlib's Agg backend (no display needed)."""
+"""Pictures of results, as PNG files: evaluation reports and training curves.
+
+Figures are `matplotlib.figure.Figure` objects saved with `savefig`, never pyplot: no
+backend is chosen and no global figure list is touched, so drawing here leaves a
+notebook's or a script's matplotlib as it was, and needs no display.
+"""
 
 from __future__ import annotations
 
 import math
 import os
+from typing import Any
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-import numpy as np  # noqa: E402
+from imgcls.checkpoint import atomic_write
+from imgcls.images import ImageError, load_image
 
-from imgcls.images import ImageError, load_image  # noqa: E402
-
-__all__ = ["confusion_matrix", "coverage_accuracy", "mistakes", "reliability"]
+__all__ = [
+    "confusion_matrix",
+    "coverage_accuracy",
+    "curves",
+    "lr_find",
+    "mistakes",
+    "reliability",
+]
 
 # Above this many classes tick labels would overlap: they are hidden.
 MAX_LABELLED_CLASSES = 30
@@ -25,7 +36,8 @@ def confusion_matrix(matrix: np.ndarray, classes: list[str], path: str | os.Path
     totals = matrix.sum(axis=1, keepdims=True)
     normalised = np.divide(matrix, totals, out=np.zeros(matrix.shape, float), where=totals > 0)
     size = min(4 + 0.35 * n, 16)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size))
+    fig = Figure(figsize=(size + 1.5, size))
+    ax = fig.subplots()
     image = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of true class")
     ax.set_xlabel("predicted")
@@ -48,7 +60,8 @@ def mistakes(items: list[tuple[str, str, str, float]], path: str | os.PathLike) 
     """A grid of (image path, true, predicted, score): the most confident errors first."""
     columns = 4
     rows = max(1, math.ceil(len(items) / columns))
-    fig, axes = plt.subplots(rows, columns, figsize=(columns * 3, rows * 3.3), squeeze=False)
+    fig = Figure(figsize=(columns * 3, rows * 3.3))
+    axes = fig.subplots(rows, columns, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (image_path, true, predicted, score) in zip(axes.flat, items, strict=False):
@@ -80,7 +93,8 @@ def reliability(
     index = np.minimum((confidence * bins).astype(int), bins - 1)
     accuracy = [correct[index == b].mean() if (index == b).any() else 0.0 for b in range(bins)]
     counts = [int((index == b).sum()) for b in range(bins)]
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig = Figure(figsize=(5, 5))
+    ax = fig.subplots()
     ece = expected_calibration_error(confidence, correct, bins)
     ax.bar(
         edges[:-1],
@@ -121,7 +135,8 @@ def coverage_accuracy(scores: np.ndarray, correct: np.ndarray, path: str | os.Pa
 
     order = np.argsort(-scores, kind="stable")
     answered = np.arange(1, len(scores) + 1)
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig = Figure(figsize=(5.5, 4.5))
+    ax = fig.subplots()
     if len(scores):
         ax.plot(answered / len(scores), np.cumsum(correct[order]) / answered, "-", label="model")
     # Thresholds that answer the same images share one dot, labelled with their range.
@@ -154,7 +169,40 @@ def coverage_accuracy(scores: np.ndarray, correct: np.ndarray, path: str | os.Pa
     _save(fig, path)
 
 
-def _save(fig, path: str | os.PathLike) -> None:
+def curves(rows: list[dict[str, Any]], path: str | os.PathLike) -> None:
+    """Loss and accuracy per epoch (rows of metrics.csv): train, validation and, for a run
+    with EMA, the averaged weights on validation."""
+    epochs = [r["epoch"] for r in rows]
+    fig = Figure(figsize=(10, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
+        ax.plot(epochs, [r[f"train_{metric}"] for r in rows], "o-", label="train")
+        if rows[-1]["val_acc"] is not None:
+            ax.plot(epochs, [r[f"val_{metric}"] for r in rows], "o-", label="val")
+        if "ema_val_acc" in rows[-1]:
+            ax.plot(epochs, [r[f"ema_val_{metric}"] for r in rows], "o-", label="val (EMA)")
+        ax.set_xlabel("epoch")
+        ax.set_title("loss" if metric == "loss" else "accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    _save(fig, path)
+
+
+def lr_find(lrs: list[float], losses: list[float], suggested: int, path: str | os.PathLike) -> None:
+    """The LR range test: smoothed loss against learning rate (log scale), with the
+    suggested rate (index `suggested`) marked."""
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    ax.plot(lrs, losses)
+    ax.plot([lrs[suggested]], [losses[suggested]], "ro", label=f"suggested {lrs[suggested]:.2e}")
+    ax.set_xscale("log")
+    ax.set_xlabel("learning rate")
+    ax.set_ylabel("loss (smoothed)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def _save(fig: Figure, path: str | os.PathLike) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))

@@ -1,5 +1,8 @@
 """Training: image folders in, a run directory out. Read it top to bottom: set-up, the
-loop (train, evaluate, checkpoint), the end.
+loop (train, evaluate, checkpoint), the end (test and calibrate the best weights).
+Beside it: `train_head.py` (a classical head on frozen features instead of backprop),
+`lr_find.py` (the LR range test); `checkpoint.py` writes the run directory, `plots.py`
+its curves.
 
 One process:
 
@@ -29,12 +32,11 @@ as it would have run; the model, EMA, optimizer, scheduler and counters come bac
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,20 +48,23 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
 
+from imgcls import plots
 from imgcls.calibration import KNN_REFERENCE, REJECT_SCORES, fit_trust
 from imgcls.checkpoint import (
     RUN_CONFIG,
     RUN_STATE,
     is_run_dir,
     load_run_state,
+    new_run_config,
     read_run_config,
     save_run_state,
     save_weights,
     write_json,
-    write_text,
+    write_metrics,
+    write_skipped,
 )
 from imgcls.data import DataSplits, ImageFolder, find_splits
-from imgcls.heads import HEAD_KINDS, fit_head, head_log_probabilities, save_head_onnx
+from imgcls.heads import HEAD_KINDS
 from imgcls.models import (
     DEFAULT_MODEL,
     build_model,
@@ -78,15 +83,11 @@ from imgcls.transforms import (
     train_transform,
 )
 
-__all__ = ["ConfigError", "TrainConfig", "TrainResult", "find_lr", "train"]
+__all__ = ["ConfigError", "TrainConfig", "TrainResult", "train"]
 
 OPTIMIZERS = ("adamw", "sgd")
 CLASSIFIERS = ("softmax", *HEAD_KINDS)
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}
-METRICS_COLUMNS = (
-    "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s",
-)  # fmt: skip
-EMA_COLUMNS = ("ema_val_loss", "ema_val_acc")
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -213,13 +214,15 @@ def train(config: TrainConfig) -> TrainResult:
     out = Path(config.out)
     if is_run_dir(out) and not config.resume:
         raise ConfigError(f"--out: {out} already holds a run; add --resume or choose another")
-    if config.classifier != "softmax":
+    if config.classifier != "softmax":  # a head is fitted on features, not trained here
+        from imgcls.train_head import train_head  # (imported here: it imports this module)
+
         return train_head(config)
 
     # -- set-up: processes and device -----------------------------------------------------
     rank, world, device = _init_distributed(config.device)
     master = rank == 0
-    say = console.print if (master and config.progress) else _quiet
+    say = reporter(config, master)
 
     # -- data ---------------------------------------------------------------------------
     splits = find_splits(config.data, config.val_split, config.seed)
@@ -230,28 +233,23 @@ def train(config: TrainConfig) -> TrainResult:
     state = load_run_state(out / RUN_STATE) if resuming else None
     if config.resume and is_run_dir(out):
         _check_same_run(read_run_config(out), config, splits)
-    model, preprocess = _initial_model(config, num_classes, fresh=state is None)
+    model, preprocess = initial_model(config, num_classes, fresh=state is None)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     ema = _make_ema(model, config.ema_decay) if config.ema else None
-    optimizer = _make_optimizer(model, config)
+    optimizer = make_optimizer(model, config)
 
-    augmentation = _choose_augmentation(config, splits, preprocess)
+    augmentation = make_augmentation(config, splits, preprocess)
     train_set = ImageFolder(splits.train, train_transform(preprocess, augmentation))
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, seed=config.seed)
     loader_rng = torch.Generator()
     # The global batch is split across processes (rounded up when it does not divide).
     batch_per_process = math.ceil(config.batch_size / world)
-    train_loader = _loader(
+    train_loader = make_loader(
         train_set, config, device, batch_per_process, sampler=sampler, generator=loader_rng
     )
     val_loader = _eval_loader(splits.val[rank::world], preprocess, config, device)
-    steps_per_epoch = len(train_loader)
-    total_steps = config.epochs * steps_per_epoch
-    warmup_steps = min(round(config.warmup_epochs * steps_per_epoch), total_steps // 5)
-    schedule = functools.partial(_warmup_cosine, warmup=warmup_steps, total=total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    scheduler = _make_scheduler(optimizer, config, steps_per_epoch=len(train_loader))
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
     class_weights = _class_weights(splits) if config.balance else None
     criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
@@ -275,15 +273,17 @@ def train(config: TrainConfig) -> TrainResult:
         dist.barrier()  # every rank has read `out` before rank 0 writes to it
     if master:
         out.mkdir(parents=True, exist_ok=True)
-        run_config = _run_config(config, splits, preprocess, augmentation)
-        run_config["batch"] = {
+        config_json = new_run_config(
+            canonical_name(config.model), splits, preprocess, asdict(config), augmentation
+        )
+        config_json["batch"] = {
             "global": batch_per_process * world,
             "per_process": batch_per_process,
             "processes": world,
         }
-        write_json(out / RUN_CONFIG, run_config)
-        _write_metrics(out, rows, ema is not None)  # drops a row logged after the last state
-        _write_skipped(out, splits)
+        write_json(out / RUN_CONFIG, config_json)
+        write_metrics(out, rows, ema is not None)  # drops a row logged after the last state
+        write_skipped(out, splits.skipped)
     if splits.skipped and master:  # a warning, shown even when progress is off
         console.print(
             f"[yellow]warning:[/yellow] skipped {len(splits.skipped)} file(s) that do not "
@@ -311,33 +311,13 @@ def train(config: TrainConfig) -> TrainResult:
         loader_rng.manual_seed(epoch_seed)
         train_set.transform.set_random_seed(epoch_seed)  # when the loader has no workers
         sampler.set_epoch(epoch)
-        _train_mode(raw_model, config.freeze_backbone)
-
-        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, images
+        set_train_mode(raw_model, config.freeze_backbone)
         with _epoch_progress(len(train_loader), epoch, config, master) as bar:
-            for images, labels in train_loader:
-                images = images.to(device, non_blocking=True, memory_format=memory_format)
-                labels = labels.to(device, non_blocking=True)
-                targets = labels
-                if mix is not None:  # soft targets; accuracy is still counted on `labels`
-                    images, targets = mix(images, labels)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=config.amp):
-                    logits = model(images)
-                    loss = criterion(logits, targets)
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if config.clip_grad is not None:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(raw_model.parameters(), config.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()
-                if ema is not None:
-                    ema.update(raw_model, step=scheduler.last_epoch)
-
-                correct = (logits.argmax(1) == labels).sum().item()
-                totals += torch.tensor([loss.item() * len(labels), correct, len(labels)])
-                bar(totals, time.perf_counter() - epoch_started)
+            totals = _train_epoch(
+                model, train_loader, criterion, optimizer, scheduler, scaler,
+                mix=mix, ema=ema, config=config, device=device, memory_format=memory_format,
+                progress=bar,
+            )  # fmt: skip
         train_seconds = time.perf_counter() - epoch_started
         train_loss, train_acc, train_images = _reduce(totals, device)
 
@@ -376,9 +356,9 @@ def train(config: TrainConfig) -> TrainResult:
             save_weights(out / "last.safetensors", raw_model.state_dict())
             if ema is not None:
                 save_weights(out / "ema.safetensors", ema.module.state_dict())
-            _write_metrics(out, rows, ema is not None)
+            write_metrics(out, rows, ema is not None)
             if time.perf_counter() - last_plot > 60:  # a plot costs ~0.5 s: not every epoch
-                _plot_curves(out, rows)
+                plots.curves(rows, out / "curves.png")
                 last_plot = time.perf_counter()
             save_run_state(
                 out / RUN_STATE,
@@ -399,23 +379,23 @@ def train(config: TrainConfig) -> TrainResult:
             say(f"early stopping: no better val accuracy for {stale_epochs} epochs")
             break
 
-    # -- the end: curves, test the best weights --------------------------------------------
+    # -- the end: curves; the best weights, loaded once, on the test set and calibrated ---
     if master and rows:
-        _plot_curves(out, rows)
+        plots.curves(rows, out / "curves.png")
+    if world > 1:
+        dist.barrier()  # rank 0 has written best.safetensors
+    best, _ = build_model(str(out), weights=out / "best.safetensors")
+    best.to(device).eval()
     test_accuracy = None
     if splits.test:
-        if world > 1:
-            dist.barrier()  # rank 0 has written best.safetensors
-        best, _ = build_model(str(out), weights=out / "best.safetensors")
         test_loader = _eval_loader(splits.test[rank::world], preprocess, config, device)
-        _, test_accuracy = _evaluate(best.to(device), test_loader, device, memory_format, False)
+        _, test_accuracy = _evaluate(best, test_loader, device, memory_format, amp=False)
         say(f"test accuracy (best weights, {len(splits.test)} images): {test_accuracy:.4f}")
     if world > 1:
         dist.destroy_process_group()
     trust: dict[str, Any] = {}
     if master and splits.val:
-        best, _ = build_model(str(out), weights=out / "best.safetensors")
-        trust = _calibrate_network(best.to(device).eval(), out, config, splits, preprocess, device)
+        trust = _calibrate_network(best, out, config, splits, preprocess, device)
     return TrainResult(
         run_dir=str(out),
         epochs=epochs_done,
@@ -430,16 +410,60 @@ def train(config: TrainConfig) -> TrainResult:
     )
 
 
-# -- set-up helpers -----------------------------------------------------------------------
+def _train_epoch(
+    model: nn.Module,
+    loader: DataLoader,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    *,
+    mix: nn.Module | None,
+    ema: nn.Module | None,
+    config: TrainConfig,
+    device: torch.device,
+    memory_format: torch.memory_format,
+    progress: Callable[[torch.Tensor], None],
+) -> torch.Tensor:
+    """One pass over this process's share of the training set, an optimizer step a batch;
+    returns this process's (loss sum, correct, images)."""
+    # DDP's wrapper runs the forward pass (it averages gradients in backward); clipping and
+    # the EMA take the bare model.
+    raw_model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    totals = torch.zeros(3, dtype=torch.float64)
+    for images, labels in loader:
+        images = images.to(device, non_blocking=True, memory_format=memory_format)
+        labels = labels.to(device, non_blocking=True)
+        targets = labels
+        if mix is not None:  # soft targets; accuracy is still counted on `labels`
+            images, targets = mix(images, labels)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=config.amp):
+            logits = model(images)
+            loss = criterion(logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if config.clip_grad is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(raw_model.parameters(), config.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        scheduler.step()
+        if ema is not None:
+            ema.update(raw_model, step=scheduler.last_epoch)
+
+        correct = (logits.argmax(1) == labels).sum().item()
+        totals += torch.tensor([loss.item() * len(labels), correct, len(labels)])
+        progress(totals)
+    return totals
+
+
+# -- set-up helpers (those without a leading underscore: lr_find.py uses them too) ------
 
 
 def _check(ok: bool, name: str, expected: str, got: object) -> None:
     if not ok:
         raise ConfigError(f"{name} must be {expected}, got {got}")
-
-
-def _quiet(*args: Any, **kwargs: Any) -> None:
-    """Output of ranks other than 0, and of runs asked to be quiet."""
 
 
 def _init_distributed(device: str | None) -> tuple[int, int, torch.device]:
@@ -465,7 +489,7 @@ def _check_same_run(saved: dict[str, Any], config: TrainConfig, splits: DataSpli
         raise ConfigError(f"--resume: {config.out} was trained on other classes")
 
 
-def _initial_model(
+def initial_model(
     config: TrainConfig, num_classes: int, fresh: bool = True
 ) -> tuple[nn.Module, Preprocess]:
     """The model a run starts from (the same on every rank): ImageNet weights, a weights
@@ -485,7 +509,7 @@ def _initial_model(
     return model, preprocess
 
 
-def _choose_augmentation(
+def make_augmentation(
     config: TrainConfig, splits: DataSplits, preprocess: Preprocess
 ) -> Augmentation:
     """The preset fitted to the training images: see `transforms.choose_augmentation`."""
@@ -493,7 +517,7 @@ def _choose_augmentation(
     return choose_augmentation(config.augment, min(preprocess.size), config.hflip, survey)
 
 
-def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
     """AdamW or SGD over the trainable parameters; timm's factory leaves norms and biases
     out of weight decay."""
     from timm.optim import create_optimizer_v2
@@ -511,6 +535,17 @@ def _make_ema(model: nn.Module, decay: float) -> nn.Module:
     from timm.utils import ModelEmaV3
 
     return ModelEmaV3(model, decay=decay, use_warmup=True)
+
+
+def _make_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over `config.warmup_epochs` (at most a fifth of the steps), then
+    cosine decay to zero at the last step; stepped once a batch."""
+    total_steps = config.epochs * steps_per_epoch
+    warmup_steps = min(round(config.warmup_epochs * steps_per_epoch), total_steps // 5)
+    schedule = functools.partial(_warmup_cosine, warmup=warmup_steps, total=total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
 
 
 def _warmup_cosine(step: int, warmup: int, total: int) -> float:
@@ -545,9 +580,10 @@ def _seed_worker(worker_id: int) -> None:
     get_worker_info().dataset.transform.set_random_seed(torch.initial_seed() % 2**32)
 
 
-def _loader(
+def make_loader(
     dataset, config: TrainConfig, device: torch.device, batch_size: int, **kwargs: Any
 ) -> DataLoader:
+    """A training loader: `config.workers` processes, each seeding its augmentation."""
     return DataLoader(
         dataset,
         batch_size=batch_size,
@@ -568,7 +604,7 @@ def _eval_loader(samples, preprocess: Preprocess, config: TrainConfig, device: t
     )
 
 
-def _train_mode(model: nn.Module, freeze_backbone: bool) -> None:
+def set_train_mode(model: nn.Module, freeze_backbone: bool) -> None:
     """Training mode; with a frozen backbone only the head trains, so the backbone's batch
     norm statistics stay as they were too."""
     if freeze_backbone:
@@ -617,94 +653,7 @@ def _evaluate(
     return (loss, accuracy) if count else (None, None)
 
 
-# -- the run directory --------------------------------------------------------------------
-
-
-def train_head(config: TrainConfig) -> TrainResult:
-    """Fit a scikit-learn classifier (`config.classifier`) on frozen features of the
-    pretrained backbone: one pass of feature extraction, no backprop.
-
-    The run directory holds the backbone weights, the head as ONNX (`head.onnx`) and a
-    config.json like any other run's, so predict, evaluate and serve use it unchanged.
-    """
-    import numpy as np
-
-    from imgcls.classifier import ImageClassifier
-
-    started = time.perf_counter()
-    if not (config.pretrained or config.weights) or is_run_dir(config.model):
-        raise ConfigError("--classifier: a head needs a pretrained registry backbone's features")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("--classifier: fitting a head runs in one process, not torchrun")
-    say = console.print if config.progress else _quiet
-    splits = find_splits(config.data, config.val_split, config.seed)
-    # PyTorch: --img-size may change the input size after loading, which an export fixes.
-    backbone = ImageClassifier(
-        config.model, weights=config.weights, batch_size=config.batch_size, backend="torch"
-    )
-    if config.img_size is not None:
-        backbone.preprocess = backbone.preprocess.with_size(config.img_size)
-
-    def features(samples: list[tuple[Path, int]]) -> tuple[np.ndarray, np.ndarray]:
-        if not samples:
-            return np.zeros((0, 0), np.float32), np.zeros(0, int)
-        vectors = [f for _, f in backbone.features_paths([p for p, _ in samples])]
-        return np.stack(vectors), np.array([label for _, label in samples])
-
-    extracting = time.perf_counter()
-    train_x, train_y = features(splits.train)
-    val_x, val_y = features(splits.val)
-    test_x, test_y = features(splits.test)
-    num_images = len(train_y) + len(val_y) + len(test_y)
-    images_per_s = num_images / (time.perf_counter() - extracting)
-    say(f"{config.model}: {train_x.shape[1]} features from {num_images} images "
-        f"({images_per_s:.1f} images/s); fitting {config.classifier}")  # fmt: skip
-    head = fit_head(config.classifier, train_x, train_y, val_x, val_y, seed=config.seed)
-    test_accuracy = float((head.pipeline.predict(test_x) == test_y).mean()) if len(test_y) else None
-
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save_weights(out / "best.safetensors", backbone.module.state_dict())
-    save_head_onnx(head, train_x.shape[1], out / "head.onnx")
-    run_config = _run_config(config, splits, backbone.preprocess)
-    run_config.update(
-        classifier=config.classifier,
-        head="head.onnx",
-        head_params=head.params,
-        head_search=head.search,
-        backbone_num_classes=backbone.num_classes,
-    )
-    trust: dict[str, Any] = {}
-    if head.val_proba is not None:
-        val_logits = head_log_probabilities(head.val_proba)  # heads give probabilities
-        trust = _save_trust(
-            out, run_config, config, val_logits, val_y, val_x, train_x, say
-        )  # fmt: skip
-    write_json(out / RUN_CONFIG, run_config)
-    seconds = time.perf_counter() - started
-    row = {
-        "epoch": 1,
-        "train_acc": float((head.pipeline.predict(train_x) == train_y).mean()),
-        "val_acc": head.val_accuracy,
-        "seconds": seconds,
-        "images_per_s": images_per_s,
-    }
-    _write_metrics(out, [row], ema=False)
-    _write_skipped(out, splits)
-    say(f"{config.classifier} {head.params}: val accuracy {_fmt(head.val_accuracy)}, "
-        f"test accuracy {_fmt(test_accuracy)}; run directory {out}")  # fmt: skip
-    return TrainResult(
-        run_dir=str(out),
-        epochs=1,
-        best_epoch=1,
-        best_val_accuracy=head.val_accuracy,
-        test_accuracy=test_accuracy,
-        num_train=len(splits.train),
-        num_val=len(splits.val),
-        skipped=len(splits.skipped),
-        seconds=seconds,
-        **trust,
-    )
+# -- calibration: the temperature and the "unknown" rule, fitted on the validation split -
 
 
 def _calibrate_network(
@@ -715,11 +664,11 @@ def _calibrate_network(
     preprocess: Preprocess,
     device: torch.device,
 ) -> dict[str, Any]:
-    """Fit the temperature and the "unknown" rule of a trained network on the validation
-    split (and, for the k-NN score, keep its features of the training images)."""
+    """Fit the temperature and the "unknown" rule of a trained network (in eval mode) on
+    the validation split (and, for the k-NN score, keep its features of the training
+    images)."""
     import numpy as np
 
-    say = console.print if config.progress else _quiet
     with_features = config.reject_score == "knn"
 
     @torch.no_grad()
@@ -736,24 +685,24 @@ def _calibrate_network(
 
     val_logits, val_y, val_x = outputs(splits.val)
     train_x = outputs(splits.train)[2] if with_features else None
-    run_config = read_run_config(out)
-    trust = _save_trust(out, run_config, config, val_logits, val_y, val_x, train_x, say)
-    write_json(out / RUN_CONFIG, run_config)
+    config_json = read_run_config(out)
+    trust = calibrate_run(out, config_json, config, val_logits, val_y, val_x, train_x)
+    write_json(out / RUN_CONFIG, config_json)
     return trust
 
 
-def _save_trust(
+def calibrate_run(
     out: Path,
-    run_config: dict[str, Any],
+    config_json: dict[str, Any],
     config: TrainConfig,
     val_logits: Any,
     val_y: Any,
     val_x: Any,
     train_x: Any,
-    say: Any,
 ) -> dict[str, Any]:
-    """Fit calibration and rejection, put them in `run_config` (and the k-NN reference
-    file in `out`); returns them for the TrainResult."""
+    """Fit calibration and rejection on validation (logits, labels, features; training
+    features for the k-NN score) of a network or a head; put them in `config_json` (and
+    the k-NN reference file in `out`) and return them for the TrainResult."""
     calibration, reject, knn = fit_trust(
         val_logits,
         val_y,
@@ -766,9 +715,10 @@ def _save_trust(
     )
     if knn is not None:
         knn.save(out / KNN_REFERENCE)
-    run_config.update(
+    config_json.update(
         temperature=calibration["temperature"], calibration=calibration, reject=reject
     )
+    say = reporter(config)  # (rank 0 alone calibrates)
     say(
         f"calibration: temperature {calibration['temperature']:.3f}, validation ECE "
         f"{calibration['val_ece_before']:.4f} → {calibration['val_ece_after']:.4f}; "
@@ -778,92 +728,17 @@ def _save_trust(
     return {"calibration": calibration, "reject": reject}
 
 
-def _fmt(accuracy: float | None) -> str:
-    return "n/a" if accuracy is None else f"{accuracy:.4f}"
-
-
-def _run_config(
-    config: TrainConfig,
-    splits: DataSplits,
-    preprocess: Preprocess,
-    augmentation: Augmentation | None = None,
-) -> dict:
-    """config.json: what it takes to rebuild the model and feed it, and how it was trained."""
-    from imgcls import __version__
-
-    return {
-        "format": "imgcls-run",
-        "imgcls_version": __version__,
-        "architecture": canonical_name(config.model),
-        "num_classes": len(splits.class_names),
-        "class_names": splits.class_names,
-        "preprocess": preprocess.to_dict(),
-        "img_size": preprocess.size[0],
-        "weights": "best.safetensors",
-        "ema": config.ema,
-        "data": {
-            "train": len(splits.train),
-            "val": len(splits.val),
-            "test": len(splits.test),
-            "skipped": len(splits.skipped),
-        },
-        "train": asdict(config),
-        **({"augmentation": augmentation.to_dict()} if augmentation else {}),
-    }
-
-
-def _write_metrics(out: Path, rows: list[dict[str, Any]], ema: bool) -> None:
-    columns = METRICS_COLUMNS + (EMA_COLUMNS if ema else ())
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _csv_value(row.get(k)) for k in columns})
-    write_text(out / "metrics.csv", buffer.getvalue())
-
-
-def _csv_value(value: Any) -> Any:
-    return "" if value is None else round(value, 6) if isinstance(value, float) else value
-
-
-def _write_skipped(out: Path, splits: DataSplits) -> None:
-    if splits.skipped:
-        write_text(out / "skipped.txt", "".join(f"{p}\t{why}\n" for p, why in splits.skipped))
-
-
-def _plot_curves(out: Path, rows: list[dict[str, Any]]) -> None:
-    """curves.png: loss and accuracy per epoch, train and validation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    epochs = [r["epoch"] for r in rows]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
-        ax.plot(epochs, [r[f"train_{metric}"] for r in rows], "o-", label="train")
-        if rows[-1]["val_acc"] is not None:
-            ax.plot(epochs, [r[f"val_{metric}"] for r in rows], "o-", label="val")
-        if "ema_val_acc" in rows[-1]:
-            ax.plot(epochs, [r[f"ema_val_{metric}"] for r in rows], "o-", label="val (EMA)")
-        ax.set_xlabel("epoch")
-        ax.set_title("loss" if metric == "loss" else "accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    _save_figure(fig, out / "curves.png")
-
-
-def _save_figure(fig: Any, path: Path) -> None:
-    from matplotlib import pyplot as plt
-
-    from imgcls.checkpoint import atomic_write
-
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
-
-
 # -- progress -----------------------------------------------------------------------------
+
+
+def reporter(config: TrainConfig, master: bool = True) -> Callable[..., None]:
+    """Where progress lines go: the console on rank 0 of a run with progress on, else
+    nowhere."""
+    return console.print if master and config.progress else _quiet
+
+
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    """Output of ranks other than 0, and of runs asked to be quiet."""
 
 
 class _epoch_progress:
@@ -883,14 +758,15 @@ class _epoch_progress:
         )
         self.task = self.bar.add_task("train", total=steps, stats="")
 
-    def __enter__(self):
+    def __enter__(self) -> Callable[[torch.Tensor], None]:
         self.bar.start()
+        started = time.perf_counter()
 
-        def advance(totals: torch.Tensor, seconds: float) -> None:
+        def advance(totals: torch.Tensor) -> None:
+            """One step done; `totals`: (loss sum, correct, images) so far this epoch."""
             loss_sum, correct, count = totals.tolist()
-            stats = (
-                f"loss {loss_sum / count:.4f} acc {correct / count:.3f} {count / seconds:.0f} img/s"
-            )
+            speed = count / (time.perf_counter() - started)
+            stats = f"loss {loss_sum / count:.4f} acc {correct / count:.3f} {speed:.0f} img/s"
             self.bar.update(self.task, advance=1, stats=stats)
 
         return advance
@@ -910,98 +786,3 @@ def _epoch_line(row: dict[str, Any], epochs: int, best: bool) -> str:
         parts.append(f"ema acc {row['ema_val_acc']:.4f}")
     parts.append(f"lr {row['lr']:.2e}  {row['images_per_s']:.0f} img/s  {row['seconds']:.1f}s")
     return " | ".join(parts) + ("  [green]best[/green]" if best else "")
-
-
-# -- learning-rate range test -------------------------------------------------------------
-
-
-def _valley(losses: list[float]) -> int:
-    """fastai's "valley" suggestion: the longest stretch over which the loss keeps falling
-    (longest decreasing subsequence), and a point a half of the way into its middle third."""
-    n = len(losses)
-    run = [1] * n  # length of the longest decreasing subsequence ending at i
-    start = end = 0
-    for i in range(1, n):
-        for j in range(i):
-            if losses[i] < losses[j] and run[i] < run[j] + 1:
-                run[i] = run[j] + 1
-        if run[i] > run[end]:
-            end = i
-            start = end - run[end]
-    third = (end - start) / 3
-    return min(n - 1, max(0, start + int(third) + int(third / 2)))
-
-
-def _forever(loader: DataLoader):
-    """Batches of `loader`, epoch after epoch."""
-    while True:
-        yield from loader
-
-
-@dataclass
-class LRFinderResult:
-    suggested_lr: float  # where the smoothed loss falls fastest
-    plot: str  # lr_find.png
-    lrs: list[float]
-    losses: list[float]
-
-
-def find_lr(
-    config: TrainConfig, start_lr: float = 1e-7, end_lr: float = 10.0, steps: int = 100
-) -> LRFinderResult:
-    """fastai-style LR range test: raise the LR exponentially step by step from `start_lr`
-    while recording the smoothed loss, stop when it diverges, and suggest an LR in the
-    valley where the loss falls (fastai's default). Writes `lr_find.png` into `config.out`;
-    trains nothing to keep."""
-    config.check()
-    splits = find_splits(config.data, config.val_split, config.seed)
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, preprocess = _initial_model(config, len(splits.class_names))
-    model.to(device)
-    _train_mode(model, config.freeze_backbone)
-    optimizer = _make_optimizer(model, config)
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    augmentation = _choose_augmentation(config, splits, preprocess)
-    train_set = ImageFolder(splits.train, train_transform(preprocess, augmentation, config.seed))
-    loader = _loader(train_set, config, device, config.batch_size, shuffle=True, drop_last=False)
-
-    gamma = (end_lr / start_lr) ** (1 / (steps - 1))
-    lrs: list[float] = []
-    losses: list[float] = []
-    smoothed, best = 0.0, math.inf
-    for step, (images, labels) in zip(range(steps), _forever(loader), strict=False):
-        lr = start_lr * gamma**step
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss = criterion(model(images.to(device)), labels.to(device))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        smoothed = 0.98 * smoothed + 0.02 * loss.item()
-        value = smoothed / (1 - 0.98 ** (step + 1))  # bias-corrected running mean
-        lrs.append(lr)
-        losses.append(value)
-        best = min(best, value)
-        if not math.isfinite(value) or value > 4 * best:  # diverged: the test is over
-            break
-    index = _valley(losses)
-    suggested = lrs[index]
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(lrs, losses)
-    ax.plot([suggested], [losses[index]], "ro", label=f"suggested {suggested:.2e}")
-    ax.set_xscale("log")
-    ax.set_xlabel("learning rate")
-    ax.set_ylabel("loss (smoothed)")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    _save_figure(fig, out / "lr_find.png")
-    return LRFinderResult(suggested, str(out / "lr_find.png"), lrs, losses)
