@@ -65,24 +65,27 @@ def _thread_server(config: ServeConfig) -> Iterator[str]:
 
 
 @contextmanager
-def process_server(*args: str, log: Path | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
+def process_server(
+    *args: str, log: Path | None = None, launcher: tuple[str, ...] = ("-m", "imgcls")
+) -> Iterator[tuple[subprocess.Popen, str]]:
     """`python -m imgcls serve --port P ARGS` in a subprocess, once /healthz answers.
     Without --log-db in ARGS it runs with --no-log, and without --feedback-dir it keeps
     corrections in a temporary directory: tests leave no files behind. Its output is piped
     (read it after the process ends) or, for long runs that would fill the pipe and block
-    the server on its request log, written to the file `log`."""
+    the server on its request log, written to the file `log`. `launcher` replaces
+    `-m imgcls` (e.g. `-c CODE` that runs the CLI in a prepared interpreter)."""
     with tempfile.TemporaryDirectory(prefix="imgcls-feedback-") as feedback_dir:
         if "--log-db" not in args:
             args = (*args, "--no-log")
         if "--feedback-dir" not in args:
             args = (*args, "--feedback-dir", feedback_dir)
-        with _process_server(args, log) as running:
+        with _process_server(args, log, launcher) as running:
             yield running
 
 
 @contextmanager
 def _process_server(
-    args: tuple[str, ...], log: Path | None
+    args: tuple[str, ...], log: Path | None, launcher: tuple[str, ...]
 ) -> Iterator[tuple[subprocess.Popen, str]]:
     port = free_port()
     env = {
@@ -91,7 +94,7 @@ def _process_server(
     }
     output = open(log, "w") if log is not None else subprocess.PIPE  # noqa: SIM115
     process = subprocess.Popen(
-        [sys.executable, "-m", "imgcls", "serve", "--port", str(port), *args],
+        [sys.executable, *launcher, "serve", "--port", str(port), *args],
         env=env,
         stdout=output,
         stderr=subprocess.STDOUT,
