@@ -66,26 +66,30 @@ def _thread_server(config: ServeConfig) -> Iterator[str]:
 
 @contextmanager
 def process_server(
-    *args: str, log: Path | None = None, host: str = "127.0.0.1"
+    *args: str,
+    log: Path | None = None,
+    host: str = "127.0.0.1",
+    launcher: tuple[str, ...] = ("-m", "imgcls"),
 ) -> Iterator[tuple[subprocess.Popen, str]]:
     """`python -m imgcls serve --host HOST --port P ARGS` in a subprocess, once /healthz
     answers on HOST.
     Without --log-db in ARGS it runs with --no-log, and without --feedback-dir it keeps
     corrections in a temporary directory: tests leave no files behind. Its output is piped
     (read it after the process ends) or, for long runs that would fill the pipe and block
-    the server on its request log, written to the file `log`."""
+    the server on its request log, written to the file `log`. `launcher` replaces
+    `-m imgcls` (e.g. `-c CODE` that runs the CLI in a prepared interpreter)."""
     with tempfile.TemporaryDirectory(prefix="imgcls-feedback-") as feedback_dir:
         if "--log-db" not in args:
             args = (*args, "--no-log")
         if "--feedback-dir" not in args:
             args = (*args, "--feedback-dir", feedback_dir)
-        with _process_server(args, log, host) as running:
+        with _process_server(args, log, host, launcher) as running:
             yield running
 
 
 @contextmanager
 def _process_server(
-    args: tuple[str, ...], log: Path | None, host: str
+    args: tuple[str, ...], log: Path | None, host: str, launcher: tuple[str, ...]
 ) -> Iterator[tuple[subprocess.Popen, str]]:
     port = free_port()
     env = {
@@ -94,7 +98,7 @@ def _process_server(
     }
     output = open(log, "w") if log is not None else subprocess.PIPE  # noqa: SIM115
     process = subprocess.Popen(
-        [sys.executable, "-m", "imgcls", "serve", "--host", host, "--port", str(port), *args],
+        [sys.executable, *launcher, "serve", "--host", host, "--port", str(port), *args],
         env=env,
         stdout=output,
         stderr=subprocess.STDOUT,

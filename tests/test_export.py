@@ -183,7 +183,7 @@ def test_auto_backend_is_onnx_on_the_cpu_and_torch_when_export_fails(cache, monk
     def broken_export(*args, **kwargs):
         raise RuntimeError("unsupported operator")
 
-    monkeypatch.setattr("imgcls.classifier.cached_export", broken_export)
+    monkeypatch.setattr("imgcls.export_cache.cached_export", broken_export)
     with pytest.warns(RuntimeWarning, match="unsupported operator"):
         assert ImageClassifier("simple_cnn", pretrained=False).runtime.backend == "torch"
     with pytest.raises(RuntimeError, match="unsupported operator"):  # asked for by name

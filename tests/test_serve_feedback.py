@@ -4,7 +4,9 @@ Grad-CAM (`/v1/explain`) and the labels list, on a real uvicorn server."""
 from __future__ import annotations
 
 import base64
+import logging
 import sqlite3
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -150,6 +152,21 @@ def test_explain_json_for_a_chosen_class(client) -> None:
     body = response.json()
     assert body["prediction"]["label"] == "tabby" and body["filename"] == "cat.jpg"
     assert base64.b64decode(body["image_png_base64"]).startswith(b"\x89PNG")
+
+
+def test_the_web_page_warms_grad_cam_in_the_background(caplog) -> None:
+    with (
+        caplog.at_level(logging.INFO, logger="imgcls.serve"),
+        thread_server(models=("simple_cnn",)) as url,
+    ):
+        assert "Grad-CAM" not in caplog.text  # ready without it: nothing asked for a map yet
+        assert httpx.get(url).status_code == 200
+        deadline = time.monotonic() + 120
+        while "Grad-CAM for simple_cnn ready" not in caplog.text:
+            assert time.monotonic() < deadline, caplog.text
+            time.sleep(0.1)
+        explained = httpx.post(f"{url}/v1/explain", files={"file": ("cat.jpg", CAT)}, timeout=60)
+        assert explained.status_code == 200, explained.text
 
 
 @pytest.mark.parametrize(

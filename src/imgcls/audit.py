@@ -141,9 +141,7 @@ def audit_labels(
     root = Path(data)
     splits = find_splits(root, val_split=0.0, seed=seed)
     samples = splits.train + splits.val + splits.test
-    backbone = ImageClassifier(model, batch_size=batch_size)
-    if img_size is not None:
-        backbone.preprocess = backbone.preprocess.with_size(img_size)
+    backbone = ImageClassifier(model, batch_size=batch_size, img_size=img_size)
     kept, vectors, skipped = [], [], [str(p) for p, _ in splits.skipped]
     for (path, label), (_, outcome) in zip(
         samples, backbone.features_paths([p for p, _ in samples]), strict=True

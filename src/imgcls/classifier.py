@@ -2,39 +2,25 @@
 
 from __future__ import annotations
 
-import itertools
 import os
-import warnings
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from imgcls.calibration import Rejection, softmax
 from imgcls.checkpoint import is_run_dir, read_run_config
-from imgcls.export import (
-    OnnxMetadata,
-    cached_export,
-    read_metadata,
-    recall_export,
-    remember_export,
-)
+from imgcls.export_cache import BACKENDS, cache_key, cached_runtime, choose_runtime
 from imgcls.heads import OnnxHead
-from imgcls.images import DEFAULT_MAX_PIXELS, ImageError, ImageSource, load_image
+from imgcls.images import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from imgcls.labels import Labels, labels_for
-from imgcls.models import DEFAULT_MODEL, build_model, canonical_name, weights_fingerprint
-from imgcls.runtime import HeadRuntime, OnnxRuntime, TorchRuntime
+from imgcls.models import DEFAULT_MODEL, build_model, canonical_name
+from imgcls.prefetch import Prefetcher, PreparedBatch
+from imgcls.runtime import HeadRuntime, OnnxMetadata, OnnxRuntime, TorchRuntime
 from imgcls.transforms import preprocess_image
 
 __all__ = ["BACKENDS", "ImageClassifier", "Prediction"]
-
-# "auto": ONNX Runtime on the CPU (measured 3x eager PyTorch there, docs/performance.md),
-# PyTorch on an accelerator or when a model does not export.
-BACKENDS = ("auto", "torch", "onnx")
 
 
 @dataclass(frozen=True)
@@ -63,10 +49,13 @@ class ImageClassifier:
 
     `model` is a registry name, a run directory or an exported `.onnx` file. `backend`
     "auto" runs ONNX Runtime on the CPU (the model is exported once into the cache of
-    `imgcls.export.cache_dir()`) and PyTorch elsewhere; "torch" and "onnx" force one.
+    `imgcls.export_cache.cache_dir()`) and PyTorch elsewhere; "torch" and "onnx" force one.
     `threads` caps ONNX Runtime's threads (default: the cores this process may use).
     `batch_size` is images per model call: 8 keeps a 2-core CPU's pipeline busiest
     (`predict DIR` on 500 photos: 80 images/s against 75 at 32); raise it on a GPU.
+    `img_size` makes the inputs square images of that many pixels instead of the model's
+    own size (smaller is faster, e.g. for features of small images); an `.onnx` file keeps
+    the size it was exported with.
     """
 
     def __init__(
@@ -80,50 +69,68 @@ class ImageClassifier:
         batch_size: int = 8,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         threads: int | None = None,
+        img_size: int | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if img_size is not None and img_size < 1:
+            raise ValueError(f"img_size must be at least 1 pixel, got {img_size}")
         self._source = None if str(model).endswith(".onnx") else (str(model), weights, pretrained)
         self._module = None
-        if self._source is None:  # an export carries its labels and preprocessing
-            metadata = read_metadata(model)
-            self.name = str(model)
-            self.labels, self.preprocess = metadata.labels, metadata.preprocess
-            self.runtime: TorchRuntime | OnnxRuntime | HeadRuntime = OnnxRuntime(model, threads)
-            self.temperature = metadata.temperature
-            self.rejection = (
-                None if metadata.threshold is None else Rejection("max_prob", metadata.threshold)
-            )
+        self.runtime: TorchRuntime | OnnxRuntime | HeadRuntime
+        if self._source is None:
+            if img_size is not None:
+                raise ValueError(f"{model}: an .onnx file keeps its exported size; no img_size")
+            self._load_export(str(model), threads)
         else:
-            self._load(str(model), weights, pretrained, device, backend, threads)
+            self._load(str(model), weights, pretrained, device, backend, threads, img_size)
         self.batch_size = batch_size
         self.max_pixels = max_pixels
 
+    def _load_export(self, path: str, threads: int | None) -> None:
+        """An exported file: it carries its labels, preprocessing and calibration."""
+        self.name = path
+        self.runtime = OnnxRuntime(path, threads)
+        metadata = self.runtime.metadata
+        self.labels, self.preprocess = metadata.labels, metadata.preprocess
+        self.temperature = metadata.temperature
+        self.rejection = (
+            None if metadata.threshold is None else Rejection("max_prob", metadata.threshold)
+        )
+
     def _load(
         self, model: str, weights: str | os.PathLike | None, pretrained: bool, device: str,
-        backend: str, threads: int | None,
+        backend: str, threads: int | None, img_size: int | None,
     ) -> None:  # fmt: skip
+        """A registry model or a run directory, on the runtime `backend` chooses."""
         config = read_run_config(model) if is_run_dir(model) else None
         # A run's temperature and "unknown" rule, fitted on its validation split (see
         # imgcls.calibration); registry models have neither.
         self.temperature = float(config.get("temperature", 1.0)) if config else 1.0
         self.rejection = Rejection.from_config(config, model) if config else None
         self.name = model if config is not None else canonical_name(model)
-        wants_onnx = backend == "onnx" or (backend == "auto" and device == "cpu")
-        fingerprint = weights_fingerprint(model, pretrained=pretrained, weights=weights)
-        cached = recall_export(fingerprint) if wants_onnx and fingerprint else None
+        key = cache_key(model, pretrained=pretrained, weights=weights, img_size=img_size)
+        cached = cached_runtime(key, device=device, backend=backend, threads=threads)
         if cached is not None:  # a later start: no torch, no model to build
-            metadata = read_metadata(cached)
-            self.labels, self.preprocess = metadata.labels, metadata.preprocess
-            self.runtime = OnnxRuntime(cached, threads)
+            self.runtime = cached
+            self.labels, self.preprocess = cached.metadata.labels, cached.metadata.preprocess
         else:
             self._module, self.preprocess = build_model(
                 model, pretrained=pretrained, weights=weights
             )
+            if img_size is not None:
+                self.preprocess = self.preprocess.with_size(img_size)
             self.labels = labels_for(_num_classes(self._module))
-            self.runtime = self._runtime(device, backend, threads, fingerprint)
+            self.runtime = choose_runtime(
+                self._module,
+                self.export_metadata(self._module),
+                device=device,
+                backend=backend,
+                threads=threads,
+                key=key,
+            )
         if config is not None:  # a trained run: its class folder names are the labels
             self.labels = Labels.from_names(config["class_names"])
             if config.get("classifier", "softmax") != "softmax":
@@ -137,27 +144,6 @@ class ImageClassifier:
             model, weights, pretrained = self._source
             self._module, _ = build_model(model, pretrained=pretrained, weights=weights)
         return self._module
-
-    def _runtime(
-        self, device: str, backend: str, threads: int | None, fingerprint: str | None
-    ) -> TorchRuntime | OnnxRuntime:
-        if backend == "torch" or (backend == "auto" and device != "cpu"):
-            return TorchRuntime(self.module, device=device)
-        try:
-            path = cached_export(self.module, self.export_metadata(self.module))
-        except Exception as exc:  # any exporter failure: "auto" still has a working path
-            if backend == "onnx":
-                raise
-            warnings.warn(
-                f"{self.name}: ONNX export failed ({type(exc).__name__}: {exc}); "
-                "running on PyTorch instead",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-            return TorchRuntime(self.module, device=device)
-        if fingerprint is not None:
-            remember_export(fingerprint, path)
-        return OnnxRuntime(path, threads)
 
     def export_metadata(self, module) -> OnnxMetadata:
         """What an ONNX export of `module` says of itself (a head run's backbone keeps its
@@ -180,6 +166,8 @@ class ImageClassifier:
     def num_classes(self) -> int:
         return len(self.labels)
 
+    # -- images in (paths, bytes, arrays), predictions out --------------------------------
+
     def classify_image(
         self, image: ImageSource, top_k: int = 5, min_score: float | None = None
     ) -> list[Prediction]:
@@ -200,15 +188,15 @@ class ImageClassifier:
             results.extend(self.predict_batch(batch, top_k=top_k, min_score=min_score))
         return results
 
+    # -- files in, in order, decoded ahead of the model; a failed file yields its error ----
+
     def classify_paths(
         self, paths: Iterable[str | os.PathLike], top_k: int = 5, min_score: float | None = None
     ) -> Iterator[tuple[str, list[Prediction] | Exception]]:
         """Classify files in order, batching them; a file that fails yields its exception
         (FileNotFoundError or ImageError) in its place while the others go on."""
-        for prepared in self._prepared_batches(paths):
-            yield from _apply_to_batch(
-                prepared, lambda batch: self.predict_batch(batch, top_k, min_score)
-            )
+        for batch in self._prepared_batches(paths):
+            yield from batch.apply(lambda inputs: self.predict_batch(inputs, top_k, min_score))
 
     def scored_paths(
         self, paths: Iterable[str | os.PathLike]
@@ -222,53 +210,30 @@ class ImageClassifier:
                 scores = np.full(len(probabilities), np.nan)
             return list(zip(probabilities, scores.tolist(), strict=True))
 
-        for prepared in self._prepared_batches(paths):
-            yield from _apply_to_batch(prepared, rows)
+        for batch in self._prepared_batches(paths):
+            yield from batch.apply(rows)
 
     def features_paths(
         self, paths: Iterable[str | os.PathLike]
     ) -> Iterator[tuple[str, np.ndarray | Exception]]:
         """Pooled penultimate features of each file, in order, failures in place."""
-        for prepared in self._prepared_batches(paths):
-            yield from _apply_to_batch(prepared, self.runtime.features)
+        for batch in self._prepared_batches(paths):
+            yield from batch.apply(self.runtime.features)
 
     def prepared_paths(
         self, paths: Iterable[str | os.PathLike]
     ) -> Iterator[tuple[str, np.ndarray | Exception]]:
         """Each file decoded and preprocessed, in order; a failure (FileNotFoundError or
         ImageError) in its place."""
-        for batch, chunk in self._prepared_batches(paths):
-            rows = iter(batch)
-            for path, failure in chunk:
-                yield path, failure if failure is not None else next(rows)
+        for batch in self._prepared_batches(paths):
+            yield from batch.apply(lambda inputs: inputs)
 
-    def _prepared_batches(
-        self, paths: Iterable[str | os.PathLike]
-    ) -> Iterator[tuple[np.ndarray, list[tuple[str, Exception | None]]]]:
-        """Batches of files as (model input of the decodable ones, [(path, failure or
-        None)]). A thread pool decodes and preprocesses two batches ahead of the model,
-        each image straight into its row of the batch's array (OpenCV and ONNX Runtime
-        both release the GIL)."""
-        workers = min(4, len(os.sched_getaffinity(0)))
-        files = iter(paths)
-        with ThreadPoolExecutor(workers, thread_name_prefix="imgcls-decode") as pool:
-            pending: deque[tuple[np.ndarray, list[str], list[Future]]] = deque()
-            while names := [str(path) for path in itertools.islice(files, self.batch_size)]:
-                batch = np.empty((len(names), *self.preprocess.input_size), np.float32)
-                slots = zip(names, batch, strict=True)
-                rows = [pool.submit(self._prepare_into, name, row) for name, row in slots]
-                pending.append((batch, names, rows))
-                if len(pending) > 2:
-                    yield _collect(*pending.popleft())
-            while pending:
-                yield _collect(*pending.popleft())
+    def _prepared_batches(self, paths: Iterable[str | os.PathLike]) -> Iterator[PreparedBatch]:
+        """The files in batches of model input, decoded ahead of the model."""
+        prefetcher = Prefetcher(self.prepare, self.preprocess.input_size, self.batch_size)
+        return prefetcher.batches(paths)
 
-    def _prepare_into(self, path: str, row: np.ndarray) -> Exception | None:
-        try:
-            self.prepare(path, out=row)
-        except (FileNotFoundError, ImageError) as exc:
-            return exc
-        return None
+    # -- one image to model input; preprocessed batches to predictions -------------------
 
     def prepare(self, image: ImageSource, out: np.ndarray | None = None) -> np.ndarray:
         """Decode and preprocess one image to the model's (3, H, W) float32 input, into
@@ -339,26 +304,6 @@ class ImageClassifier:
 def _check_min_score(min_score: float | None) -> None:
     if min_score is not None and not 0.0 <= min_score <= 1.0:
         raise ValueError(f"min_score must be a probability in [0, 1], got {min_score}")
-
-
-def _collect(
-    batch: np.ndarray, names: list[str], rows: list[Future]
-) -> tuple[np.ndarray, list[tuple[str, Exception | None]]]:
-    """A batch once its rows are written: the decodable rows, and each file's failure."""
-    failures = [row.result() for row in rows]
-    decoded = np.array([failure is None for failure in failures])
-    return (batch if decoded.all() else batch[decoded]), list(zip(names, failures, strict=True))
-
-
-def _apply_to_batch(
-    prepared: tuple[np.ndarray, list[tuple[str, Exception | None]]],
-    model_call: Callable[[np.ndarray], Sequence],
-) -> Iterator[tuple[str, Any]]:
-    """Run `model_call` once on a prepared batch; the files that failed pass through."""
-    batch, chunk = prepared
-    outputs = iter(model_call(batch) if len(batch) else [])
-    for path, failure in chunk:
-        yield path, next(outputs) if failure is None else failure
 
 
 def _num_classes(module) -> int:

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -1139,3 +1140,12 @@ def main() -> None:
     except KeyboardInterrupt:
         stderr.print("interrupted")
         sys.exit(130)
+    except ModuleNotFoundError as exc:  # what `pip install imgcls` leaves out for [train]
+        if exc.name is None or exc.name.partition(".")[0] == "imgcls":
+            raise  # a bug, not an install
+        message = (
+            f"this needs {exc.name}, which the inference-only install (predict and serve "
+            ".onnx models) leaves out: pip install 'imgcls[train]'"
+        )
+        stderr.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+        sys.exit(EXIT_USAGE)

@@ -6,23 +6,27 @@ depend on `opencv-python-headless` like we do. What it leaves to us is choosing 
 still a spatial (N, C, H, W) feature map — timm's `forward_features` output, SimpleCNN's
 `features` — and refuses models that end on tokens (ViT-like), where Grad-CAM has no map.
 The map is computed on the model's center crop and laid back onto the decoded image.
+PyTorch is imported where a map is computed, so that serving an ONNX model never loads it.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
-import torch
-from torch import nn
 
 from imgcls.classifier import ImageClassifier, Prediction
 from imgcls.images import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from imgcls.models import DEFAULT_MODEL
 from imgcls.runtime import HeadRuntime, TorchRuntime
 from imgcls.transforms import crop_geometry, preprocess_image
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 __all__ = ["Explainer", "Explanation", "NotExplainable", "feature_map_layer", "overlay"]
 
@@ -60,6 +64,8 @@ def feature_map_layer(module: nn.Module, input_size: tuple[int, int, int]) -> nn
     module finishes, so a stage (timm's `bn2`, ResNet's `layer4`) comes after its
     children. A model whose later modules output 3-D token tensors is a transformer.
     """
+    import torch
+
     finished: list[tuple[nn.Module, tuple[int, ...]]] = []
 
     def record(layer: nn.Module, _inputs: object, output: object) -> None:
@@ -141,6 +147,7 @@ class Explainer:
     ) -> Explanation:
         """The heat map for class `label` (default: the top-1 class) on `image`, at the
         image's own size or, with `max_side`, shrunk to at most that many pixels a side."""
+        import torch
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 

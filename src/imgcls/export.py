@@ -1,72 +1,38 @@
 """ONNX export: a model and its preprocessing and labels in one file, checked against
-PyTorch, and a cache of exports so the fast ONNX Runtime path costs nothing after the first
-run.
+PyTorch. (`imgcls.export_cache` keeps exports so that the fast ONNX Runtime path costs
+nothing after the first run.)
 
 The graph has one input, `input` (N, 3, H, W) float32 with a dynamic batch axis, and two
 outputs: `logits` (N, classes) and `features` (N, D), the pooled penultimate features that
-classical heads read. The metadata key `imgcls` holds JSON: name, class ids and names,
-preprocessing.
+classical heads read. The metadata key `imgcls` holds JSON (`imgcls.runtime.OnnxMetadata`):
+name, class ids and names, preprocessing.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from imgcls.heads import head_floor
-from imgcls.labels import Labels
-from imgcls.transforms import Preprocess
+from imgcls.runtime import METADATA_KEY, OnnxMetadata, read_metadata
 
 __all__ = [
     "OnnxMetadata",
-    "cache_dir",
-    "cached_export",
     "export_head_onnx",
     "export_onnx",
     "export_torchscript",
     "parity",
     "quantize_int8",
     "read_metadata",
-    "recall_export",
-    "remember_export",
 ]
 
-METADATA_KEY = "imgcls"
 OPSET = 17
-# Part of the cache key: bumped whenever export_onnx writes a different graph for the same
-# weights, so caches made by an older release are not reused.
+# Part of the export cache's key: bumped whenever export_onnx writes a different graph for
+# the same weights, so caches made by an older release are not reused.
 EXPORT_REVISION = 2
-_EXPORT_TAG = f"opset{OPSET}.r{EXPORT_REVISION}"  # what the cache's file names and index key on
-
-
-@dataclass(frozen=True)
-class OnnxMetadata:
-    """What an exported file says about itself: enough to classify without PyTorch."""
-
-    name: str
-    labels: Labels
-    preprocess: Preprocess
-    temperature: float = 1.0  # a run's calibration: probabilities = softmax(logits / T)
-    threshold: float | None = None  # a run's "unknown" threshold on the top-1 probability
-
-    def to_json(self) -> str:
-        data: dict[str, Any] = {
-            "name": self.name,
-            "class_ids": list(self.labels.class_ids),
-            "class_names": list(self.labels.names),
-            "preprocess": self.preprocess.to_dict(),
-        }
-        if self.temperature != 1.0 or self.threshold is not None:
-            data.update(temperature=self.temperature, threshold=self.threshold)
-        return json.dumps(data, ensure_ascii=False)
 
 
 def export_onnx(module, metadata: OnnxMetadata, path: str | os.PathLike) -> Path:
@@ -293,85 +259,6 @@ def quantize_int8(
 
         atomic_write(path, write)
     return Path(path)
-
-
-def read_metadata(path: str | os.PathLike) -> OnnxMetadata:
-    """The imgcls metadata of an exported file (ValueError when it has none)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
-    if raw is None:
-        raise ValueError(f"{path}: not exported by imgcls (no '{METADATA_KEY}' metadata)")
-    data: dict[str, Any] = json.loads(raw)
-    return OnnxMetadata(
-        data["name"],
-        Labels(tuple(data["class_ids"]), tuple(data["class_names"])),
-        Preprocess.from_config(data["preprocess"]),
-        float(data.get("temperature", 1.0)),
-        data.get("threshold"),
-    )
-
-
-def cache_dir() -> Path:
-    """Where exports are cached: $IMGCLS_CACHE_DIR, else $XDG_CACHE_HOME/imgcls/onnx."""
-    if os.environ.get("IMGCLS_CACHE_DIR"):
-        return Path(os.environ["IMGCLS_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "imgcls" / "onnx"
-
-
-def cached_export(module, metadata: OnnxMetadata) -> Path:
-    """The ONNX export of `module` from the cache, exported there on first use.
-
-    The key is a digest of the metadata and of every weight tensor, so a retrained run or
-    other weights never meet a stale export.
-    """
-    digest = hashlib.sha256(_EXPORT_TAG.encode() + metadata.to_json().encode())
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    path = cache_dir() / f"{_safe(metadata.name)}-{digest.hexdigest()[:16]}.onnx"
-    if not path.is_file():
-        export_onnx(module, metadata, path)
-    return path
-
-
-def recall_export(fingerprint: str) -> Path | None:
-    """The cached export recorded for a weights fingerprint (see `remember_export`)."""
-    try:
-        name = json.loads((cache_dir() / _INDEX).read_text()).get(_index_key(fingerprint))
-    except (OSError, ValueError):
-        return None
-    path = cache_dir() / name if isinstance(name, str) else None
-    return path if path is not None and path.is_file() else None
-
-
-def remember_export(fingerprint: str, path: Path) -> None:
-    """Record which export a weights fingerprint (`imgcls.models.weights_fingerprint`)
-    gave, so the next start finds it without importing torch or building the model."""
-    from imgcls.checkpoint import atomic_write
-
-    index_path = cache_dir() / _INDEX
-    try:
-        index = json.loads(index_path.read_text())
-    except (OSError, ValueError):
-        index = {}
-    index[_index_key(fingerprint)] = path.name
-    with contextlib.suppress(OSError):  # a read-only cache costs later starts their speed
-        atomic_write(index_path, lambda tmp: Path(tmp).write_text(json.dumps(index, indent=1)))
-
-
-_INDEX = "index.json"
-
-
-def _index_key(fingerprint: str) -> str:
-    return f"{_EXPORT_TAG}|{fingerprint}"
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name.strip("/"))[-60:]
 
 
 def parity(torch_logits: np.ndarray, onnx_logits: np.ndarray) -> dict[str, float]:

@@ -44,12 +44,13 @@ def train_head(config: TrainConfig) -> TrainResult:
         raise ConfigError("--classifier: fitting a head runs in one process, not torchrun")
     say = reporter(config)
     splits = find_splits(config.data, config.val_split, config.seed)
-    # PyTorch: --img-size may change the input size after loading, which an export fixes.
     backbone = ImageClassifier(
-        config.model, weights=config.weights, batch_size=config.batch_size, backend="torch"
+        config.model,
+        weights=config.weights,
+        batch_size=config.batch_size,
+        img_size=config.img_size,
+        backend="torch",
     )
-    if config.img_size is not None:
-        backbone.preprocess = backbone.preprocess.with_size(config.img_size)
 
     def features(samples: list[tuple[Path, int]]) -> tuple[np.ndarray, np.ndarray]:
         if not samples:

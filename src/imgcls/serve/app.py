@@ -274,8 +274,10 @@ async def feedback(
 
 
 @router.get("/", include_in_schema=False)
-async def index() -> HTMLResponse:
-    """The web page: pick or drop an image, see its top-5 as bars."""
+async def index(service: ServiceDep) -> HTMLResponse:
+    """The web page: pick or drop an image, see its top-5 as bars and its heat map (whose
+    first computation starts now, in the background)."""
+    service.warm_explainer()
     return HTMLResponse(_INDEX_HTML)
 
 
@@ -341,6 +343,8 @@ def run(config: ServeConfig) -> None:
         server.run()
     except SystemExit:  # how uvicorn reports a failed start-up (model load, busy port)
         cause = app.state.startup_error
+        if isinstance(cause, ModuleNotFoundError):  # the inference-only install: the CLI
+            raise cause from None  # says which install has it
         raise StartupError(
             str(cause) if cause else "the server did not start (see the log above)"
         ) from None

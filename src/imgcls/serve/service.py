@@ -1,10 +1,16 @@
 """The loaded models the HTTP layers call: decode and preprocess off the event loop,
-then batch through each model's `Batcher`. No HTTP here besides the errors it raises."""
+then batch through each model's `Batcher`. No HTTP here besides the errors it raises.
+
+PyTorch is imported only where it runs (a torch backend, Grad-CAM): a server of ONNX
+models never loads it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -12,7 +18,6 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from starlette.concurrency import run_in_threadpool
 
 from imgcls.classifier import ImageClassifier, Prediction
@@ -26,12 +31,15 @@ from imgcls.feedback import (
 )
 from imgcls.images import DEFAULT_MAX_PIXELS, ImageError, decode_image_bytes
 from imgcls.models import DEFAULT_MODEL
+from imgcls.runtime import HeadRuntime
 from imgcls.serve.batching import Batcher, Overloaded
 from imgcls.serve.errors import ApiError
 from imgcls.serve.metrics import Metrics
 from imgcls.transforms import preprocess_image
 
 __all__ = ["ServeConfig", "ServedModel", "Service"]
+
+log = logging.getLogger("imgcls.serve")
 
 RETRY_AFTER_S = 1  # what a 503 tells clients to wait
 EXPLAIN_MAX_SIDE = 1024  # pixels; a heat map PNG of a 12-megapixel photo would be ~20 MB
@@ -68,6 +76,7 @@ class ServedModel:
     batcher: Batcher  # rows: probabilities, then the rejection score (see `scored_rows`)
     max_pixels: int
     on_unknown: Callable[[int], None] = lambda count: None  # counts "unknown" answers
+    torch_threads: int = 1  # PyTorch's threads once Grad-CAM loads it (see Service.load)
     _explainer: Explainer | None = field(default=None, init=False, repr=False)
     _explain_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
@@ -99,11 +108,44 @@ class ServedModel:
         image = self._decode(name, data)  # a bad upload is refused before any model load
         with self._explain_lock:
             try:
-                if self._explainer is None:  # built on first use: most servers never explain
-                    self._explainer = Explainer(self.name, max_pixels=self.max_pixels)
-                return self._explainer.explain(image, label, max_side=EXPLAIN_MAX_SIDE)
+                explainer = self._get_explainer()
+                return explainer.explain(image, label, max_side=EXPLAIN_MAX_SIDE)
             except NotExplainable as exc:  # an ONNX file, a scikit-learn head, a ViT
                 raise ApiError(422, "NotExplainable", str(exc)) from None
+            except ModuleNotFoundError as exc:  # the inference-only install
+                raise ApiError(
+                    422,
+                    "NotExplainable",
+                    f"Grad-CAM needs PyTorch, not installed with this server ({exc}); "
+                    "pip install 'imgcls[train]'",
+                ) from None
+
+    def _get_explainer(self) -> Explainer:
+        """Grad-CAM for this model, built on first use: most servers never explain. The
+        caller holds `_explain_lock`."""
+        if self._explainer is None:
+            self._explainer = Explainer(self.name, max_pixels=self.max_pixels)
+            import torch  # loaded by the Explainer by now
+
+            torch.set_num_threads(self.torch_threads)  # process-wide, as in Service.load
+        return self._explainer
+
+    def warm_explainer(self) -> None:
+        """Build Grad-CAM and run it once on a blank image, so that the first heat map a
+        user asks for takes a fraction of a second, not the seconds of PyTorch's import,
+        the model's build and a first backward pass. Best effort: a model Grad-CAM cannot
+        explain, or a server without PyTorch, is left as it is (a request then says why)."""
+        if self.name.endswith(".onnx") or isinstance(self.classifier.runtime, HeadRuntime):
+            return  # no gradients to explain with, and PyTorch stays unloaded
+        blank = np.full((*self.input_size[1:], 3), 128, np.uint8)
+        started = time.perf_counter()
+        with self._explain_lock:
+            try:
+                self._get_explainer().explain(blank)
+            except Exception as exc:  # best effort: a request for a heat map reports it
+                log.info("Grad-CAM for %s not warmed: %s", self.name, exc)
+                return
+        log.info("Grad-CAM for %s ready (%.1f s)", self.name, time.perf_counter() - started)
 
     def check_label(self, label: str) -> str:
         """`label` if it is one of this model's class names (or ids, mapped to the name)."""
@@ -204,6 +246,7 @@ class Service:
     metrics: Metrics
     models: dict[str, ServedModel] = field(default_factory=dict)
     log: PredictionLog | None = None  # open while the service runs, when logging is on
+    _warm_up: asyncio.Task | None = field(default=None, init=False, repr=False)
 
     @property
     def feedback(self) -> FeedbackStore:
@@ -234,8 +277,7 @@ class Service:
         # decoding requests waited on each other (13 → 5 requests/s, p99 1.6 s → 5.8 s).
         cores = len(os.sched_getaffinity(0))
         threads = self.config.threads or cores
-        stack.callback(torch.set_num_threads, torch.get_num_threads())  # restored on exit
-        torch.set_num_threads(self.config.threads or max(1, cores - 1))  # process-wide
+        torch_threads = self.config.threads or max(1, cores - 1)
         for spec in self.config.models:
             classifier = await run_in_threadpool(
                 ImageClassifier,
@@ -263,10 +305,28 @@ class Service:
                 batcher,
                 self.config.max_pixels,
                 on_unknown=lambda count, n=name: self.metrics.count_unknown(n, count),
+                torch_threads=torch_threads,
             )
+        torch = sys.modules.get("torch")  # loaded by a torch backend (or by this process)
+        if torch is not None:  # process-wide; restored on exit
+            stack.callback(torch.set_num_threads, torch.get_num_threads())
+            torch.set_num_threads(torch_threads)
+        stack.push_async_callback(self._finish_warm_up)
         if self.config.log_db is not None:  # opened once the models load: no file on failure
             self.log = PredictionLog(self.config.log_db)
             stack.callback(self.log.close)
+
+    def warm_explainer(self) -> None:
+        """Start warming Grad-CAM for the default model in the background, once (the web
+        page calls this when it is served: the page shows heat maps, API clients may never
+        ask for one, and PyTorch costs about 1 GB of memory)."""
+        if self._warm_up is None and self.ready:
+            model = self.get(None)
+            self._warm_up = asyncio.create_task(run_in_threadpool(model.warm_explainer))
+
+    async def _finish_warm_up(self) -> None:
+        if self._warm_up is not None:  # a thread cannot be stopped: let it end first
+            await self._warm_up
 
     def _observer(self, name: str, labels: Sequence[str]) -> Callable[[np.ndarray], None]:
         return lambda outputs: self.metrics.observe_batch(name, labels, split_outputs(outputs)[0])
