@@ -10,9 +10,11 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
+import cv2
 import httpx
+import numpy as np
 import pytest
-from serve_utils import CAT, CAT_LABELS, ESPRESSO, bomb_png, metric, thread_server
+from serve_utils import CAT, CAT_LABELS, ESPRESSO, SAMPLES, bomb_png, metric, thread_server
 
 MB = 1_000_000
 
@@ -95,10 +97,81 @@ def test_bad_top_k_is_400(client: httpx.Client, top_k: str) -> None:
     assert "top_k" in error["message"]
 
 
-def test_a_body_that_is_not_multipart_is_400(client: httpx.Client) -> None:
-    _assert_error(
-        client.post("/v1/classify", content=CAT, headers={"content-type": "image/jpeg"}), 400
+def _classify_raw(client: httpx.Client, data: bytes, content_type: str, **params):
+    return client.post(
+        "/v1/classify", params=params, content=data, headers={"content-type": content_type}
     )
+
+
+def _png(jpeg: bytes) -> bytes:
+    image = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+    return cv2.imencode(".png", image)[1].tobytes()
+
+
+@pytest.mark.parametrize(
+    ("kind", "content_type"),
+    [
+        ("jpeg", "image/jpeg"),
+        ("png", "image/png"),
+        ("jpeg", "application/octet-stream"),
+        ("png", "image/*"),
+    ],
+)
+def test_a_raw_image_body_gets_the_same_predictions_as_multipart(
+    client: httpx.Client, kind: str, content_type: str
+) -> None:
+    data = CAT if kind == "jpeg" else _png(CAT)
+    raw = _classify_raw(client, data, content_type, top_k=5)
+    assert raw.status_code == 200, raw.text
+    [result] = raw.json()["results"]
+    assert result["filename"] == ""
+    [multipart] = _classify(client, (f"cat.{kind}", data), top_k=5).json()["results"]
+    assert [p["label"] for p in result["predictions"]] == [
+        p["label"] for p in multipart["predictions"]
+    ]
+    assert [p["score"] for p in result["predictions"]] == pytest.approx(
+        [p["score"] for p in multipart["predictions"]], abs=1e-5
+    )
+
+
+def test_a_body_of_an_unsupported_content_type_is_400_listing_the_accepted(
+    client: httpx.Client,
+) -> None:
+    for content_type in ("text/plain", ""):
+        error = _assert_error(_classify_raw(client, CAT, content_type), 400)
+        assert "multipart/form-data" in error["message"] and "image/*" in error["message"]
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"hello, not an image", CAT[: len(CAT) // 2]], ids=["empty", "text", "truncated"]
+)
+def test_a_raw_body_that_is_not_an_image_is_422(client: httpx.Client, data: bytes) -> None:
+    error = _assert_error(_classify_raw(client, data, "image/jpeg"), 422)
+    assert error["type"] == "ImageError" and "request body" in error["message"]
+
+
+def test_a_raw_body_over_the_cap_is_413(client: httpx.Client) -> None:
+    def chunked() -> Iterator[bytes]:  # no Content-Length: counted as it streams
+        for _ in range(25):
+            yield b"\0" * MB
+
+    for body in (b"\0" * (25 * MB), chunked()):
+        response = client.post("/v1/classify", content=body, headers={"content-type": "image/jpeg"})
+        assert _assert_error(response, 413)["type"] == "PayloadTooLarge"
+    assert _classify_raw(client, CAT, "image/jpeg").status_code == 200
+
+
+def test_served_predictions_equal_the_python_api(client: httpx.Client, classifier) -> None:
+    paths = sorted(SAMPLES.glob("*.jpg"))
+    assert len(paths) == 3
+    for path in paths:
+        served = _classify(client, (path.name, path.read_bytes()), top_k=5).json()
+        expected = classifier.classify_image(path.read_bytes(), top_k=5)
+        predictions = served["results"][0]["predictions"]
+        assert [p["label"] for p in predictions] == [p.label for p in expected], path.name
+        assert [p["score"] for p in predictions] == pytest.approx(
+            [p.score for p in expected], abs=1e-5
+        )
 
 
 def test_multipart_without_a_file_field_is_400(client: httpx.Client) -> None:
@@ -189,12 +262,15 @@ def test_the_web_page_is_served_at_the_root(client: httpx.Client) -> None:
     assert "/v1/classify" in response.text
 
 
-def test_openapi_docs_are_served(client: httpx.Client) -> None:
+def test_openapi_docs_describe_both_classify_request_forms(client: httpx.Client) -> None:
     assert client.get("/docs").status_code == 200
     schema = client.get("/openapi.json").json()
     assert {"/healthz", "/v1/models", "/v1/classify", "/v2/models/{name}/infer"} <= set(
         schema["paths"]
     )
+    body = schema["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
+    assert {"multipart/form-data", "image/*", "application/octet-stream"} <= set(body)
+    assert body["image/*"]["schema"]["format"] == "binary"
 
 
 def test_concurrent_requests_form_batches_visible_in_metrics(client: httpx.Client) -> None:

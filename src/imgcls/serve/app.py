@@ -123,6 +123,28 @@ _MULTIPART_BODY = {
 }
 
 
+# The raw-body alternative of /v1/classify: one image as the whole body.
+RAW_IMAGE_TYPES = ("image/*", "application/octet-stream")
+_CLASSIFY_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            **_MULTIPART_BODY["requestBody"]["content"],
+            **{
+                media_type: {
+                    "schema": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "One image file as the whole body; its result's "
+                        "filename is empty.",
+                    }
+                }
+                for media_type in RAW_IMAGE_TYPES
+            },
+        },
+    }
+}
+
 router = APIRouter()
 _INDEX_HTML = (resources.files("imgcls.serve") / "static" / "index.html").read_text("utf-8")
 
@@ -145,7 +167,7 @@ async def list_models(service: ServiceDep) -> ModelList:
     "/v1/classify",
     response_model=ClassifyResponse,
     responses=_errors(400, 404, 413, 422, 503),
-    openapi_extra=_MULTIPART_BODY,
+    openapi_extra=_CLASSIFY_BODY,
     tags=["v1"],
 )
 async def classify(
@@ -163,9 +185,14 @@ async def classify(
         ),
     ] = None,
 ) -> ClassifyResponse:
-    """Top-k labels for each uploaded `file` (multipart; several `file` fields: a batch)."""
+    """Top-k labels for each uploaded `file` (multipart; several `file` fields: a batch),
+    or for one image sent as the raw body (`Content-Type: image/jpeg`, ...; its result's
+    filename is empty)."""
     served = service.get(model)
-    files = await _read_files(request, max_files=service.config.max_queue)
+    if _is_raw_image(request.headers.get("content-type", "")):
+        files = [("", await _read_body(request))]
+    else:
+        files = await _read_files(request, max_files=service.config.max_queue)
     predictions = await service.classify_and_log(served, files, top_k=top_k, min_score=min_score)
     return ClassifyResponse(
         model=served.name,
@@ -365,10 +392,12 @@ async def _read_form(
     the other text fields by name."""
     content_type = request.headers.get("content-type", "")
     if not content_type.startswith("multipart/form-data"):
+        raw = f", or one image as the body ({', '.join(RAW_IMAGE_TYPES)})"
         raise ApiError(
             400,
             "BadRequest",
-            f"expected a multipart/form-data body with one or more 'file' fields, "
+            f"expected a multipart/form-data body with one or more 'file' fields"
+            f"{raw if request.url.path == '/v1/classify' else ''}, "
             f"got content type {content_type or 'none'!r}",
         )
     async with request.form(max_files=max_files, max_fields=100) as form:
@@ -390,6 +419,26 @@ async def _read_form(
             400, "BadRequest", f"send at most {max_files} 'file' field(s), got {len(files)}"
         )
     return files, fields
+
+
+def _is_raw_image(content_type: str) -> bool:
+    media_type = content_type.partition(";")[0].strip().lower()
+    return media_type.startswith("image/") or media_type == "application/octet-stream"
+
+
+async def _read_body(request: Request) -> bytearray:
+    """The whole body, read as it streams in (under the body cap, see limits.py), into
+    one buffer sized from Content-Length when the client sends it. Not copied again into
+    `bytes`: decoding and hashing take any bytes-like object."""
+    declared = request.headers.get("content-length", "")
+    body = bytearray(int(declared)) if declared.isdigit() else bytearray()
+    size = 0
+    async for chunk in request.stream():
+        end = size + len(chunk)
+        body[size:end] = chunk  # the server stops a body at its Content-Length
+        size = end
+    del body[size:]
+    return body
 
 
 def _model_info(model: ServedModel) -> ModelInfo:

@@ -202,7 +202,7 @@ class ServedModel:
         try:
             return decode_image_bytes(
                 data,
-                name=name,
+                name=name or "request body",  # a raw-body upload has no file name
                 max_pixels=self.max_pixels,
                 min_side=self.classifier.preprocess.resize_size,
             )
