@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import logging
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,9 +16,10 @@ import cv2
 import httpx
 import numpy as np
 import pytest
-from serve_utils import CAT, ESPRESSO, thread_server
+from serve_utils import CAT, ESPRESSO, metric, thread_server
 
-from imgcls.feedback import sha256_hex
+from imgcls.feedback import PredictionLog, sha256_hex
+from imgcls.serve.log_writer import LogWriter
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +44,22 @@ def _rows(db: Path, table: str) -> list[dict]:
         return [dict(r) for r in connection.execute(f"SELECT * FROM {table} ORDER BY id")]
 
 
+def _wait_for_rows(db: Path, table: str, count: int, timeout_s: float = 30) -> list[dict]:
+    """The rows of `table` once it has `count` of them: the writer works off the request
+    path, so a row lands a moment after its answer."""
+    deadline = time.monotonic() + timeout_s
+    while len(rows := _rows(db, table)) < count and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return rows
+
+
 def test_each_classified_image_is_logged_with_its_hash_top1_and_latency(client, paths) -> None:
     before = len(_rows(paths["log_db"], "predictions"))
     response = client.post(
         "/v1/classify", files=[("file", ("cat.jpg", CAT)), ("file", ("espresso.jpg", ESPRESSO))]
     )
     assert response.status_code == 200, response.text
-    rows = _rows(paths["log_db"], "predictions")[before:]
+    rows = _wait_for_rows(paths["log_db"], "predictions", before + 2)[before:]
     assert [r["filename"] for r in rows] == ["cat.jpg", "espresso.jpg"]
     espresso = rows[1]
     assert espresso["sha256"] == sha256_hex(ESPRESSO) and rows[0]["sha256"] == sha256_hex(CAT)
@@ -74,10 +85,114 @@ def test_concurrent_requests_all_land_in_the_log(client, paths) -> None:
             )
         )
     assert statuses == [200] * 16
-    rows = _rows(paths["log_db"], "predictions")[before:]
+    rows = _wait_for_rows(paths["log_db"], "predictions", before + 16)[before:]
     assert sorted(r["filename"] for r in rows) == sorted(f"{i}.jpg" for i in range(16))
     with sqlite3.connect(paths["log_db"]) as connection:
         assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_raw_body_upload_is_logged_with_an_empty_filename(client, paths) -> None:
+    before = len(_rows(paths["log_db"], "predictions"))
+    response = client.post("/v1/classify", content=ESPRESSO, headers={"content-type": "image/jpeg"})
+    assert response.status_code == 200, response.text
+    [row] = _wait_for_rows(paths["log_db"], "predictions", before + 1)[before:]
+    assert row["filename"] == "" and row["sha256"] == sha256_hex(ESPRESSO)
+    assert row["label"] == "espresso"
+
+
+@pytest.fixture
+def stalled_writer(monkeypatch) -> threading.Event:
+    """Every prediction-log write waits until the returned event is set, as on a stalled
+    disk; closing a writer (a clean stop) sets it."""
+    released = threading.Event()
+    write, close = PredictionLog.record_predictions, LogWriter.close
+
+    def slow_write(self, rows) -> None:
+        assert released.wait(timeout=120), "the test never released the writer"
+        write(self, rows)
+
+    def release_then_close(self) -> None:
+        released.set()
+        close(self)
+
+    monkeypatch.setattr(PredictionLog, "record_predictions", slow_write)
+    monkeypatch.setattr(LogWriter, "close", release_then_close)
+    return released
+
+
+def _classify_numbered(url: str, count: int, workers: int = 1) -> list[int]:
+    with httpx.Client(base_url=url, timeout=120) as client, ThreadPoolExecutor(workers) as pool:
+        return list(
+            pool.map(
+                lambda i: (
+                    client.post(
+                        "/v1/classify", files={"file": (f"{i}.jpg", CAT)}, params={"top_k": 1}
+                    ).status_code
+                ),
+                range(count),
+            )
+        )
+
+
+def test_a_clean_stop_writes_every_queued_row(stalled_writer, tmp_path) -> None:
+    db = tmp_path / "log.db"
+    with thread_server(log_db=str(db), max_wait_ms=5) as url:
+        assert _classify_numbered(url, 50, workers=8) == [200] * 50
+        assert _rows(db, "predictions") == []  # all answered, none written yet
+        text = httpx.get(f"{url}/metrics").text
+        assert metric(text, "imgcls_prediction_log_queue_depth") >= 1
+    rows = _rows(db, "predictions")
+    assert sorted(r["filename"] for r in rows) == sorted(f"{i}.jpg" for i in range(50))
+
+
+def test_a_stalled_writer_drops_and_counts_rows_while_requests_succeed(
+    stalled_writer, tmp_path, caplog
+) -> None:
+    db = tmp_path / "log.db"
+    with (
+        caplog.at_level(logging.WARNING, logger="imgcls.serve"),
+        thread_server(log_db=str(db), log_queue=4) as url,
+    ):
+        assert _classify_numbered(url, 12) == [200] * 12
+        text = httpx.get(f"{url}/metrics").text
+        dropped = metric(text, "imgcls_prediction_log_dropped_total")
+        assert dropped >= 1 and metric(text, "imgcls_prediction_log_queue_depth") == 4
+    assert caplog.text.count("dropping new rows") == 1
+    assert len(_rows(db, "predictions")) + dropped == 12  # written or counted, never both
+
+
+def test_failed_log_writes_are_counted_said_once_and_never_fail_a_request(
+    monkeypatch, tmp_path, caplog
+) -> None:
+    db = tmp_path / "log.db"
+    write = PredictionLog.record_predictions
+    disk = {"full": True}
+
+    def write_to_a_full_disk(self, rows) -> None:
+        if disk["full"]:
+            raise sqlite3.OperationalError("database or disk is full")
+        write(self, rows)
+
+    monkeypatch.setattr(PredictionLog, "record_predictions", write_to_a_full_disk)
+    with (
+        caplog.at_level(logging.WARNING, logger="imgcls.serve"),
+        thread_server(log_db=str(db)) as url,
+    ):
+        assert _classify_numbered(url, 3) == [200] * 3
+        deadline = time.monotonic() + 30
+        while not (errors := _log_metric(url, "imgcls_prediction_log_write_errors_total")):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert errors >= 1
+        disk["full"] = False
+        assert _classify_numbered(url, 1) == [200]
+        assert [r["filename"] for r in _wait_for_rows(db, "predictions", 1)] == ["0.jpg"]
+    assert caplog.text.count("database or disk is full") == 1
+    assert "succeed again" in caplog.text
+
+
+def _log_metric(url: str, name: str) -> float:
+    return metric(httpx.get(f"{url}/metrics").text, name)
 
 
 def test_feedback_keeps_the_image_under_its_corrected_label(client, paths) -> None:

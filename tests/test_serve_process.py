@@ -7,6 +7,7 @@ import errno
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -144,3 +145,18 @@ def test_backend_torch_serves_with_pytorch(tiny_run: Path) -> None:
     eager = ImageClassifier(str(tiny_run), backend="torch").classify_image(CAT, top_k=3)
     assert [p["label"] for p in served] == [p.label for p in eager]
     assert [p["score"] for p in served] == pytest.approx([p.score for p in eager], abs=1e-5)
+
+
+def test_sigterm_after_50_requests_leaves_every_prediction_in_the_log(tmp_path: Path) -> None:
+    db = tmp_path / "log.db"
+    with process_server("--log-db", str(db)) as (process, url), httpx.Client(timeout=60) as client:
+        for i in range(50):
+            response = client.post(
+                f"{url}/v1/classify", files={"file": (f"{i}.jpg", CAT)}, params={"top_k": 1}
+            )
+            assert response.status_code == 200, response.text
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    with sqlite3.connect(db) as connection:
+        names = [row[0] for row in connection.execute("SELECT filename FROM predictions")]
+    assert sorted(names) == sorted(f"{i}.jpg" for i in range(50))

@@ -3,8 +3,10 @@ labels with their images, and their export as a data set `imgcls train` takes.
 
 The log is one SQLite file (the standard library's embedded database). WAL mode lets
 readers and one writer work at once and, with `synchronous=NORMAL`, a commit is on disk
-once the process has written it: a killed server loses nothing it answered. Several server
-processes may share the file; `busy_timeout` makes a writer wait its turn.
+once the process has written it. The server writes predictions from one thread, in
+batches (serve/log_writer.py): a killed server loses the rows still queued, a clean stop
+none. Several server processes may share the file; `busy_timeout` makes a writer wait its
+turn.
 
 Corrected images are kept as `FEEDBACK_DIR/<label>/<sha256><ext>`, a class-folder layout,
 one file per image: a second correction of the same image moves it to the new class.
@@ -19,7 +21,7 @@ import shutil
 import sqlite3
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -83,6 +85,7 @@ class LoggedPrediction:
     class_id: str
     score: float
     latency_ms: float
+    time: str = field(default_factory=_now)  # when answered, not when written
 
 
 class PredictionLog:
@@ -102,9 +105,8 @@ class PredictionLog:
 
     def record_predictions(self, rows: Iterable[LoggedPrediction]) -> None:
         """Append prediction rows, in one transaction."""
-        time = _now()
         values = [
-            (time, r.model, r.sha256, r.filename, r.label, r.class_id, r.score, r.latency_ms)
+            (r.time, r.model, r.sha256, r.filename, r.label, r.class_id, r.score, r.latency_ms)
             for r in rows
         ]
         with self._lock, self._db:

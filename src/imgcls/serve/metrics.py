@@ -81,6 +81,21 @@ class Metrics:
             ["model"],
             registry=self.registry,
         )
+        self.log_dropped = Counter(
+            "imgcls_prediction_log_dropped",
+            "Prediction-log rows dropped because the writer's queue was full (disk stalled).",
+            registry=self.registry,
+        )
+        self.log_write_errors = Counter(
+            "imgcls_prediction_log_write_errors",
+            "Failed prediction-log writes (a batch of rows lost each: disk full, read-only).",
+            registry=self.registry,
+        )
+        self.log_queue_depth = Gauge(
+            "imgcls_prediction_log_queue_depth",
+            "Prediction-log rows waiting for the writer.",
+            registry=self.registry,
+        )
 
     def count_unknown(self, model: str, count: int) -> None:
         self.unknown.labels(model).inc(count)
