@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from imgcls.doctor import diagnose
 from imgcls.evaluate import find_labelled_images
 from imgcls.transforms import (
     Augmentation,
+    ImageSurvey,
     Preprocess,
     choose_augmentation,
     preprocess_image,
@@ -219,6 +221,18 @@ def test_flip_as_asked_overrides_the_survey(tmp_path):
     assert choose_augmentation("light", 28, hflip=True, survey=survey).hflip
     assert not choose_augmentation("strong", 224, hflip=False).hflip
     assert choose_augmentation("none", 28, hflip=True, survey=survey).crop == "center"
+
+
+def test_survey_decides_flips_of_small_images_only():
+    """Pixels cannot tell a mirrored label from a mirrored orientation (grass blades lean
+    the other way), so photos keep their flips whatever the thumbnails say."""
+    glyph_like = ImageSurvey(
+        images=100, median_side=28, chance=0.1, accuracy=0.98, flipped_accuracy=0.3, flip_z=8
+    )
+    assert not choose_augmentation("light", 224, survey=glyph_like).hflip
+    large = dataclasses.replace(glyph_like, median_side=200)
+    assert choose_augmentation("light", 224, survey=large).hflip
+    assert not choose_augmentation("light", 32, survey=large).hflip  # a small input
 
 
 def test_small_images_are_shifted_whole_not_cropped_away():
