@@ -398,7 +398,10 @@ def test_existing_run_needs_resume(shapes_run, shapes):
         (["train", "{empty_class}", "--out", "{out}"], "no usable image"),
         (["train", "{shapes}", "--out", "{out}", "--val-split", "1.5"], "--val-split must be"),
         (["train", "{shapes}", "--out", "{out}", "--epochs", "0"], "--epochs must be"),
-        (["train", "{shapes}", "--out", "{out}", "--augment", "heavy"], "--augment must be"),
+        (
+            ["train", "{shapes}", "--out", "{out}", "--augment", "heavy"],
+            "Invalid value for '--augment'",
+        ),
         (["train", "{shapes}"], "--out RUN is required"),
         (["train", "{shapes}", "--out", "{out}", "--model", "resnet5O"], "unknown model"),
         (["train", "{shapes}", "--out", "{out}", "--weights", "{missing}"], "--weights: no such"),

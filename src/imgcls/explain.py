@@ -19,16 +19,13 @@ import torch
 from torch import nn
 
 from imgcls.classifier import ImageClassifier, Prediction
+from imgcls.errors import NotExplainable
 from imgcls.images import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from imgcls.models import DEFAULT_MODEL
 from imgcls.runtime import HeadRuntime, TorchRuntime
 from imgcls.transforms import crop_geometry, preprocess_image
 
 __all__ = ["Explainer", "Explanation", "NotExplainable", "feature_map_layer", "overlay"]
-
-
-class NotExplainable(ValueError):
-    """The model has no convolutional feature map to explain (or the class is unknown)."""
 
 
 @dataclass(frozen=True)
