@@ -8,7 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import write_photo_crops
+from helpers import write_photo_crops
 
 from imgcls.data import DataError, ImageFolder, find_splits
 from imgcls.doctor import diagnose

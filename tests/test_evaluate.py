@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from conftest import cli_env, imgcls_command, write_photo_crops
+from helpers import run_cli, write_photo_crops
 from sklearn.metrics import classification_report
 from typer.testing import CliRunner
 
@@ -131,13 +130,7 @@ def test_unknown_class_folder_is_a_clear_error(classifier, tmp_path, samples):
 
 def test_cli_writes_the_report_and_lists_failures(dataset, tmp_path):
     out = tmp_path / "report"
-    result = subprocess.run(
-        imgcls_command("evaluate", "efficientnet_lite0", str(dataset), "--out", str(out), "--json"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=cli_env(),
-    )
+    result = run_cli("evaluate", "efficientnet_lite0", str(dataset), "--out", str(out), "--json")
     assert result.returncode == 1, result.stderr  # one unreadable file
     metrics = json.loads(result.stdout)
     for key in (
@@ -181,13 +174,7 @@ def test_split_picks_the_folder_and_top5_is_left_out_under_five_classes(tiny_run
 
 
 def test_cli_compares_several_models(dataset):
-    result = subprocess.run(
-        imgcls_command("evaluate", "efficientnet_lite0", str(dataset), "--model", "EfficientNet"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=cli_env(),
-    )
+    result = run_cli("evaluate", "efficientnet_lite0", str(dataset), "--model", "EfficientNet")
     assert result.returncode == 1  # the broken file again
     assert "efficientnet_lite0" in result.stdout and "EfficientNet" not in result.stderr
     assert result.stdout.count("efficientnet_lite0") == 2

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
-from conftest import ESPRESSO_ID, cli_env, imgcls_command, write_photo_crops
+from helpers import ESPRESSO_ID, cli_env, run_cli, write_photo_crops
 
 from imgcls import ImageClassifier
 from imgcls.export import read_metadata
@@ -24,14 +24,8 @@ def cache(tmp_path, monkeypatch):
 
 def test_export_command_checks_parity_and_writes_metadata(tmp_path, samples):
     out = tmp_path / "lite0.onnx"
-    result = subprocess.run(
-        imgcls_command(
-            "export", "efficientnet_lite0", "--out", str(out), "--images", str(samples), "--json"
-        ),  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=cli_env(),
+    result = run_cli(
+        "export", "efficientnet_lite0", "--out", str(out), "--images", str(samples), "--json"
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -55,23 +49,10 @@ def test_torchscript_export_matches_pytorch_and_carries_metadata(tmp_path, sampl
     import torch
 
     out = tmp_path / "lite0.pt"
-    result = subprocess.run(
-        imgcls_command(
-            "export",
-            "efficientnet_lite0",
-            "--format",
-            "torchscript",
-            "--out",
-            str(out),
-            "--images",
-            str(samples),
-            "--json",
-        ),  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=cli_env(),
-    )
+    result = run_cli(
+        "export", "efficientnet_lite0", "--format", "torchscript", "--out", str(out),
+        "--images", str(samples), "--json",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["format"] == "torchscript" and report["top1_agreement"] == 1.0
@@ -86,24 +67,10 @@ def test_torchscript_export_matches_pytorch_and_carries_metadata(tmp_path, sampl
 def test_int8_export_is_quantized_reports_agreement_and_classifies(tmp_path):
     calib = write_photo_crops(tmp_path / "calib", per_class=4, size=160)
     out = tmp_path / "lite0-int8.onnx"
-    result = subprocess.run(
-        imgcls_command(
-            "export",
-            "efficientnet_lite0",
-            "--out",
-            str(out),
-            "--int8",
-            "--calib",
-            str(calib),
-            "--min-agreement",
-            "0",
-            "--json",
-        ),  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=cli_env(),
-    )
+    result = run_cli(
+        "export", "efficientnet_lite0", "--out", str(out), "--int8", "--calib", str(calib),
+        "--min-agreement", "0", "--json", timeout=600,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     int8 = json.loads(result.stdout)["int8"]
     assert int8["checked_on"] == 12 and 0.0 <= int8["top1_agreement"] <= 1.0
@@ -116,13 +83,7 @@ def test_int8_export_is_quantized_reports_agreement_and_classifies(tmp_path):
 
 
 def test_int8_needs_calibration_images(tmp_path):
-    result = subprocess.run(
-        imgcls_command("export", "efficientnet_lite0", "--out", str(tmp_path / "m.onnx"), "--int8"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=cli_env(),
-    )
+    result = run_cli("export", "efficientnet_lite0", "--out", str(tmp_path / "m.onnx"), "--int8")
     assert result.returncode == 2 and "--calib" in result.stderr
     assert not (tmp_path / "m.onnx").exists()
 

@@ -3,12 +3,10 @@ pyplot's figure list)."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-from pathlib import Path
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+from helpers import cli_env
 
 DRAW = """
 import sys
@@ -31,8 +29,7 @@ print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
 
 
 def test_drawing_leaves_the_backend_as_chosen_and_pyplot_unimported(tmp_path):
-    env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    done = subprocess.run([sys.executable, "-c", DRAW, str(tmp_path)], env=env,
+    done = subprocess.run([sys.executable, "-c", DRAW, str(tmp_path)], env=cli_env(),
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["svg", "False"]

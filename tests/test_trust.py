@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import write_photo_crops
+from helpers import write_photo_crops
 from serve_utils import metric, thread_server
 from typer.testing import CliRunner
 
