@@ -295,3 +295,48 @@ def test_json_is_held_apart_under_clirunner_too(run_28px, monkeypatch):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["path"] == image
     assert "note: a library printed 2 lines to stdout" in result.stderr
+
+
+COMMANDS = [
+    (), ("predict",), ("evaluate",), ("features",), ("export",), ("benchmark",), ("serve",),
+    ("explain",), ("train",), ("doctor",), ("feedback",), ("feedback", "export"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "imgcls")
+def test_help_reads_cleanly_in_80_columns(command):
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "<bool>" not in result.stdout  # a flag takes no value
+    if "Commands:" in lines:  # each summary whole, not cut off with "..."
+        summaries = lines[lines.index("Commands:") + 1 :]
+        assert summaries and not any(line.endswith("...") for line in summaries), summaries
+
+
+def test_help_lists_the_choices_of_an_option():
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "80"})
+    for choices in ("<none|light|strong>", "<adamw|sgd>", "<softmax|logreg|svm|mlp|knn>"):
+        assert choices in result.stdout
+
+
+def test_a_bad_choice_is_a_one_line_usage_error_naming_the_option():
+    result = CliRunner().invoke(app, ["predict", "x.jpg", "--backend", "tensorflow"])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "'--backend'" in lines[0], lines
+    assert "'auto', 'torch', 'onnx'" in lines[0]
+
+
+def test_train_options_default_to_the_train_config_defaults():
+    import typer
+
+    from imgcls.train_config import TrainConfig
+
+    command = typer.main.get_command(app).commands["train"]
+    options = {param.name: param.default for param in command.params}
+    config = vars(TrainConfig(data="DATA", out="RUN"))
+    shared = sorted(set(options) & set(config) - {"data", "out"})
+    assert len(shared) == len(config) - 3  # all but data and out (no defaults) and progress
+    assert [options[name] for name in shared] == [config[name] for name in shared]

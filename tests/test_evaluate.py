@@ -178,3 +178,14 @@ def test_cli_compares_several_models(dataset):
     assert result.returncode == 1  # the broken file again
     assert "efficientnet_lite0" in result.stdout and "EfficientNet" not in result.stderr
     assert result.stdout.count("efficientnet_lite0") == 2
+
+
+def test_an_unwritable_out_is_one_line_and_exit_code_1(tiny_run, tmp_path):
+    write_photo_crops(tmp_path / "data", per_class=2, size=32)
+    (tmp_path / "file").write_text("a file where a folder should be")
+    args = ["evaluate", str(tiny_run), str(tmp_path / "data"), "--out", str(tmp_path / "file")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)  # no traceback
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "cannot make" in lines[0], lines

@@ -10,9 +10,12 @@ import numpy as np
 import onnx
 import pytest
 from helpers import ESPRESSO_ID, cli_env, run_cli, write_photo_crops
+from typer.testing import CliRunner
 
 from imgcls import ImageClassifier
-from imgcls.export import read_metadata
+from imgcls.cli import app
+from imgcls.errors import ConfigError
+from imgcls.export import export_model, read_metadata
 from imgcls.runtime import OnnxRuntime
 
 
@@ -154,3 +157,32 @@ def test_auto_backend_is_onnx_on_the_cpu_and_torch_when_export_fails(cache, monk
 def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="backend must be one of auto, torch, onnx"):
         ImageClassifier(backend="tensorflow")
+
+
+def test_export_model_is_the_export_command_from_python(tmp_path):
+    report = export_model("simple_cnn", tmp_path / "nested" / "cnn.onnx")
+    assert report["path"] == str(tmp_path / "nested" / "cnn.onnx") and report["format"] == "onnx"
+    assert report["checked_on"] == 8 and report["top1_agreement"] == 1.0
+    assert report["max_abs_diff"] < 1e-4 and "int8" not in report
+    assert ImageClassifier(report["path"]).num_classes == report["num_classes"]
+
+
+def test_export_model_names_its_parameters_and_the_cli_its_flags(tmp_path):
+    with pytest.raises(ConfigError, match="needs `calibration`") as raised:
+        export_model("simple_cnn", tmp_path / "m.onnx", int8=True)
+    assert raised.value.parameters == ("int8", "calibration")
+    result = CliRunner().invoke(app, ["export", "simple_cnn", "--out", str(tmp_path / "m.onnx"),
+                                      "--int8"])  # fmt: skip
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: --int8 quantizes an ONNX export and needs --calib")
+
+
+def test_an_unwritable_out_is_one_line_and_exit_code_1(tmp_path):
+    (tmp_path / "file").write_text("a file where a folder should be")
+    out = tmp_path / "file" / "m.onnx"
+    result = CliRunner().invoke(app, ["export", "simple_cnn", "--out", str(out), "--json"])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)  # no traceback
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and str(out.parent) in lines[0]
+    assert result.stdout == ""  # --json: no document for an export that did not happen
