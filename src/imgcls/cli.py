@@ -66,7 +66,7 @@ _FLAGS = {"data": "DATA", "calibration": "--calib"}
 class _Commands(TyperGroup):
     """The `imgcls` command group: where every command's errors end (see the module)."""
 
-    def invoke(self, ctx: Any) -> Any:
+    def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
         except Exception as exc:  # the commands run, and their options are parsed, in here
