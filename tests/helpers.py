@@ -32,12 +32,21 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """`python -m imgcls ARGS` as a user runs it, in its own process (after `prefix`, such
     as `unshare -n`), with `env` or `cli_env()`; stdout and stderr captured as text."""
+    return _run([*prefix, sys.executable, "-m", "imgcls", *args], env, timeout)
+
+
+def run_python(
+    code: str, *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`python -c CODE ARGS` in its own process, as `run_cli` runs the command line."""
+    return _run([sys.executable, "-c", code, *args], env, timeout)
+
+
+def _run(
+    command: list[str], env: dict[str, str] | None, timeout: float
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*prefix, sys.executable, "-m", "imgcls", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env or cli_env(),
+        command, capture_output=True, text=True, timeout=timeout, env=env or cli_env()
     )
 
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import CAT_IDS, ESPRESSO_ID, cli_env, run_cli, write_photo_crops
+from helpers import CAT_IDS, ESPRESSO_ID, cli_env, run_cli, run_python, write_photo_crops
 from typer.testing import CliRunner
 
 from imgcls.cli import app
@@ -168,17 +168,6 @@ def test_shards_split_the_inputs_without_overlap(samples, tmp_path):
     assert sorted(paths[0] + paths[1]) == sorted(str(p) for p in samples.glob("*.jpg"))
     bad = run_cli("predict", str(samples), "--shard", "2/2")
     assert bad.returncode == 2 and "--shard" in bad.stderr
-
-
-def run_python(script: str, *args: str, env: dict[str, str] | None = None):
-    """`imgcls ARGS...` in a process that first runs SCRIPT (which ends by calling main)."""
-    return subprocess.run(
-        [sys.executable, "-c", script, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env or cli_env(),
-    )
 
 
 MAIN = """

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import onnx
 import pytest
-from helpers import ESPRESSO_ID, cli_env, run_cli, write_photo_crops
+from helpers import ESPRESSO_ID, cli_env, run_cli, run_python, write_photo_crops
 from typer.testing import CliRunner
 
 from imgcls import ImageClassifier
@@ -122,10 +120,7 @@ def test_a_later_start_runs_from_the_cache_without_importing_torch(cache, sample
     )
 
     def start() -> list[str]:
-        result = subprocess.run(
-            [sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-            env={**cli_env(), "IMGCLS_CACHE_DIR": str(cache)},
-        )  # fmt: skip
+        result = run_python(script, env=cli_env(IMGCLS_CACHE_DIR=str(cache)))
         assert result.returncode == 0, result.stderr
         return result.stdout.split()
 

@@ -3,10 +3,7 @@ pyplot's figure list)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
-from helpers import cli_env
+from helpers import run_python
 
 DRAW = """
 import sys
@@ -29,8 +26,7 @@ print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
 
 
 def test_drawing_leaves_the_backend_as_chosen_and_pyplot_unimported(tmp_path):
-    done = subprocess.run([sys.executable, "-c", DRAW, str(tmp_path)], env=cli_env(),
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = run_python(DRAW, str(tmp_path), timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["svg", "False"]
     for name in ("curves.png", "lr_find.png", "confusion_matrix.png"):
