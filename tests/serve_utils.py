@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 import struct
 import subprocess
@@ -17,12 +16,10 @@ from pathlib import Path
 
 import httpx
 import uvicorn
+from helpers import SAMPLES, cli_env
 
 from imgcls.serve import ServeConfig, create_app
 
-ROOT = Path(__file__).resolve().parents[1]
-SRC = ROOT / "src"
-SAMPLES = ROOT / "samples"
 CAT = (SAMPLES / "cat.jpg").read_bytes()
 ESPRESSO = (SAMPLES / "espresso.jpg").read_bytes()
 CAT_LABELS = {"tiger cat", "tabby", "Egyptian cat"}
@@ -92,14 +89,10 @@ def _process_server(
     args: tuple[str, ...], log: Path | None, host: str, launcher: tuple[str, ...]
 ) -> Iterator[tuple[subprocess.Popen, str]]:
     port = free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
-    }
     output = open(log, "w") if log is not None else subprocess.PIPE  # noqa: SIM115
     process = subprocess.Popen(
         [sys.executable, *launcher, "serve", "--host", host, "--port", str(port), *args],
-        env=env,
+        env=cli_env(),
         stdout=output,
         stderr=subprocess.STDOUT,
         text=True,

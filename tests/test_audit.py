@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_photo_crops
+from helpers import write_photo_crops
 from typer.testing import CliRunner
 
 from imgcls.audit import out_of_fold_probabilities, rank_by_self_confidence

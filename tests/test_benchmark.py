@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import json
-import subprocess
 
-from conftest import cli_env, imgcls_command
+from helpers import cli_env, run_cli
 
 
 def test_benchmark_reports_speed_for_each_backend_and_batch_size(tmp_path, samples):
-    env = cli_env()
-    env["IMGCLS_CACHE_DIR"] = str(tmp_path / "cache")
-    result = subprocess.run(
-        imgcls_command("benchmark", "efficientnet_lite0", "--batch-size", "1", "--batch-size",
-                       "3", "--seconds", "0.3", "--image", str(samples / "cat.jpg"), "--json"),
-        capture_output=True, text=True, timeout=300, env=env,
+    result = run_cli(
+        "benchmark", "efficientnet_lite0", "--batch-size", "1", "--batch-size", "3",
+        "--seconds", "0.3", "--image", str(samples / "cat.jpg"), "--json",
+        env=cli_env(IMGCLS_CACHE_DIR=str(tmp_path / "cache")),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     rows = json.loads(result.stdout)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import pytest
-from conftest import CAT_IDS, ESPRESSO_ID
+from helpers import CAT_IDS, ESPRESSO_ID
 from PIL import Image
 
 from imgcls import ImageClassifier, ImageError, Prediction, load_image

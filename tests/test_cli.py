@@ -10,22 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import CAT_IDS, ESPRESSO_ID, cli_env, imgcls_command, write_photo_crops
+from helpers import CAT_IDS, ESPRESSO_ID, cli_env, run_cli, run_python, write_photo_crops
 from typer.testing import CliRunner
 
 from imgcls.cli import app
 
 PREDICTION_KEYS = {"label", "class_id", "index", "score", "unknown"}
-
-
-def run(*args: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()):
-    return subprocess.run(
-        [*prefix, *imgcls_command(*args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env or cli_env(),
-    )
 
 
 def test_json_follows_the_contract_in_input_order(samples, tmp_path):
@@ -40,7 +30,7 @@ def test_json_follows_the_contract_in_input_order(samples, tmp_path):
         str(tmp_path / "notes.jpg"),
     ]
 
-    result = run("predict", *inputs, "--json", "--top-k", "3")
+    result = run_cli("predict", *inputs, "--json", "--top-k", "3")
 
     assert result.returncode == 1, result.stderr  # some inputs failed, the rest went on
     assert "note:" not in result.stderr  # nothing held back: the ImageNet model exports
@@ -64,8 +54,8 @@ def test_json_follows_the_contract_in_input_order(samples, tmp_path):
 
 
 def test_human_output_is_a_table_and_exit_zero(samples):
-    script = Path(sys.executable).with_name("imgcls")
-    command = [str(script)] if script.exists() else imgcls_command()
+    script = Path(sys.executable).with_name("imgcls")  # the console script, when installed
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "imgcls"]
     result = subprocess.run(
         [*command, "predict", str(samples)],
         capture_output=True,
@@ -118,7 +108,7 @@ def test_predict_makes_no_network_call(samples, tmp_path):
     env = cli_env()
     env["PYTHONPATH"] = f"{tmp_path}:{env['PYTHONPATH']}"
     env["NETWORK_LOG"] = str(tmp_path / "attempts.log")
-    result = run("predict", str(samples / "cat.jpg"), "--json", env=env)
+    result = run_cli("predict", str(samples / "cat.jpg"), "--json", env=env)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)[0]["predictions"][0]["class_id"] in CAT_IDS
     assert not (tmp_path / "attempts.log").exists()
@@ -130,7 +120,7 @@ def test_predict_makes_no_network_call(samples, tmp_path):
     reason="needs unshare -n (a network namespace) on this machine",
 )
 def test_predict_works_with_no_network_interface_at_all(samples):
-    result = run("predict", str(samples / "espresso.jpg"), "--json", prefix=("unshare", "-n"))
+    result = run_cli("predict", str(samples / "espresso.jpg"), "--json", prefix=("unshare", "-n"))
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)[0]["predictions"][0]["class_id"] == ESPRESSO_ID
 
@@ -145,7 +135,7 @@ def test_predict_works_with_no_network_interface_at_all(samples):
     ],
 )
 def test_usage_errors_exit_2_with_a_message_not_a_traceback(args, message):
-    result = run(*args)
+    result = run_cli(*args)
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
@@ -155,13 +145,13 @@ def test_output_streams_json_lines_and_a_rerun_skips_what_is_done(samples, tmp_p
     (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff not really")
     output = tmp_path / "preds.jsonl"
     inputs = (str(samples), str(tmp_path / "broken.jpg"))
-    first = run("predict", *inputs, "--output", str(output), "--top-k", "1")
+    first = run_cli("predict", *inputs, "--output", str(output), "--top-k", "1")
     assert first.returncode == 1  # the broken file
     records = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(records) == 4 and sum("error" in r for r in records) == 1
     with open(output, "a") as f:
         f.write('{"path": "torn')  # what a kill in the middle of a write leaves
-    again = run("predict", *inputs, "--output", str(output), "--top-k", "1")
+    again = run_cli("predict", *inputs, "--output", str(output), "--top-k", "1")
     assert again.returncode == 0, again.stderr
     assert "0 images" in again.stdout
     lines = output.read_text().splitlines()
@@ -171,24 +161,13 @@ def test_output_streams_json_lines_and_a_rerun_skips_what_is_done(samples, tmp_p
 def test_shards_split_the_inputs_without_overlap(samples, tmp_path):
     paths = []
     for k in (0, 1):
-        result = run("predict", str(samples), "--shard", f"{k}/2", "--json", "--top-k", "1")
+        result = run_cli("predict", str(samples), "--shard", f"{k}/2", "--json", "--top-k", "1")
         assert result.returncode == 0, result.stderr
         paths.append([r["path"] for r in json.loads(result.stdout)])
     assert len(paths[0]) == 2 and len(paths[1]) == 1
     assert sorted(paths[0] + paths[1]) == sorted(str(p) for p in samples.glob("*.jpg"))
-    bad = run("predict", str(samples), "--shard", "2/2")
+    bad = run_cli("predict", str(samples), "--shard", "2/2")
     assert bad.returncode == 2 and "--shard" in bad.stderr
-
-
-def run_python(script: str, *args: str, env: dict[str, str] | None = None):
-    """`imgcls ARGS...` in a process that first runs SCRIPT (which ends by calling main)."""
-    return subprocess.run(
-        [sys.executable, "-c", script, *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env or cli_env(),
-    )
 
 
 MAIN = """
@@ -230,7 +209,7 @@ def run_28px(tmp_path_factory) -> tuple[Path, Path]:
     maps are 3x3: the size that once did not export."""
     root = tmp_path_factory.mktemp("run_28px")
     data = write_photo_crops(root / "data", per_class=6, size=28)
-    result = run(
+    result = run_cli(
         "train", str(data), "--out", str(root / "run"), "--model", "simple_cnn",
         "--no-pretrained", "--img-size", "28", "--epochs", "1", "--workers", "0", "--json",
     )  # fmt: skip
@@ -241,10 +220,10 @@ def run_28px(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_a_28px_simple_cnn_run_exports_and_its_json_commands_print_json(run_28px):
     run_dir, data = run_28px
-    evaluation = run("evaluate", str(run_dir), str(data), "--json")
+    evaluation = run_cli("evaluate", str(run_dir), str(data), "--json")
     assert evaluation.returncode == 0, evaluation.stderr
     assert json.loads(evaluation.stdout)["num_images"] == 18
-    prediction = run("predict", str(data / "cat" / "0.jpg"), "--model", str(run_dir), "--json")
+    prediction = run_cli("predict", str(data / "cat" / "0.jpg"), "--model", str(run_dir), "--json")
     assert prediction.returncode == 0, prediction.stderr
     top = json.loads(prediction.stdout)[0]["predictions"][0]
     assert top["label"] in {"cat", "espresso", "rocket"}
@@ -266,7 +245,7 @@ def test_json_stays_json_when_the_export_fails_and_pytorch_runs_instead(run_28px
     assert len(notes) == 1 and notes[0].endswith("to stdout; not shown with --json"), notes
     assert "Torch IR graph" not in failed.stdout + failed.stderr  # held back, not moved
 
-    forced = run(*args, "--backend", "torch", env=env)
+    forced = run_cli(*args, "--backend", "torch", env=env)
     assert forced.returncode == 0, forced.stderr
     assert json.loads(forced.stdout)[0]["path"] == image
 
@@ -305,3 +284,48 @@ def test_json_is_held_apart_under_clirunner_too(run_28px, monkeypatch):
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)[0]["path"] == image
     assert "note: a library printed 2 lines to stdout" in result.stderr
+
+
+COMMANDS = [
+    (), ("predict",), ("evaluate",), ("features",), ("export",), ("benchmark",), ("serve",),
+    ("explain",), ("train",), ("doctor",), ("feedback",), ("feedback", "export"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "imgcls")
+def test_help_reads_cleanly_in_80_columns(command):
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    assert "<bool>" not in result.stdout  # a flag takes no value
+    if "Commands:" in lines:  # each summary whole, not cut off with "..."
+        summaries = lines[lines.index("Commands:") + 1 :]
+        assert summaries and not any(line.endswith("...") for line in summaries), summaries
+
+
+def test_help_lists_the_choices_of_an_option():
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "80"})
+    for choices in ("<none|light|strong>", "<adamw|sgd>", "<softmax|logreg|svm|mlp|knn>"):
+        assert choices in result.stdout
+
+
+def test_a_bad_choice_is_a_one_line_usage_error_naming_the_option():
+    result = CliRunner().invoke(app, ["predict", "x.jpg", "--backend", "tensorflow"])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "'--backend'" in lines[0], lines
+    assert "'auto', 'torch', 'onnx'" in lines[0]
+
+
+def test_train_options_default_to_the_train_config_defaults():
+    import typer
+
+    from imgcls.train_config import TrainConfig
+
+    command = typer.main.get_command(app).commands["train"]
+    options = {param.name: param.default for param in command.params}
+    config = vars(TrainConfig(data="DATA", out="RUN"))
+    shared = sorted(set(options) & set(config) - {"data", "out"})
+    assert len(shared) == len(config) - 3  # all but data and out (no defaults) and progress
+    assert [options[name] for name in shared] == [config[name] for name in shared]

@@ -19,7 +19,7 @@ from importlib import metadata
 
 import httpx
 import pytest
-from conftest import ESPRESSO_ID, REPO, SAMPLES, cli_env
+from helpers import ESPRESSO_ID, REPO, SAMPLES, cli_env
 from packaging.requirements import Requirement
 from serve_utils import ESPRESSO, process_server
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from conftest import write_photo_crops
+from helpers import write_digit_images, write_photo_crops
 
 from imgcls.data import DataError, ImageFolder, find_splits
 from imgcls.doctor import diagnose
@@ -178,23 +178,6 @@ def test_train_transform_is_reproducible_with_a_seed():
 def test_unknown_augment_preset_is_refused():
     with pytest.raises(ValueError, match="augment must be one of"):
         train_transform(Preprocess(), "heavy")
-
-
-def write_digit_images(root: Path, per_class: int = 30, size: int = 28) -> list[tuple[Path, int]]:
-    """scikit-learn's handwritten digits, upsampled to `size` px PNGs: glyphs that a mirror
-    turns into other glyphs."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    samples = []
-    for label in range(10):
-        for i in np.flatnonzero(digits.target == label)[:per_class]:
-            image = (digits.images[i] * 16).clip(0, 255).astype(np.uint8)
-            path = root / str(label) / f"{i}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(path), cv2.resize(image, (size, size), interpolation=cv2.INTER_CUBIC))
-            samples.append((path, label))
-    return samples
 
 
 def test_survey_finds_that_mirrored_digits_change_class(tmp_path):

@@ -6,13 +6,12 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from conftest import SAMPLES, cli_env, imgcls_command
+from helpers import SAMPLES, run_cli
 from typer.testing import CliRunner
 
 from imgcls import doctor
@@ -110,13 +109,7 @@ def test_finds_every_planted_problem_and_no_distinct_picture_is_a_duplicate(plan
 
 
 def test_cli_json_report_and_html_with_thumbnails(planted: Path, tmp_path: Path):
-    run = subprocess.run(
-        imgcls_command("doctor", str(planted), "--json", "--out", str(tmp_path / "report")),
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = run_cli("doctor", str(planted), "--json", "--out", str(tmp_path / "report"))
     assert run.returncode == 1, run.stderr  # corrupt files and leaks were found
     result = json.loads(run.stdout)
     for key in ("num_images", "classes", "corrupt", "duplicates", "near_duplicates", "leaks"):

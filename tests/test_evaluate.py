@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-from conftest import cli_env, imgcls_command, write_photo_crops
+from helpers import run_cli, write_photo_crops
 from sklearn.metrics import classification_report
 from typer.testing import CliRunner
 
@@ -99,10 +98,11 @@ def test_known_answers_and_top5(evaluation):
 def test_predictions_outside_the_data_set_go_to_other(evaluation):
     classes = evaluation.classes
     answers = {  # "folder/file" → (data set class answered, the model's own top-1)
-        Path(path).relative_to(Path(path).parents[1]).as_posix(): (classes[p], label)
-        for path, p, label in zip(
-            evaluation.paths, evaluation.predicted, evaluation.predicted_labels, strict=True
+        Path(image.path).relative_to(Path(image.path).parents[1]).as_posix(): (
+            classes[image.predicted],
+            image.predicted_label,
         )
+        for image in evaluation.images
     }
     # The flipped espresso photo in "projectile" is still an espresso: a data set class.
     assert answers["n04008634/1.jpg"] == ("espresso", "espresso")
@@ -131,13 +131,7 @@ def test_unknown_class_folder_is_a_clear_error(classifier, tmp_path, samples):
 
 def test_cli_writes_the_report_and_lists_failures(dataset, tmp_path):
     out = tmp_path / "report"
-    result = subprocess.run(
-        imgcls_command("evaluate", "efficientnet_lite0", str(dataset), "--out", str(out), "--json"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=cli_env(),
-    )
+    result = run_cli("evaluate", "efficientnet_lite0", str(dataset), "--out", str(out), "--json")
     assert result.returncode == 1, result.stderr  # one unreadable file
     metrics = json.loads(result.stdout)
     for key in (
@@ -181,13 +175,18 @@ def test_split_picks_the_folder_and_top5_is_left_out_under_five_classes(tiny_run
 
 
 def test_cli_compares_several_models(dataset):
-    result = subprocess.run(
-        imgcls_command("evaluate", "efficientnet_lite0", str(dataset), "--model", "EfficientNet"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=cli_env(),
-    )
+    result = run_cli("evaluate", "efficientnet_lite0", str(dataset), "--model", "EfficientNet")
     assert result.returncode == 1  # the broken file again
     assert "efficientnet_lite0" in result.stdout and "EfficientNet" not in result.stderr
     assert result.stdout.count("efficientnet_lite0") == 2
+
+
+def test_an_unwritable_out_is_one_line_and_exit_code_1(tiny_run, tmp_path):
+    write_photo_crops(tmp_path / "data", per_class=2, size=32)
+    (tmp_path / "file").write_text("a file where a folder should be")
+    args = ["evaluate", str(tiny_run), str(tmp_path / "data"), "--out", str(tmp_path / "file")]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)  # no traceback
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "cannot make" in lines[0], lines

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 import timm
-from conftest import SAMPLES
+from helpers import SAMPLES
 from typer.testing import CliRunner
 
 from imgcls.cli import app

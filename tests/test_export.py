@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import onnx
 import pytest
-from conftest import ESPRESSO_ID, cli_env, imgcls_command, write_photo_crops
+from helpers import ESPRESSO_ID, cli_env, run_cli, run_python, write_photo_crops
+from typer.testing import CliRunner
 
 from imgcls import ImageClassifier
-from imgcls.export import read_metadata
+from imgcls.cli import app
+from imgcls.errors import ConfigError
+from imgcls.export import export_model, read_metadata
 from imgcls.runtime import OnnxRuntime
 
 
@@ -24,14 +25,8 @@ def cache(tmp_path, monkeypatch):
 
 def test_export_command_checks_parity_and_writes_metadata(tmp_path, samples):
     out = tmp_path / "lite0.onnx"
-    result = subprocess.run(
-        imgcls_command(
-            "export", "efficientnet_lite0", "--out", str(out), "--images", str(samples), "--json"
-        ),  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=cli_env(),
+    result = run_cli(
+        "export", "efficientnet_lite0", "--out", str(out), "--images", str(samples), "--json"
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -55,23 +50,10 @@ def test_torchscript_export_matches_pytorch_and_carries_metadata(tmp_path, sampl
     import torch
 
     out = tmp_path / "lite0.pt"
-    result = subprocess.run(
-        imgcls_command(
-            "export",
-            "efficientnet_lite0",
-            "--format",
-            "torchscript",
-            "--out",
-            str(out),
-            "--images",
-            str(samples),
-            "--json",
-        ),  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=cli_env(),
-    )
+    result = run_cli(
+        "export", "efficientnet_lite0", "--format", "torchscript", "--out", str(out),
+        "--images", str(samples), "--json",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["format"] == "torchscript" and report["top1_agreement"] == 1.0
@@ -86,24 +68,10 @@ def test_torchscript_export_matches_pytorch_and_carries_metadata(tmp_path, sampl
 def test_int8_export_is_quantized_reports_agreement_and_classifies(tmp_path):
     calib = write_photo_crops(tmp_path / "calib", per_class=4, size=160)
     out = tmp_path / "lite0-int8.onnx"
-    result = subprocess.run(
-        imgcls_command(
-            "export",
-            "efficientnet_lite0",
-            "--out",
-            str(out),
-            "--int8",
-            "--calib",
-            str(calib),
-            "--min-agreement",
-            "0",
-            "--json",
-        ),  # fmt: skip
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=cli_env(),
-    )
+    result = run_cli(
+        "export", "efficientnet_lite0", "--out", str(out), "--int8", "--calib", str(calib),
+        "--min-agreement", "0", "--json", timeout=600,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     int8 = json.loads(result.stdout)["int8"]
     assert int8["checked_on"] == 12 and 0.0 <= int8["top1_agreement"] <= 1.0
@@ -116,13 +84,7 @@ def test_int8_export_is_quantized_reports_agreement_and_classifies(tmp_path):
 
 
 def test_int8_needs_calibration_images(tmp_path):
-    result = subprocess.run(
-        imgcls_command("export", "efficientnet_lite0", "--out", str(tmp_path / "m.onnx"), "--int8"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=cli_env(),
-    )
+    result = run_cli("export", "efficientnet_lite0", "--out", str(tmp_path / "m.onnx"), "--int8")
     assert result.returncode == 2 and "--calib" in result.stderr
     assert not (tmp_path / "m.onnx").exists()
 
@@ -158,10 +120,7 @@ def test_a_later_start_runs_from_the_cache_without_importing_torch(cache, sample
     )
 
     def start() -> list[str]:
-        result = subprocess.run(
-            [sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
-            env={**cli_env(), "IMGCLS_CACHE_DIR": str(cache)},
-        )  # fmt: skip
+        result = run_python(script, env=cli_env(IMGCLS_CACHE_DIR=str(cache)))
         assert result.returncode == 0, result.stderr
         return result.stdout.split()
 
@@ -193,3 +152,32 @@ def test_auto_backend_is_onnx_on_the_cpu_and_torch_when_export_fails(cache, monk
 def test_unknown_backend_is_refused():
     with pytest.raises(ValueError, match="backend must be one of auto, torch, onnx"):
         ImageClassifier(backend="tensorflow")
+
+
+def test_export_model_is_the_export_command_from_python(tmp_path):
+    report = export_model("simple_cnn", tmp_path / "nested" / "cnn.onnx")
+    assert report["path"] == str(tmp_path / "nested" / "cnn.onnx") and report["format"] == "onnx"
+    assert report["checked_on"] == 8 and report["top1_agreement"] == 1.0
+    assert report["max_abs_diff"] < 1e-4 and "int8" not in report
+    assert ImageClassifier(report["path"]).num_classes == report["num_classes"]
+
+
+def test_export_model_names_its_parameters_and_the_cli_its_flags(tmp_path):
+    with pytest.raises(ConfigError, match="needs `calibration`") as raised:
+        export_model("simple_cnn", tmp_path / "m.onnx", int8=True)
+    assert raised.value.parameters == ("int8", "calibration")
+    result = CliRunner().invoke(app, ["export", "simple_cnn", "--out", str(tmp_path / "m.onnx"),
+                                      "--int8"])  # fmt: skip
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: --int8 quantizes an ONNX export and needs --calib")
+
+
+def test_an_unwritable_out_is_one_line_and_exit_code_1(tmp_path):
+    (tmp_path / "file").write_text("a file where a folder should be")
+    out = tmp_path / "file" / "m.onnx"
+    result = CliRunner().invoke(app, ["export", "simple_cnn", "--out", str(out), "--json"])
+    assert result.exit_code == 1, result.output
+    assert isinstance(result.exception, SystemExit)  # no traceback
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and str(out.parent) in lines[0]
+    assert result.stdout == ""  # --json: no document for an export that did not happen

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import write_photo_crops
+from helpers import write_photo_crops
 from serve_utils import ESPRESSO, process_server
 from typer.testing import CliRunner
 

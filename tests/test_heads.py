@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import cli_env, imgcls_command, write_photo_crops
+from helpers import run_cli, write_photo_crops
 
 from imgcls import ImageClassifier
 from imgcls.checkpoint import WeightsError, read_run_config
@@ -175,13 +174,7 @@ def test_head_run_trains_predicts_and_evaluates(head_runs, crops, kind):
 
 def test_head_run_works_from_the_command_line(head_runs, samples):
     out, _ = head_runs["logreg"]
-    result = subprocess.run(
-        imgcls_command("predict", str(samples / "espresso.jpg"), "--model", str(out), "--json"),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=cli_env(),
-    )
+    result = run_cli("predict", str(samples / "espresso.jpg"), "--model", str(out), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)[0]["predictions"][0]["label"] == "espresso"
 
@@ -190,13 +183,7 @@ def test_head_run_works_from_the_command_line(head_runs, samples):
 def test_head_run_exports_as_one_onnx_graph(head_runs, crops, tmp_path, kind):
     out, _ = head_runs[kind]
     exported = tmp_path / f"{kind}.onnx"
-    result = subprocess.run(
-        imgcls_command("export", str(out), "--out", str(exported), "--images", str(crops)),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=cli_env(),
-    )
+    result = run_cli("export", str(out), "--out", str(exported), "--images", str(crops))
     assert result.returncode == 0, result.stderr
     standalone, run = ImageClassifier(str(exported)), ImageClassifier(str(out))
     assert standalone.labels == run.labels and standalone.runtime.backend == "onnx"

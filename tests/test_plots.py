@@ -3,12 +3,7 @@ pyplot's figure list)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-SRC = Path(__file__).resolve().parents[1] / "src"
+from helpers import run_python
 
 DRAW = """
 import sys
@@ -31,9 +26,7 @@ print(matplotlib.get_backend(), "matplotlib.pyplot" in sys.modules)
 
 
 def test_drawing_leaves_the_backend_as_chosen_and_pyplot_unimported(tmp_path):
-    env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    done = subprocess.run([sys.executable, "-c", DRAW, str(tmp_path)], env=env,
-                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    done = run_python(DRAW, str(tmp_path), timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["svg", "False"]
     for name in ("curves.png", "lr_find.png", "confusion_matrix.png"):

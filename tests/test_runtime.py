@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-
 import numpy as np
 import pytest
 import torch
-from conftest import cli_env, imgcls_command
+from helpers import run_cli
 
 from imgcls.models import build_model, classifier_head
 from imgcls.runtime import TorchRuntime
@@ -33,13 +31,7 @@ def test_features_command_writes_paths_labels_and_vectors(tmp_path, samples):
         (tmp_path / "data" / folder).mkdir(parents=True)
         (tmp_path / "data" / folder / name).write_bytes((samples / name).read_bytes())
     out = tmp_path / "feats.npz"
-    result = subprocess.run(
-        imgcls_command("features", str(tmp_path / "data"), "--out", str(out)),
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=cli_env(),
-    )
+    result = run_cli("features", str(tmp_path / "data"), "--out", str(out))
     assert result.returncode == 0, result.stderr
     saved = np.load(out)
     assert list(saved["paths"]) == ["cats/cat.jpg", "cups/espresso.jpg"]

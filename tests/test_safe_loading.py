@@ -7,12 +7,11 @@ from __future__ import annotations
 import json
 import pickle
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import SAMPLES, cli_env, imgcls_command
+from helpers import SAMPLES, run_cli
 from typer.testing import CliRunner
 
 from imgcls import ImageClassifier
@@ -69,13 +68,7 @@ def test_weights_option_refuses_a_malicious_pickle(tmp_path: Path, marker: Path,
 
 def test_weights_refusal_in_a_real_process_prints_no_traceback(tmp_path: Path, marker: Path):
     evil = write_payloads(tmp_path / "payloads", marker)["zip.pth"]
-    run = subprocess.run(
-        imgcls_command("predict", str(SAMPLES / "cat.jpg"), "--weights", str(evil)),
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    run = run_cli("predict", str(SAMPLES / "cat.jpg"), "--weights", str(evil))
     assert run.returncode == 2
     assert "never unpickles" in run.stderr and "Traceback" not in run.stderr
     assert not marker.exists()

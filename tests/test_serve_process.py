@@ -4,12 +4,9 @@ address it binds and the backend it runs."""
 from __future__ import annotations
 
 import errno
-import os
 import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_utils import CAT, CAT_LABELS, SRC, process_server
+from helpers import run_cli
+from serve_utils import CAT, CAT_LABELS, process_server
 
 MB = 1_000_000
 
@@ -96,24 +94,7 @@ def test_an_upload_over_the_cap_is_refused_without_being_held_in_memory() -> Non
 
 
 def test_a_model_that_cannot_load_is_a_usage_error() -> None:
-    env = {**os.environ, "PYTHONPATH": str(SRC)}
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "imgcls",
-            "serve",
-            "--model",
-            "no_such_model_xyz",
-            "--port",
-            "0",
-            "--no-log",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = run_cli("serve", "--model", "no_such_model_xyz", "--port", "0", "--no-log", timeout=120)
     assert run.returncode == 2
     assert "no_such_model_xyz" in run.stderr
 

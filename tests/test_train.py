@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import shutil
 import signal
@@ -22,7 +21,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import write_photo_crops
+from helpers import cli_env, run_cli, write_digit_images, write_photo_crops
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
@@ -34,7 +33,6 @@ from imgcls.models import build_model
 from imgcls.simple_cnn import SimpleCNN
 from imgcls.train import ConfigError, TrainConfig, train
 
-SRC = Path(__file__).resolve().parents[1] / "src"
 SHAPES = ("circle", "square", "triangle")
 
 
@@ -80,9 +78,7 @@ def shapes_run(shapes, tmp_path_factory) -> tuple[Path, object]:
 
 
 def subprocess_env() -> dict[str, str]:
-    env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    env["OMP_NUM_THREADS"] = "1"  # two processes on two cores
-    return env
+    return cli_env(OMP_NUM_THREADS="1")  # two processes on two cores
 
 
 def read_metrics(run: Path) -> list[dict[str, str]]:
@@ -208,12 +204,13 @@ def test_pretrained_fine_tuning_beats_training_from_scratch(tmp_path):
 
 def test_killed_run_resumes_and_logs_each_epoch_once(tmp_path, shapes):
     out = tmp_path / "run"
-    command = [
-        sys.executable, "-m", "imgcls", "train", str(shapes), "--out", str(out),
-        "--model", "simple_cnn", "--epochs", "4", "--batch-size", "4", "--img-size", "48",
-        "--workers", "0", "--seed", "3",
+    args = [
+        "train", str(shapes), "--out", str(out), "--model", "simple_cnn", "--epochs", "4",
+        "--batch-size", "4", "--img-size", "48", "--workers", "0", "--seed", "3",
     ]  # fmt: skip
-    process = subprocess.Popen(command, env=subprocess_env(), stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imgcls", *args], env=subprocess_env(), stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 120
     while not (out / "state.pt").is_file() and process.poll() is None:
         assert time.monotonic() < deadline, "no checkpoint after 120 s"
@@ -225,8 +222,7 @@ def test_killed_run_resumes_and_logs_each_epoch_once(tmp_path, shapes):
     assert committed < 4, "the run finished before it was killed"
     kept = read_metrics(out)[:committed]  # a row logged after the last state may follow
 
-    resumed = subprocess.run([*command, "--resume"], env=subprocess_env(),
-                             capture_output=True, text=True, timeout=300)  # fmt: skip
+    resumed = run_cli(*args, "--resume", env=subprocess_env())
     assert resumed.returncode == 0, resumed.stderr
     # The resumed process ran the remaining epochs only: no restart from epoch 1.
     assert f"resuming {out} after epoch {committed}" in resumed.stderr
@@ -300,8 +296,6 @@ def test_two_process_ddp_on_cpu_trains_a_usable_run(tmp_path, shapes):
 def test_default_training_of_the_textbook_cnn_on_digits_keeps_their_shape(tmp_path):
     """Handwritten digits at 28 px with every augmentation default: no flips (a mirrored
     2 or 7 is no digit), the whole digit kept in view; the net learns them almost all."""
-    from test_data import write_digit_images
-
     data = tmp_path / "data"
     for path, _ in write_digit_images(data / "train", per_class=100)[::5]:
         (data / "test" / path.parent.name).mkdir(parents=True, exist_ok=True)
@@ -398,7 +392,10 @@ def test_existing_run_needs_resume(shapes_run, shapes):
         (["train", "{empty_class}", "--out", "{out}"], "no usable image"),
         (["train", "{shapes}", "--out", "{out}", "--val-split", "1.5"], "--val-split must be"),
         (["train", "{shapes}", "--out", "{out}", "--epochs", "0"], "--epochs must be"),
-        (["train", "{shapes}", "--out", "{out}", "--augment", "heavy"], "--augment must be"),
+        (
+            ["train", "{shapes}", "--out", "{out}", "--augment", "heavy"],
+            "Invalid value for '--augment'",
+        ),
         (["train", "{shapes}"], "--out RUN is required"),
         (["train", "{shapes}", "--out", "{out}", "--model", "resnet5O"], "unknown model"),
         (["train", "{shapes}", "--out", "{out}", "--weights", "{missing}"], "--weights: no such"),

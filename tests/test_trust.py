@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import write_photo_crops
+from helpers import write_photo_crops
 from serve_utils import metric, thread_server
 from typer.testing import CliRunner
 
@@ -165,9 +165,9 @@ def test_target_options_are_checked(photos, tmp_path):
     base = dict(data=str(photos["data"]), out=str(tmp_path / "x"), classifier="logreg")
     with pytest.raises(ConfigError, match="choose one"):
         train(TrainConfig(**base, target_precision=0.9, target_coverage=0.9))
-    with pytest.raises(ConfigError, match="--target-coverage"):
+    with pytest.raises(ConfigError, match="target_coverage"):
         train(TrainConfig(**base, target_coverage=1.5))
-    with pytest.raises(ConfigError, match="--reject-score"):
+    with pytest.raises(ConfigError, match="reject_score"):
         train(TrainConfig(**base, reject_score="entropy"))
 
 

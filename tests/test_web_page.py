@@ -18,7 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serve_utils import CAT, ESPRESSO, ROOT, SAMPLES, process_server
+from helpers import REPO, SAMPLES
+from serve_utils import CAT, ESPRESSO, process_server
 
 from imgcls.feedback import sha256_hex
 
@@ -55,7 +56,7 @@ def _require_browser() -> None:
 
 @pytest.fixture(scope="module")
 def artifacts() -> Path:
-    directory = Path(os.environ.get("IMGCLS_ARTIFACTS_DIR", ROOT / "test-artifacts"))
+    directory = Path(os.environ.get("IMGCLS_ARTIFACTS_DIR", REPO / "test-artifacts"))
     directory.mkdir(parents=True, exist_ok=True)
     return directory
 

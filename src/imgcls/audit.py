@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import html
+import io
 import os
 import time
 from collections.abc import Callable
@@ -101,7 +102,7 @@ def out_of_fold_probabilities(
 
     smallest = int(np.bincount(labels).min())
     if smallest < 2:
-        raise DataError("--labels needs at least 2 images in every class to hold one out")
+        raise DataError("a label audit needs at least 2 images in every class to hold one out")
     splitter = StratifiedKFold(min(folds, smallest), shuffle=True, random_state=seed)
     # Strong L2 (C=0.1): with far more features (1280) than images per class, a weakly
     # regularised model fits the flipped labels of its own folds too readily.
@@ -177,25 +178,25 @@ def audit_labels(
 def write_audit(audit: LabelAudit, out: str | os.PathLike, top: int | None = None) -> list[Path]:
     """label_issues.csv (path first, for `doctor --quarantine --only`) and
     label_issues.html (a gallery: image, given label, suggested label, score)."""
-    from imgcls.checkpoint import write_text
+    from imgcls.checkpoint import make_dir, write_text
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(out)
     issues = audit.issues[:top] if top is not None else audit.issues
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["path", "given_label", "suggested_label", "score", "margin"])
+    for item in issues:
+        writer.writerow(
+            [
+                item.path,
+                item.given_label,
+                item.suggested_label,
+                f"{item.self_confidence:.6f}",
+                f"{item.margin:.6f}",
+            ]
+        )
     csv_path = out / CSV_NAME
-    with open(csv_path, "w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["path", "given_label", "suggested_label", "score", "margin"])
-        for item in issues:
-            writer.writerow(
-                [
-                    item.path,
-                    item.given_label,
-                    item.suggested_label,
-                    f"{item.self_confidence:.6f}",
-                    f"{item.margin:.6f}",
-                ]
-            )
+    write_text(csv_path, rows.getvalue())
     html_path = out / HTML_NAME
     write_text(html_path, _gallery(audit, issues))
     return [csv_path, html_path]

@@ -15,7 +15,7 @@ import numpy as np
 
 from imgcls.classifier import ImageClassifier
 
-__all__ = ["BenchmarkResult", "benchmark", "time_calls"]
+__all__ = ["BenchmarkResult", "benchmark", "synthetic_photo", "time_calls"]
 
 
 @dataclass(frozen=True)
@@ -69,3 +69,14 @@ def time_calls(
         run(batch)
         latencies.append(time.perf_counter() - call)
     return np.asarray(latencies)
+
+
+def synthetic_photo() -> np.ndarray:
+    """A 640x480 RGB test card, gradients and shapes: a photo-like input when none is given."""
+    import cv2
+
+    y, x = np.mgrid[0:480, 0:640]
+    card = np.dstack([x * 255 // 639, y * 255 // 479, (x + y) * 255 // 1118]).astype(np.uint8)
+    cv2.circle(card, (320, 240), 120, (240, 200, 40), -1)
+    cv2.rectangle(card, (60, 60), (200, 180), (30, 90, 220), -1)
+    return card

@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING, Any
 
 from safetensors import SafetensorError  # light: safetensors imports no torch
 
+from imgcls.errors import WeightsError, WriteError
+
 if TYPE_CHECKING:  # torch is imported where tensors are read or written, not at start-up
     import torch
 
@@ -53,6 +55,7 @@ __all__ = [
     "is_run_dir",
     "load_run_state",
     "load_state_dict_file",
+    "make_dir",
     "new_run_config",
     "read_run_config",
     "save_run_state",
@@ -71,14 +74,6 @@ METRICS_COLUMNS = (
 EMA_COLUMNS = ("ema_val_loss", "ema_val_acc")  # metrics.csv of a run with --ema
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema")
-
-
-class WeightsError(ValueError):
-    """A weights file that cannot be used; the message names the file and the reason."""
-
-
-class WriteError(OSError):
-    """A run-directory file that could not be written; its previous version is intact."""
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -170,6 +165,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         if isinstance(exc, OSError | SafetensorError):  # safetensors' writer: its own type
             raise _write_error(path, exc) from None
         raise
+
+
+def make_dir(path: str | os.PathLike) -> Path:
+    """`path` as a folder, made with its parents when missing; WriteError when it cannot be
+    (a file in the way, no permission)."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise WriteError(f"{path}: cannot make this folder ({reason})") from None
+    return path
 
 
 def _write_error(path: Path, exc: BaseException) -> WriteError:

@@ -1,7 +1,10 @@
-"""The `imgcls` command line: a thin layer over the functions the Python API uses.
+"""The `imgcls` command line: each command parses its arguments, calls the function the
+Python API offers for the job and prints the result.
 
-Exit codes: 0 success, 1 some input failed (the rest were still processed), 2 usage error
-(including a model or weights file that cannot be loaded).
+Exit codes: 0 success; 1 some input failed (the rest were still processed) or an output
+could not be written; 2 usage error (including a model or weights file that cannot be
+loaded). Every error a command raises ends in one place, `_Commands.invoke`: one line on
+stderr and its exit code (`_exit_code`).
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ import json
 import os
 import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextvars import ContextVar
+from enum import Enum, StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -23,21 +27,117 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
+from imgcls.calibration import REJECT_SCORES
+from imgcls.classifier import BACKENDS
+from imgcls.errors import ConfigError, ImageError, ImgclsError, QuantizationError, WriteError
+from imgcls.export import EXPORT_FORMATS
 from imgcls.feedback import DEFAULT_FEEDBACK_DIR, DEFAULT_LOG_DB
 from imgcls.images import DEFAULT_MAX_PIXELS, list_images
+from imgcls.models import DEFAULT_MODEL
+from imgcls.train_config import CLASSIFIERS, OPTIMIZERS, TrainConfig
+from imgcls.transforms import AUGMENT_PRESETS
 
-app = typer.Typer(
-    name="imgcls",
-    help="Image classification: predict, train, evaluate, serve, export.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE = 0, 1, 2
+
 stdout = Console()
 stderr = Console(stderr=True)
 
-EXIT_OK, EXIT_INPUT_FAILED, EXIT_USAGE = 0, 1, 2
+
+# -- errors: one line on stderr and an exit code, decided here for every command ----------
+
+# The first class an error is an instance of decides its exit code; an error of none of
+# them is a bug, and keeps its traceback.
+_EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
+    (WriteError, EXIT_INPUT_FAILED),  # an output not written: disk full, no permission
+    (ImageError, EXIT_INPUT_FAILED),  # the image a command was given does not decode
+    (QuantizationError, EXIT_INPUT_FAILED),  # an int8 model its calibration images refuse
+    (ImgclsError, EXIT_USAGE),  # a model, weights, data set or arguments that cannot work
+    (FileNotFoundError, EXIT_USAGE),  # a model, weights or data path that is not there
+    (FileExistsError, EXIT_USAGE),  # an output folder that must be new
+    (OSError, EXIT_INPUT_FAILED),  # anything else the system refused
+)
+# The library names a function's parameters; here they are flags, under these names when
+# not the parameter's with dashes.
+_FLAGS = {"data": "DATA", "calibration": "--calib"}
+
+
+class _Commands(TyperGroup):
+    """The `imgcls` command group: where every command's errors end (see the module)."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:  # the commands run, and their options are parsed, in here
+            code = _exit_code(exc)
+            if code is None:
+                raise
+            stderr.print(
+                f"[red]error:[/red] {escape(_message(exc))}", highlight=False, soft_wrap=True
+            )
+            raise typer.Exit(code) from None
+
+
+def _exit_code(exc: Exception) -> int | None:
+    """How an error ends a command (None: it is not one for a one-line message)."""
+    if _is_usage_error(exc):
+        return exc.exit_code
+    if isinstance(exc, BrokenPipeError):  # stdout piped into `head`: click ends it quietly
+        return None
+    return next((code for kind, code in _EXIT_CODES if isinstance(exc, kind)), None)
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """click's own errors (a bad option value, a missing argument) carry their message and
+    exit code; whichever click typer brings, they are known by those. Not the help that a
+    bare command group shows (click >= 8.2 raises it as an error)."""
+    return hasattr(exc, "format_message") and type(exc).__name__ != "NoArgsIsHelpError"
+
+
+def _message(exc: Exception) -> str:
+    """An error's message as a command line user reads it: flags for parameters."""
+    if _is_usage_error(exc):
+        message = exc.format_message().replace("Value error, ", "")  # pydantic's, in typer 0.29
+        ctx = getattr(exc, "ctx", None)
+        return f"{message} (see {ctx.command_path} --help)" if ctx is not None else message
+    message = str(exc)
+    for name in getattr(exc, "parameters", ()):
+        message = message.replace(f"`{name}`", _FLAGS.get(name, "--" + name.replace("_", "-")))
+    return message
+
+
+# -- the choices of options: typer lists them in --help and refuses others ----------------
+
+
+def _choices(name: str, values: Sequence[str]) -> type[StrEnum]:
+    return StrEnum(name, [(value, value) for value in values])
+
+
+Backend = _choices("Backend", BACKENDS)
+ExportFormat = _choices("ExportFormat", EXPORT_FORMATS)
+Optimizer = _choices("Optimizer", OPTIMIZERS)
+Augment = _choices("Augment", AUGMENT_PRESETS)
+Classifier = _choices("Classifier", CLASSIFIERS)
+RejectScore = _choices("RejectScore", REJECT_SCORES)
+
+
+app = typer.Typer(
+    name="imgcls",
+    cls=_Commands,
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,  # click's plain help: it reads well in 80 columns
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Image classification: predict, train, evaluate, serve, export."""
+
+
+# -- --json: stdout carries the JSON document alone ---------------------------------------
 
 # The documents a running --json command has handed to `_print_json`.
 _json_documents: ContextVar[list[Any] | None] = ContextVar("json_documents", default=None)
@@ -122,9 +222,33 @@ def _flush_c_stdio() -> None:
         ctypes.CDLL(None).fflush(None)
 
 
-@app.callback()
-def _root() -> None:
-    """Image classification: predict, train, evaluate, serve, export."""
+class _progress:
+    """A progress bar on stderr for work longer than a glance; silent when not a terminal."""
+
+    def __init__(self, total: int, description: str, enabled: bool = True) -> None:
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=stderr,
+            transient=True,
+            disable=not (enabled and stderr.is_terminal),
+        )
+        self.task = self.bar.add_task(description, total=total)
+
+    def __enter__(self):
+        self.bar.start()
+        return lambda n=1: self.bar.advance(self.task, n)
+
+    def __exit__(self, *exc_info) -> None:
+        self.bar.stop()
+
+    def set_total(self, total: int) -> None:
+        self.bar.update(self.task, total=total)
+
+
+# -- predict ------------------------------------------------------------------------------
 
 
 @app.command()
@@ -132,13 +256,11 @@ def _root() -> None:
 def predict(
     inputs: Annotated[
         list[Path],
-        typer.Argument(
-            metavar="INPUT...", help="Image files or directories (searched recursively)."
-        ),
+        typer.Argument(metavar="INPUT", help="Image files or directories (searched recursively)."),
     ],
     model: Annotated[
         str, typer.Option("--model", "-m", help="Architecture name or run directory.")
-    ] = "efficientnet_lite0",
+    ] = DEFAULT_MODEL,
     weights: Annotated[
         Path | None, typer.Option(help="Weights file: safetensors, or a state dict (.pth/.bin).")
     ] = None,
@@ -149,8 +271,8 @@ def predict(
         int, typer.Option(min=1, help="Refuse images with more pixels than this.")
     ] = DEFAULT_MAX_PIXELS,
     backend: Annotated[
-        str, typer.Option(help="auto (ONNX Runtime on the CPU) | torch | onnx.")
-    ] = "auto",
+        Backend, typer.Option(help="auto: ONNX Runtime on the CPU, PyTorch elsewhere.")
+    ] = Backend.auto,
     output: Annotated[
         Path | None,
         typer.Option(help="Stream results to this JSON Lines file; a rerun skips what it has."),
@@ -167,7 +289,9 @@ def predict(
         ),
     ] = None,
 ) -> None:
-    """Classify images: top-k labels with probabilities for each INPUT."""
+    """Classify images: top-k labels and probabilities for each INPUT."""
+    from imgcls.classifier import ImageClassifier
+
     entries = _expand_inputs(inputs)
     if shard is not None:
         entries = entries[_parse_shard(shard)]
@@ -175,8 +299,12 @@ def predict(
         done = _recorded_paths(output)
         entries = [e for e in entries if str(e if isinstance(e, Path) else e[0]) not in done]
     paths = [entry for entry in entries if isinstance(entry, Path)]
-    classifier = _load_classifier(
-        model, weights=weights, batch_size=batch_size, max_pixels=max_pixels, backend=backend
+    classifier = ImageClassifier(
+        model,
+        weights=weights,
+        batch_size=batch_size,
+        max_pixels=max_pixels,
+        backend=backend.value,
     )
 
     results: list[dict[str, Any]] = []
@@ -211,11 +339,26 @@ def predict(
     raise typer.Exit(EXIT_INPUT_FAILED if failed else EXIT_OK)
 
 
+def _expand_inputs(inputs: list[Path]) -> list[Path | tuple[Path, Exception]]:
+    """Image files from files and directories, in the order given; an input with nothing
+    to classify stays in its place as a (path, error) pair."""
+    entries: list[Path | tuple[Path, Exception]] = []
+    for item in inputs:
+        if item.is_dir():
+            found = list_images(item)
+            entries.extend(
+                found or [(item, FileNotFoundError(f"{item}: no image files in this directory"))]
+            )
+        else:
+            entries.append(item)  # a missing file is reported by the classifier, in place
+    return entries
+
+
 def _parse_shard(shard: str) -> slice:
     """ "K/N" → the slice of inputs shard K of N takes (every N-th, from the K-th)."""
     k, _, n = shard.partition("/")
     if not (k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
-        _fail_usage(f"--shard must be K/N with 0 ≤ K < N, got {shard!r}")
+        raise ConfigError(f"--shard must be K/N with 0 ≤ K < N, got {shard!r}")
     return slice(int(k), None, int(n))
 
 
@@ -232,11 +375,44 @@ def _recorded_paths(output: Path) -> set[str]:
     return done
 
 
+def _error_record(path: Path | str, exc: Exception) -> dict[str, Any]:
+    return {"path": str(path), "error": {"type": type(exc).__name__, "message": str(exc)}}
+
+
+def _print_predictions(results: list[dict[str, Any]]) -> None:
+    for record in results:
+        if "error" in record:
+            stderr.print(f"[red]✗[/red] {record['error']['message']}", highlight=False)
+            continue
+        table = Table(title=record["path"], title_justify="left", show_edge=False, pad_edge=False)
+        table.add_column("#", justify="right", style="dim")
+        table.add_column("label")
+        table.add_column("class id", style="dim")
+        table.add_column("score", justify="right")
+        table.add_column("")
+        if record["predictions"] and record["predictions"][0]["unknown"]:
+            table.caption = "unknown: not sure enough to name this image"
+        for rank, p in enumerate(record["predictions"], 1):
+            bar = "█" * max(1, round(p["score"] * 20)) if p["score"] >= 0.025 else ""
+            table.add_row(
+                str(rank), p["label"], p["class_id"], f"{p['score']:.1%}", f"[cyan]{bar}[/cyan]"
+            )
+        stdout.print(table)
+        stdout.print()
+
+
+# -- evaluate -----------------------------------------------------------------------------
+
+
 @app.command()
 @_json_command
 def evaluate(
-    model: Annotated[str, typer.Argument(help="Architecture name or run directory.")],
-    data: Annotated[Path, typer.Argument(help="DATA/<split>/<class>/* or DATA/<class>/*.")],
+    model: Annotated[
+        str, typer.Argument(metavar="MODEL", help="Architecture name or run directory.")
+    ],
+    data: Annotated[
+        Path, typer.Argument(metavar="DATA", help="DATA/<split>/<class>/* or DATA/<class>/*.")
+    ],
     split: Annotated[str, typer.Option(help="Which split folder to evaluate.")] = "test",
     compare: Annotated[
         list[str] | None,
@@ -249,30 +425,28 @@ def evaluate(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 8,
     backend: Annotated[
-        str, typer.Option(help="auto (ONNX Runtime on the CPU) | torch | onnx.")
-    ] = "auto",
+        Backend, typer.Option(help="auto: ONNX Runtime on the CPU, PyTorch elsewhere.")
+    ] = Backend.auto,
 ) -> None:
-    """Accuracy, top-5, per-class precision/recall/F1, confusion matrix and calibration."""
-    from imgcls.evaluate import EvaluationError, evaluate, find_labelled_images, write_report
+    """Accuracy, per-class metrics and calibration of MODEL on DATA.
 
-    try:
-        samples = find_labelled_images(data, split)
-    except EvaluationError as exc:
-        _fail_usage(str(exc))
+    With --out, also the confusion matrix, the most confident mistakes and calibration
+    plots."""
+    from imgcls.classifier import ImageClassifier
+    from imgcls.evaluate import evaluate, find_labelled_images, write_report
+
+    samples = find_labelled_images(data, split)
     names = [model, *(compare or [])]
     reports = []
     for name in names:
-        classifier = _load_classifier(
+        classifier = ImageClassifier(
             name,
             weights=weights if name == model else None,
             batch_size=batch_size,
-            backend=backend,
+            backend=backend.value,
         )
         with _progress(len(samples), f"evaluating {name}", enabled=not json_output) as advance:
-            try:
-                evaluation = evaluate(classifier, samples, progress=advance)
-            except EvaluationError as exc:
-                _fail_usage(str(exc))
+            evaluation = evaluate(classifier, samples, progress=advance)
         metrics = evaluation.metrics()
         if out is not None:
             write_report(evaluation, metrics, out if len(names) == 1 else out / _safe_name(name))
@@ -283,249 +457,6 @@ def evaluate(
     else:
         _print_evaluations(reports)
     raise typer.Exit(EXIT_INPUT_FAILED if any(r["failed"] for r in reports) else EXIT_OK)
-
-
-@app.command()
-def features(
-    data: Annotated[Path, typer.Argument(help="A folder of images (class folders give labels).")],
-    out: Annotated[Path, typer.Option(help="The .npz file to write.")],
-    model: Annotated[
-        str, typer.Option("--model", "-m", help="Backbone name or run directory.")
-    ] = "efficientnet_lite0",
-    weights: Annotated[Path | None, typer.Option(help="Weights file for the model.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 8,
-) -> None:
-    """Embeddings: pooled penultimate features of every image under DATA, to an .npz file
-    with `paths`, `labels` (the parent folder names) and `features` (N x D float32)."""
-    import numpy as np
-
-    if not data.is_dir():
-        _fail_usage(f"{data}: no such directory")
-    paths = list_images(data)
-    if not paths:
-        _fail_usage(f"{data}: no image files in this directory")
-    classifier = _load_classifier(model, weights=weights, batch_size=batch_size)
-    kept, vectors, failed = [], [], 0
-    with _progress(len(paths), "extracting features") as advance:
-        for path, outcome in classifier.features_paths(paths):
-            advance()
-            if isinstance(outcome, Exception):
-                stderr.print(f"[red]✗[/red] {outcome}", highlight=False)
-                failed += 1
-            else:
-                kept.append(path)
-                vectors.append(outcome)
-    np.savez_compressed(
-        out,
-        paths=np.asarray([str(Path(p).relative_to(data)) for p in kept]),
-        labels=np.asarray([Path(p).parent.name for p in kept]),
-        features=np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, 0), np.float32),
-    )
-    stdout.print(
-        f"{len(kept)} images → {out} ({vectors[0].shape[0] if vectors else 0} features each)"
-    )
-    raise typer.Exit(EXIT_INPUT_FAILED if failed else EXIT_OK)
-
-
-@app.command()
-@_json_command
-def export(
-    model: Annotated[str, typer.Argument(help="Architecture name or run directory.")],
-    out: Annotated[Path, typer.Option(help="The file to write (.onnx, or .pt for torchscript).")],
-    export_format: Annotated[str, typer.Option("--format", help="onnx | torchscript.")] = "onnx",
-    weights: Annotated[Path | None, typer.Option(help="Weights file for MODEL.")] = None,
-    images: Annotated[
-        Path | None, typer.Option(help="Images to check PyTorch/ONNX parity on.")
-    ] = None,
-    int8: Annotated[
-        bool, typer.Option("--int8", help="Static int8 quantization (ONNX), needs --calib.")
-    ] = False,
-    calib: Annotated[
-        Path | None, typer.Option(help="Real images to calibrate int8 ranges on (100-500).")
-    ] = None,
-    min_agreement: Annotated[
-        float,
-        typer.Option(min=0, max=1, help="Refuse an int8 model agreeing less with fp32 (top-1)."),
-    ] = 0.97,
-    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """Export to ONNX (dynamic batch axis, labels and preprocessing in the metadata) or
-    TorchScript, and check it against PyTorch: max abs difference of probabilities, top-1
-    agreement. `--int8 --calib DIR` quantizes the ONNX file and reports its agreement with
-    fp32 and its speed-up."""
-    import numpy as np
-
-    from imgcls.export import export_head_onnx, export_onnx, export_torchscript, parity
-    from imgcls.runtime import OnnxRuntime, TorchRuntime
-
-    if export_format not in ("onnx", "torchscript"):
-        _fail_usage(f"--format must be onnx or torchscript, got {export_format!r}")
-    if int8 and (export_format != "onnx" or calib is None):
-        _fail_usage("--int8 quantizes an ONNX export and needs --calib DIR of real images")
-    for directory in (images, calib if int8 else None):
-        if directory is not None and not list_images(directory):
-            _fail_usage(f"{directory}: no image files in this directory")
-    classifier = _load_classifier(model, weights=weights, backend="torch")
-    module = classifier.module
-    head = None if isinstance(classifier.runtime, TorchRuntime) else classifier.runtime.head
-    if head is not None and export_format != "onnx":
-        _fail_usage(f"{model}: a classical-head run exports to ONNX only (--format onnx)")
-    metadata = classifier.export_metadata(module) if head is None else classifier.run_metadata()
-    if images is not None:
-        batch = _preprocessed(images, classifier)[:64]
-    else:  # inputs spread like normalised images, fixed for a repeatable check
-        rng = np.random.default_rng(0)
-        batch = rng.uniform(-2, 2, (8, *classifier.preprocess.input_size)).astype(np.float32)
-    if export_format == "torchscript":
-        export_torchscript(module, metadata, out)
-        exported = _torchscript_runtime(out)
-    elif head is not None:
-        export_head_onnx(module, head.path, metadata, out)
-        exported = OnnxRuntime(out)
-    else:
-        export_onnx(module, metadata, out)
-        exported = OnnxRuntime(out)
-    report = {
-        "path": str(out),
-        "format": export_format,
-        "num_classes": classifier.num_classes,
-        "input_size": list(classifier.preprocess.input_size),
-        "checked_on": len(batch),
-        **parity(classifier.runtime(batch), exported(batch)),
-    }
-    if int8:
-        report["int8"] = _quantize(out, _preprocessed(calib, classifier), exported, min_agreement)
-    if json_output:
-        _print_json(report)
-        return
-    stdout.print(
-        f"wrote {out}: max abs diff of probabilities {report['max_abs_diff']:.2e}, "
-        f"top-1 agreement {report['top1_agreement']:.0%} on {len(batch)} inputs"
-    )
-    if int8:
-        q = report["int8"]
-        stdout.print(
-            f"int8: top-1 agreement with fp32 {q['top1_agreement']:.1%} on {q['checked_on']} "
-            f"images, {q['speedup']:.2f}x fp32 speed ({q['images_per_s']:.1f} vs "
-            f"{q['fp32_images_per_s']:.1f} images/s at batch 8)"
-        )
-
-
-def _preprocessed(directory: Path, classifier):
-    """The decodable images under DIRECTORY as one preprocessed (N, 3, H, W) array."""
-    import numpy as np
-
-    inputs = [x for _, x in classifier.prepared_paths(list_images(directory))]
-    inputs = [x for x in inputs if not isinstance(x, Exception)]
-    if not inputs:
-        _fail_usage(f"{directory}: none of its images could be decoded")
-    return np.stack(inputs)
-
-
-def _quantize(out: Path, calibration, fp32, min_agreement: float) -> dict[str, Any]:
-    """Quantize OUT in place to int8; its agreement with fp32 and speed-up on real images."""
-    import tempfile
-
-    import numpy as np
-
-    from imgcls.benchmark import time_calls
-    from imgcls.export import parity, quantize_int8
-    from imgcls.runtime import OnnxRuntime
-
-    with tempfile.TemporaryDirectory() as scratch:
-        candidate = quantize_int8(out, Path(scratch) / "int8.onnx", calibration)
-        int8 = OnnxRuntime(candidate)
-        agreement = parity(fp32(calibration), int8(calibration))["top1_agreement"]
-        batch = np.ascontiguousarray(calibration[:1].repeat(8, axis=0))
-        speed = {}
-        for name, runtime in (("fp32", fp32), ("int8", int8)):
-            latencies = time_calls(runtime, batch, seconds=2.0)
-            speed[name] = len(batch) * len(latencies) / latencies.sum()
-        if agreement < min_agreement:
-            out.unlink()
-            stderr.print(
-                f"[red]error:[/red] int8 top-1 agreement with fp32 is {agreement:.1%} on "
-                f"{len(calibration)} images, below --min-agreement {min_agreement:.0%}; "
-                f"{out} not written (more or more typical --calib images may help)"
-            )
-            raise typer.Exit(EXIT_INPUT_FAILED)
-        Path(candidate).replace(out)
-    return {
-        "top1_agreement": agreement,
-        "checked_on": len(calibration),
-        "images_per_s": speed["int8"],
-        "fp32_images_per_s": speed["fp32"],
-        "speedup": speed["int8"] / speed["fp32"],
-    }
-
-
-def _torchscript_runtime(path: Path):
-    """Our own freshly written TorchScript file, run for the parity check."""
-    import warnings
-
-    import torch
-
-    with warnings.catch_warnings():  # deprecated in favour of torch.export, still supported
-        warnings.simplefilter("ignore", FutureWarning)
-        scripted = torch.jit.load(str(path), map_location="cpu").eval()
-
-    def run(batch):
-        with torch.inference_mode():
-            return scripted(torch.from_numpy(batch)).numpy()
-
-    return run
-
-
-@app.command()
-@_json_command
-def benchmark(
-    model: Annotated[str, typer.Argument(help="Architecture name, run directory or .onnx.")],
-    backend: Annotated[
-        list[str] | None, typer.Option(help="torch | onnx; repeat to compare (default both).")
-    ] = None,
-    batch_size: Annotated[
-        list[int] | None, typer.Option(min=1, help="Batch size; repeat for several (default 1, 8).")
-    ] = None,
-    seconds: Annotated[float, typer.Option(min=0.1, help="Seconds per measurement.")] = 5.0,
-    image: Annotated[
-        Path | None, typer.Option(help="Photo to feed (default: a generated test card).")
-    ] = None,
-    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
-) -> None:
-    """Model-only speed: images/s and latency percentiles per backend and batch size."""
-    from imgcls.benchmark import benchmark as run_benchmark
-    from imgcls.images import ImageError, load_image
-
-    try:
-        photo = load_image(image) if image is not None else _test_card()
-    except (ImageError, FileNotFoundError) as exc:
-        _fail_usage(str(exc))
-    backends = ["onnx"] if model.endswith(".onnx") else (backend or ["torch", "onnx"])
-    results = []
-    for name in backends:
-        classifier = _load_classifier(model, backend=name)
-        for size in batch_size or [1, 8]:
-            results.append(run_benchmark(classifier, photo, size, seconds).to_dict())
-            if not json_output:
-                r = results[-1]
-                stdout.print(
-                    f"{r['backend']:>5} batch {r['batch_size']:>3}: {r['images_per_s']:8.1f} "
-                    f"images/s  p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms"
-                )
-    if json_output:
-        _print_json(results)
-
-
-def _test_card():
-    """A 640x480 colour photo-like test card: gradients and shapes, no file needed."""
-    import cv2
-    import numpy as np
-
-    y, x = np.mgrid[0:480, 0:640]
-    card = np.dstack([x * 255 // 639, y * 255 // 479, (x + y) * 255 // 1118]).astype(np.uint8)
-    cv2.circle(card, (320, 240), 120, (240, 200, 40), -1)
-    cv2.rectangle(card, (60, 60), (200, 180), (30, 90, 220), -1)
-    return card
 
 
 def _safe_name(name: str) -> str:
@@ -567,45 +498,6 @@ def _print_evaluations(reports: list[dict[str, Any]]) -> None:
             stderr.print(f"[red]✗[/red] {failure['error']}", highlight=False)
 
 
-def _doctor_labels(data: Path, out: Path | None, json_output: bool, top: int | None) -> None:
-    """`doctor --labels`: rank images by how unlikely an out-of-fold model finds their
-    label (imgcls.audit), print the worst, write the CSV and the gallery."""
-    from imgcls.audit import audit_labels, write_audit
-    from imgcls.data import DataError, scan_dataset
-
-    if not data.is_dir():
-        _fail_usage(f"DATA: no such directory {data}")
-    try:
-        total = sum(len(files) for files in scan_dataset(data).splits.values())
-        with _progress(total, "extracting features", enabled=not json_output) as advance:
-            audit = audit_labels(data, progress=advance)
-    except DataError as exc:
-        _fail_usage(str(exc))
-    report = audit.to_dict(top)
-    if out is not None:
-        report["files"] = [str(p) for p in write_audit(audit, out, top)]
-    if json_output:
-        _print_json(report)
-        return
-    table = Table(
-        title=f"likely mislabelled: {report['num_issues']} of {report['num_images']} images",
-        title_justify="left",
-    )
-    for column in ("path", "given", "suggested", "p(given)", "margin"):
-        table.add_column(column, justify="right" if column.startswith(("p(", "m")) else "left")
-    for item in report["issues"][: top or 20]:
-        table.add_row(
-            item["path"],
-            item["given_label"],
-            item["suggested_label"],
-            f"{item['self_confidence']:.3f}",
-            f"{item['margin']:+.3f}",
-        )
-    stdout.print(table)
-    for path in report.get("files", []):
-        stdout.print(f"wrote {path}")
-
-
 def _print_trust(report: dict[str, Any]) -> None:
     """Calibration, the run's "unknown" rule, and the coverage / accuracy trade-off."""
     stdout.print(
@@ -632,6 +524,157 @@ def _print_trust(report: dict[str, Any]) -> None:
             str(point["answered"]),
         )
     stdout.print(table)
+
+
+# -- features -----------------------------------------------------------------------------
+
+
+@app.command()
+def features(
+    data: Annotated[
+        Path,
+        typer.Argument(metavar="DATA", help="A folder of images (class folders give labels)."),
+    ],
+    out: Annotated[Path, typer.Option(help="The .npz file to write.")],
+    model: Annotated[
+        str, typer.Option("--model", "-m", help="Backbone name or run directory.")
+    ] = DEFAULT_MODEL,
+    weights: Annotated[Path | None, typer.Option(help="Weights file for the model.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 8,
+) -> None:
+    """Embeddings of every image under DATA, written to an .npz file.
+
+    The file holds `paths`, `labels` (the parent folder names) and `features` (N x D
+    float32, the pooled penultimate features)."""
+    from imgcls.features import extract_features
+
+    bar = _progress(0, "extracting features")
+    with bar as advance:
+        found = extract_features(
+            data, model, weights, batch_size, progress=advance, on_total=bar.set_total
+        )
+    for failure in found.failures:
+        stderr.print(f"[red]✗[/red] {escape(str(failure))}", highlight=False)
+    written = found.save(out)
+    width = found.vectors.shape[1] if len(found.vectors) else 0
+    stdout.print(f"{len(found.paths)} images → {written} ({width} features each)")
+    raise typer.Exit(EXIT_INPUT_FAILED if found.failures else EXIT_OK)
+
+
+# -- export -------------------------------------------------------------------------------
+
+
+@app.command()
+@_json_command
+def export(
+    model: Annotated[
+        str, typer.Argument(metavar="MODEL", help="Architecture name or run directory.")
+    ],
+    out: Annotated[Path, typer.Option(help="The file to write (.onnx, or .pt for torchscript).")],
+    export_format: Annotated[
+        ExportFormat, typer.Option("--format", help="The file's format.")
+    ] = ExportFormat.onnx,
+    weights: Annotated[Path | None, typer.Option(help="Weights file for MODEL.")] = None,
+    images: Annotated[
+        Path | None, typer.Option(help="Images to check PyTorch/ONNX parity on.")
+    ] = None,
+    int8: Annotated[
+        bool, typer.Option("--int8", help="Static int8 quantization (ONNX), needs --calib.")
+    ] = False,
+    calib: Annotated[
+        Path | None, typer.Option(help="Real images to calibrate int8 ranges on (100-500).")
+    ] = None,
+    min_agreement: Annotated[
+        float,
+        typer.Option(min=0, max=1, help="Refuse an int8 model agreeing less with fp32 (top-1)."),
+    ] = 0.97,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Export to ONNX or TorchScript, checked against PyTorch.
+
+    ONNX files have a dynamic batch axis and carry labels and preprocessing in their
+    metadata. The check reports the max abs difference of probabilities and the top-1
+    agreement. `--int8 --calib DIR` quantizes the ONNX file and reports its agreement
+    with fp32 and its speed-up."""
+    from imgcls.export import export_model
+
+    report = export_model(
+        model,
+        out,
+        export_format.value,
+        weights=weights,
+        images=images,
+        int8=int8,
+        calibration=calib,
+        min_agreement=min_agreement,
+    )
+    if json_output:
+        _print_json(report)
+        return
+    stdout.print(
+        f"wrote {out}: max abs diff of probabilities {report['max_abs_diff']:.2e}, "
+        f"top-1 agreement {report['top1_agreement']:.0%} on {report['checked_on']} inputs"
+    )
+    if int8:
+        q = report["int8"]
+        stdout.print(
+            f"int8: top-1 agreement with fp32 {q['top1_agreement']:.1%} on {q['checked_on']} "
+            f"images, {q['speedup']:.2f}x fp32 speed ({q['images_per_s']:.1f} vs "
+            f"{q['fp32_images_per_s']:.1f} images/s at batch 8)"
+        )
+
+
+# -- benchmark ----------------------------------------------------------------------------
+
+
+@app.command()
+@_json_command
+def benchmark(
+    model: Annotated[
+        str, typer.Argument(metavar="MODEL", help="Architecture name, run directory or .onnx.")
+    ],
+    backend: Annotated[
+        list[Backend] | None, typer.Option(help="Repeat to compare (default: torch and onnx).")
+    ] = None,
+    batch_size: Annotated[
+        list[int] | None, typer.Option(min=1, help="Batch size; repeat for several (default 1, 8).")
+    ] = None,
+    seconds: Annotated[float, typer.Option(min=0.1, help="Seconds per measurement.")] = 5.0,
+    image: Annotated[
+        Path | None, typer.Option(help="Photo to feed (default: a generated test card).")
+    ] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Model-only speed: images/s and latency per backend and batch."""
+    from imgcls.benchmark import benchmark as run_benchmark
+    from imgcls.benchmark import synthetic_photo
+    from imgcls.classifier import ImageClassifier
+    from imgcls.images import load_image
+
+    try:
+        photo = load_image(image) if image is not None else synthetic_photo()
+    except ImageError as exc:  # a photo to time with, not an input that failed
+        raise ConfigError(f"--image: {exc}") from None
+    if model.endswith(".onnx"):
+        backends = ["onnx"]
+    else:
+        backends = [b.value for b in backend] if backend else ["torch", "onnx"]
+    results = []
+    for name in backends:
+        classifier = ImageClassifier(model, backend=name)
+        for size in batch_size or [1, 8]:
+            results.append(run_benchmark(classifier, photo, size, seconds).to_dict())
+            if not json_output:
+                r = results[-1]
+                stdout.print(
+                    f"{r['backend']:>5} batch {r['batch_size']:>3}: {r['images_per_s']:8.1f} "
+                    f"images/s  p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms"
+                )
+    if json_output:
+        _print_json(results)
+
+
+# -- serve --------------------------------------------------------------------------------
 
 
 @app.command()
@@ -672,8 +715,8 @@ def serve(
         ),
     ] = None,
     backend: Annotated[
-        str, typer.Option(help="auto (ONNX Runtime on the CPU) | torch | onnx.")
-    ] = "auto",
+        Backend, typer.Option(help="auto: ONNX Runtime on the CPU, PyTorch elsewhere.")
+    ] = Backend.auto,
     log_db: Annotated[
         Path, typer.Option(help="SQLite file that logs every prediction (WAL mode).")
     ] = Path(DEFAULT_LOG_DB),
@@ -682,40 +725,38 @@ def serve(
         Path, typer.Option(help="Where corrected images are kept, in class folders.")
     ] = Path(DEFAULT_FEEDBACK_DIR),
 ) -> None:
-    """Serve models over HTTP: the web page, REST, KServe/Triton v2 and Prometheus metrics."""
-    from imgcls.classifier import BACKENDS
-    from imgcls.serve import ServeConfig, StartupError, run
+    """Serve models over HTTP: web page, REST, KServe v2, metrics."""
+    from imgcls.serve import ServeConfig, run
 
-    if backend not in BACKENDS:
-        _fail_usage(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    config = ServeConfig(
-        models=tuple(model or ["efficientnet_lite0"]),
-        host=host,
-        port=port,
-        max_batch=max_batch,
-        max_wait_ms=max_wait_ms,
-        max_queue=max_queue,
-        max_upload_mb=max_upload_mb,
-        max_pixels=max_pixels,
-        threads=threads,
-        backend=backend,
-        log_db=None if no_log else str(log_db),
-        feedback_dir=str(feedback_dir),
+    run(
+        ServeConfig(
+            models=tuple(model or [DEFAULT_MODEL]),
+            host=host,
+            port=port,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
+            max_upload_mb=max_upload_mb,
+            max_pixels=max_pixels,
+            threads=threads,
+            backend=backend.value,
+            log_db=None if no_log else str(log_db),
+            feedback_dir=str(feedback_dir),
+        )
     )
-    try:
-        run(config)
-    except StartupError as exc:
-        _fail_usage(str(exc))
+
+
+# -- explain ------------------------------------------------------------------------------
 
 
 @app.command()
 @_json_command
 def explain(
-    image: Annotated[Path, typer.Argument(help="The image to explain.")],
+    image: Annotated[Path, typer.Argument(metavar="IMAGE", help="The image to explain.")],
     out: Annotated[Path, typer.Option(help="Where to write the image with the heat map (PNG).")],
     model: Annotated[
         str, typer.Option("--model", "-m", help="CNN architecture name or run directory.")
-    ] = "efficientnet_lite0",
+    ] = DEFAULT_MODEL,
     weights: Annotated[Path | None, typer.Option(help="Weights file for MODEL.")] = None,
     label: Annotated[
         str | None,
@@ -723,36 +764,22 @@ def explain(
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Grad-CAM: write IMAGE with a heat map of the regions that made MODEL choose a class."""
+    """Grad-CAM: a heat map of what made MODEL choose a class."""
     import cv2
 
-    from imgcls.checkpoint import WeightsError, WriteError, atomic_write
-    from imgcls.explain import Explainer, NotExplainable
-    from imgcls.images import ImageError
-    from imgcls.models import ModelError
+    from imgcls.checkpoint import atomic_write, make_dir
+    from imgcls.explain import Explainer
 
     if not image.is_file():  # before the model load: a typo costs no wait
-        stderr.print(f"[red]error:[/red] {image}: no such file", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_INPUT_FAILED)
-    try:
-        explainer = Explainer(model, weights=weights)
-        explanation = explainer.explain(image, label)
-    except (ModelError, WeightsError, NotExplainable) as exc:
-        _fail_usage(str(exc))
-    except (FileNotFoundError, ImageError) as exc:
-        stderr.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_INPUT_FAILED) from None
+        raise ImageError(f"{image}: no such file")
+    explanation = Explainer(model, weights=weights).explain(image, label)
     if out.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".bmp"):
         out = out.with_suffix(".png")
     ok, encoded = cv2.imencode(out.suffix, cv2.cvtColor(explanation.overlay(), cv2.COLOR_RGB2BGR))
-    try:
-        if not ok:
-            raise WriteError(f"{out}: OpenCV could not encode the heat map")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(out, lambda tmp: Path(tmp).write_bytes(encoded.tobytes()))
-    except OSError as exc:  # WriteError too: disk full, no permission
-        stderr.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_INPUT_FAILED) from None
+    if not ok:
+        raise WriteError(f"{out}: OpenCV could not encode the heat map")
+    make_dir(out.parent)
+    atomic_write(out, lambda tmp: Path(tmp).write_bytes(encoded.tobytes()))
     prediction = explanation.prediction
     if json_output:
         _print_json({"path": str(image), "out": str(out), **prediction.to_dict()})
@@ -763,6 +790,8 @@ def explain(
         )
 
 
+# -- feedback export ----------------------------------------------------------------------
+
 feedback_app = typer.Typer(
     help="The corrections collected by `imgcls serve`.", no_args_is_help=True
 )
@@ -772,199 +801,138 @@ app.add_typer(feedback_app, name="feedback")
 @feedback_app.command("export")
 @_json_command
 def feedback_export(
-    out: Annotated[Path, typer.Argument(help="New directory for the data set (<class>/*).")],
+    out: Annotated[
+        Path, typer.Argument(metavar="OUT", help="New directory for the data set (<class>/*).")
+    ],
     feedback_dir: Annotated[Path, typer.Option(help="The server's --feedback-dir.")] = Path(
         DEFAULT_FEEDBACK_DIR
     ),
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Copy the corrected images into OUT/<class>/, a data set `imgcls train` and
-    `imgcls doctor` take as it is."""
+    """Copy the corrected images into a new data set, OUT/<class>/*.
+
+    `imgcls train` and `imgcls doctor` take it as it is."""
     from imgcls.feedback import export_feedback
 
-    try:
-        counts = export_feedback(feedback_dir, out)
-    except (FileNotFoundError, FileExistsError) as exc:
-        _fail_usage(str(exc))
+    counts = export_feedback(feedback_dir, out)
     if json_output:
         _print_json({"out": str(out), "classes": counts, "num_images": sum(counts.values())})
     else:
         stdout.print(f"{sum(counts.values())} images in {len(counts)} classes → {out}")
 
 
-def _expand_inputs(inputs: list[Path]) -> list[Path | tuple[Path, Exception]]:
-    """Image files from files and directories, in the order given; an input with nothing
-    to classify stays in its place as a (path, error) pair."""
-    entries: list[Path | tuple[Path, Exception]] = []
-    for item in inputs:
-        if item.is_dir():
-            found = list_images(item)
-            entries.extend(
-                found or [(item, FileNotFoundError(f"{item}: no image files in this directory"))]
-            )
-        else:
-            entries.append(item)  # a missing file is reported by the classifier, in place
-    return entries
+# -- train --------------------------------------------------------------------------------
 
 
-def _load_classifier(model: str, **kwargs: Any):
-    from imgcls.checkpoint import WeightsError
-    from imgcls.classifier import BACKENDS, ImageClassifier
-    from imgcls.models import ModelError
-
-    if kwargs.get("backend", "auto") not in BACKENDS:
-        _fail_usage(f"--backend must be one of {', '.join(BACKENDS)}, got {kwargs['backend']!r}")
-    try:
-        return ImageClassifier(model, **kwargs)
-    except (ModelError, WeightsError, FileNotFoundError) as exc:
-        _fail_usage(str(exc))
-
-
-def _fail_usage(message: str):
-    stderr.print(f"[red]error:[/red] {message}", highlight=False, markup=True, soft_wrap=True)
-    raise typer.Exit(EXIT_USAGE)
-
-
-def _error_record(path: Path | str, exc: Exception) -> dict[str, Any]:
-    return {"path": str(path), "error": {"type": type(exc).__name__, "message": str(exc)}}
-
-
-class _progress:
-    """A progress bar on stderr for work longer than a glance; silent when not a terminal."""
-
-    def __init__(self, total: int, description: str, enabled: bool = True) -> None:
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=stderr,
-            transient=True,
-            disable=not (enabled and stderr.is_terminal),
-        )
-        self.task = self.bar.add_task(description, total=total)
-
-    def __enter__(self):
-        self.bar.start()
-        return lambda n=1: self.bar.advance(self.task, n)
-
-    def __exit__(self, *exc_info) -> None:
-        self.bar.stop()
-
-    def set_total(self, total: int) -> None:
-        self.bar.update(self.task, total=total)
-
-
-def _print_predictions(results: list[dict[str, Any]]) -> None:
-    for record in results:
-        if "error" in record:
-            stderr.print(f"[red]✗[/red] {record['error']['message']}", highlight=False)
-            continue
-        table = Table(title=record["path"], title_justify="left", show_edge=False, pad_edge=False)
-        table.add_column("#", justify="right", style="dim")
-        table.add_column("label")
-        table.add_column("class id", style="dim")
-        table.add_column("score", justify="right")
-        table.add_column("")
-        if record["predictions"] and record["predictions"][0]["unknown"]:
-            table.caption = "unknown: not sure enough to name this image"
-        for rank, p in enumerate(record["predictions"], 1):
-            bar = "█" * max(1, round(p["score"] * 20)) if p["score"] >= 0.025 else ""
-            table.add_row(
-                str(rank), p["label"], p["class_id"], f"{p['score']:.1%}", f"[cyan]{bar}[/cyan]"
-            )
-        stdout.print(table)
-        stdout.print()
+# The defaults of the `train` options are a default TrainConfig's: each is written once.
+_TRAIN = TrainConfig(data="DATA", out="RUN")
 
 
 @app.command()
 @_json_command
 def train(
+    ctx: typer.Context,
     data: Annotated[
-        Path, typer.Argument(help="DATA/<class>/* or DATA/train/<class>/* (+ val/, test/).")
+        Path,
+        typer.Argument(
+            metavar="DATA", help="DATA/<class>/* or DATA/train/<class>/* (+ val/, test/)."
+        ),
     ],
     out: Annotated[Path | None, typer.Option(help="Run directory to write.")] = None,
     model: Annotated[
         str, typer.Option("--model", "-m", help="Architecture name (or simple_cnn).")
-    ] = "efficientnet_lite0",
-    pretrained: Annotated[bool, typer.Option(help="Start from ImageNet weights.")] = True,
+    ] = _TRAIN.model,
+    pretrained: Annotated[
+        bool, typer.Option(help="Start from ImageNet weights.")
+    ] = _TRAIN.pretrained,
     weights: Annotated[
         Path | None, typer.Option(help="Start from this state dict (safetensors or .pth/.bin).")
-    ] = None,
-    epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = 10,
+    ] = _TRAIN.weights,
+    epochs: Annotated[int, typer.Option(help="Passes over the training set.")] = _TRAIN.epochs,
     batch_size: Annotated[
         int, typer.Option(help="Images per step, all processes together (torchrun).")
-    ] = 32,
-    img_size: Annotated[int | None, typer.Option(help="Square input size in pixels.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate.")] = None,
-    weight_decay: Annotated[float, typer.Option(help="Not on norms and biases.")] = 0.05,
-    optimizer: Annotated[str, typer.Option(help="adamw | sgd.")] = "adamw",
-    warmup_epochs: Annotated[float, typer.Option(help="Linear warm-up before cosine.")] = 1.0,
-    label_smoothing: Annotated[float, typer.Option(help="Cross-entropy smoothing.")] = 0.0,
-    augment: Annotated[str, typer.Option(help="none | light | strong.")] = "light",
+    ] = _TRAIN.batch_size,
+    img_size: Annotated[
+        int | None, typer.Option(help="Square input size in pixels.")
+    ] = _TRAIN.img_size,
+    lr: Annotated[
+        float | None, typer.Option(help="Peak learning rate (default: 1e-3 adamw, 0.05 sgd).")
+    ] = _TRAIN.lr,
+    weight_decay: Annotated[
+        float, typer.Option(help="Not on norms and biases.")
+    ] = _TRAIN.weight_decay,
+    optimizer: Annotated[Optimizer, typer.Option(help="The optimizer.")] = _TRAIN.optimizer,
+    warmup_epochs: Annotated[
+        float, typer.Option(help="Linear warm-up before cosine.")
+    ] = _TRAIN.warmup_epochs,
+    label_smoothing: Annotated[
+        float, typer.Option(help="Cross-entropy smoothing.")
+    ] = _TRAIN.label_smoothing,
+    augment: Annotated[Augment, typer.Option(help="Augmentation preset.")] = _TRAIN.augment,
     hflip: Annotated[
         bool | None,
         typer.Option(
             "--hflip/--no-hflip", help="Left-right flips (default: where they keep labels)."
         ),
-    ] = None,
-    mixup: Annotated[float, typer.Option(help="MixUp alpha (0: off).")] = 0.0,
-    cutmix: Annotated[float, typer.Option(help="CutMix alpha (0: off).")] = 0.0,
-    freeze_backbone: Annotated[bool, typer.Option(help="Train only the classifier head.")] = False,
+    ] = _TRAIN.hflip,
+    mixup: Annotated[float, typer.Option(help="MixUp alpha (0: off).")] = _TRAIN.mixup,
+    cutmix: Annotated[float, typer.Option(help="CutMix alpha (0: off).")] = _TRAIN.cutmix,
+    freeze_backbone: Annotated[
+        bool, typer.Option(help="Train only the classifier head.")
+    ] = _TRAIN.freeze_backbone,
     classifier: Annotated[
-        str,
-        typer.Option(help="softmax (end to end) | logreg | svm | mlp | knn on frozen features."),
-    ] = "softmax",
-    balance: Annotated[bool, typer.Option(help="Weight the loss by 1 / class frequency.")] = False,
-    clip_grad: Annotated[float | None, typer.Option(help="Max gradient norm.")] = None,
-    patience: Annotated[int | None, typer.Option(help="Early stopping patience (epochs).")] = None,
-    val_split: Annotated[float, typer.Option(help="Held-out fraction without DATA/val.")] = 0.2,
-    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    amp: Annotated[bool, typer.Option(help="Autocast: bf16 on CPU, fp16 on CUDA.")] = False,
-    channels_last: Annotated[bool, typer.Option(help="NHWC memory format.")] = False,
-    ema: Annotated[bool, typer.Option(help="Keep an EMA of the weights.")] = False,
-    ema_decay: Annotated[float, typer.Option(help="EMA decay per step.")] = 0.999,
-    workers: Annotated[int | None, typer.Option(help="Data loader processes.")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+        Classifier,
+        typer.Option(help="softmax: trained end to end; the others fit on frozen features."),
+    ] = _TRAIN.classifier,
+    balance: Annotated[
+        bool, typer.Option(help="Weight the loss by 1 / class frequency.")
+    ] = _TRAIN.balance,
+    clip_grad: Annotated[float | None, typer.Option(help="Max gradient norm.")] = _TRAIN.clip_grad,
+    patience: Annotated[
+        int | None, typer.Option(help="Early stopping patience (epochs).")
+    ] = _TRAIN.patience,
+    val_split: Annotated[
+        float, typer.Option(help="Held-out fraction without DATA/val.")
+    ] = _TRAIN.val_split,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = _TRAIN.seed,
+    amp: Annotated[bool, typer.Option(help="Autocast: bf16 on CPU, fp16 on CUDA.")] = _TRAIN.amp,
+    channels_last: Annotated[bool, typer.Option(help="NHWC memory format.")] = _TRAIN.channels_last,
+    ema: Annotated[bool, typer.Option(help="Keep an EMA of the weights.")] = _TRAIN.ema,
+    ema_decay: Annotated[float, typer.Option(help="EMA decay per step.")] = _TRAIN.ema_decay,
+    workers: Annotated[int, typer.Option(help="Data loader processes.")] = _TRAIN.workers,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = _TRAIN.device,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = _TRAIN.resume,
     reject_score: Annotated[
-        str, typer.Option(help="What the 'unknown' threshold reads: knn | max_prob.")
-    ] = "knn",
+        RejectScore, typer.Option(help="What the 'unknown' threshold reads.")
+    ] = _TRAIN.reject_score,
     target_precision: Annotated[
         float | None,
         typer.Option(help="'unknown' threshold: accuracy wanted on the images answered."),
-    ] = None,
+    ] = _TRAIN.target_precision,
     target_coverage: Annotated[
         float | None,
         typer.Option(help="'unknown' threshold: share of images answered (default 0.95)."),
-    ] = None,
+    ] = _TRAIN.target_coverage,
     find_lr: Annotated[bool, typer.Option(help="Run an LR range test instead.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print a final JSON object.")] = False,
 ) -> None:
-    """Train a classifier on folders of images; write a run directory usable as --model."""
-    from imgcls.checkpoint import WeightsError, WriteError
-    from imgcls.data import DataError
+    """Train a classifier on folders of images into a run directory.
+
+    The run directory is accepted as --model by every command."""
     from imgcls.lr_find import find_lr as run_find_lr
-    from imgcls.models import ModelError
-    from imgcls.train import ConfigError, TrainConfig
     from imgcls.train import train as run_train
 
     if out is None and not find_lr:
-        _fail_usage("--out RUN is required: the run directory to write")
+        raise ConfigError("--out RUN is required: the run directory to write")
     # Every option named like a TrainConfig field goes straight into it.
-    options = {k: v for k, v in locals().items() if k in TrainConfig.__dataclass_fields__}
+    options = {
+        name: value.value if isinstance(value, Enum) else value
+        for name, value in ctx.params.items()
+        if name in TrainConfig.__dataclass_fields__
+    }
     options.update(data=str(data), out=str(out or "."), progress=not json_output)
     options.update(weights=None if weights is None else str(weights))
-    if workers is None:
-        del options["workers"]
-    config = TrainConfig(**options)
-    try:
-        result = run_find_lr(config) if find_lr else run_train(config)
-    except (ConfigError, DataError, ModelError, WeightsError, FileNotFoundError) as exc:
-        _fail_usage(str(exc))
-    except WriteError as exc:  # disk full, no permission: the run stops, its files intact
-        stderr.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_INPUT_FAILED) from None
+    result = run_find_lr(TrainConfig(**options)) if find_lr else run_train(TrainConfig(**options))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports
         return
     if find_lr:
@@ -985,7 +953,7 @@ def train(
         )
 
 
-_SHOWN = 10  # paths listed per finding in the human-readable report
+# -- doctor -------------------------------------------------------------------------------
 
 
 @app.command()
@@ -993,7 +961,9 @@ _SHOWN = 10  # paths listed per finding in the human-readable report
 def doctor(
     data: Annotated[
         Path | None,
-        typer.Argument(help="DATA/<class>/* or DATA/train/<class>/* (+ val/, test/)."),
+        typer.Argument(
+            metavar="DATA", help="DATA/<class>/* or DATA/train/<class>/* (+ val/, test/)."
+        ),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     out: Annotated[
@@ -1021,56 +991,86 @@ def doctor(
         int | None, typer.Option(min=1, help="With --labels: report at most this many images.")
     ] = None,
 ) -> None:
-    """Data set health: corrupt files, duplicates, near-duplicates, split leaks, imbalance;
-    with --labels, the images whose label an out-of-fold model finds least likely.
+    """Data set health: corrupt files, duplicates, leaks, mislabels.
 
-    Exit code 1 when corrupt files or leaks were found, 0 otherwise (warnings included)."""
+    Also near-duplicates, split leaks and imbalance; with --labels, instead, the images
+    whose label an out-of-fold model finds least likely. Exit code 1 when corrupt files
+    or leaks were found, 0 otherwise (warnings included)."""
     from imgcls import doctor as doc
-    from imgcls.checkpoint import WriteError
 
-    try:
-        if restore is not None:
-            if data is not None or quarantine is not None or only is not None:
-                _fail_usage("--restore MANIFEST takes no DATA, --quarantine or --only")
-            restored, problems = doc.restore(restore)
-            _report_moves({"restored": restored, "problems": problems}, json_output, "restored")
-            raise typer.Exit(EXIT_INPUT_FAILED if problems else EXIT_OK)
-        if data is None:
-            _fail_usage("give DATA to check, or --restore MANIFEST")
-        if labels:  # writes label_issues.csv (for --quarantine --only) and .html to --out
-            _doctor_labels(data, out, json_output, top)
-            return
-        if only is not None:
-            if quarantine is None:
-                _fail_usage("--only FILE.csv needs --quarantine DIR")
-            moves = [(p, f"listed in {only}") for p in doc.paths_from_csv(data, only)]
-            manifest = doc.quarantine(data, moves, quarantine)
-            _report_moves(
-                {"quarantined": [p for p, _ in moves], "manifest": str(manifest)},
-                json_output,
-                "quarantined",
-            )
-            return
-        bar = _progress(0, "checking images", enabled=not json_output)
-        with bar as advance:
-            report = doc.diagnose(data, workers=workers, progress=advance, on_total=bar.set_total)
-        result = report.to_dict()
-        if out is not None:
-            result["html_report"] = str(doc.write_html_report(report, out))
-        if quarantine is not None:
-            moves = report.flagged()
-            result["quarantined"] = [p for p, _ in moves]
-            result["manifest"] = str(doc.quarantine(data, moves, quarantine))
-    except doc.DoctorError as exc:
-        _fail_usage(str(exc))
-    except WriteError as exc:  # --out: disk full, no permission
-        stderr.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(EXIT_INPUT_FAILED) from None
+    if restore is not None:
+        if data is not None or quarantine is not None or only is not None:
+            raise ConfigError("--restore MANIFEST takes no DATA, --quarantine or --only")
+        restored, problems = doc.restore(restore)
+        _report_moves({"restored": restored, "problems": problems}, json_output, "restored")
+        raise typer.Exit(EXIT_INPUT_FAILED if problems else EXIT_OK)
+    if data is None:
+        raise ConfigError("give DATA to check, or --restore MANIFEST")
+    if labels:  # writes label_issues.csv (for --quarantine --only) and .html to --out
+        _doctor_labels(data, out, json_output, top)
+        return
+    if only is not None:
+        if quarantine is None:
+            raise ConfigError("--only FILE.csv needs --quarantine DIR")
+        moves = [(p, f"listed in {only}") for p in doc.paths_from_csv(data, only)]
+        manifest = doc.quarantine(data, moves, quarantine)
+        _report_moves(
+            {"quarantined": [p for p, _ in moves], "manifest": str(manifest)},
+            json_output,
+            "quarantined",
+        )
+        return
+    bar = _progress(0, "checking images", enabled=not json_output)
+    with bar as advance:
+        report = doc.diagnose(data, workers=workers, progress=advance, on_total=bar.set_total)
+    result = report.to_dict()
+    if out is not None:
+        result["html_report"] = str(doc.write_html_report(report, out))
+    if quarantine is not None:
+        moves = report.flagged()
+        result["quarantined"] = [p for p, _ in moves]
+        result["manifest"] = str(doc.quarantine(data, moves, quarantine))
     if json_output:
         _print_json(result)
     else:
         _print_doctor(result)
     raise typer.Exit(EXIT_INPUT_FAILED if report.corrupt or report.leaks else EXIT_OK)
+
+
+def _doctor_labels(data: Path, out: Path | None, json_output: bool, top: int | None) -> None:
+    """`doctor --labels`: rank images by how unlikely an out-of-fold model finds their
+    label (imgcls.audit), print the worst, write the CSV and the gallery."""
+    from imgcls.audit import audit_labels, write_audit
+    from imgcls.data import scan_dataset
+
+    if not data.is_dir():
+        raise ConfigError(f"DATA: no such directory {data}")
+    total = sum(len(files) for files in scan_dataset(data).splits.values())
+    with _progress(total, "extracting features", enabled=not json_output) as advance:
+        audit = audit_labels(data, progress=advance)
+    report = audit.to_dict(top)
+    if out is not None:
+        report["files"] = [str(p) for p in write_audit(audit, out, top)]
+    if json_output:
+        _print_json(report)
+        return
+    table = Table(
+        title=f"likely mislabelled: {report['num_issues']} of {report['num_images']} images",
+        title_justify="left",
+    )
+    for column in ("path", "given", "suggested", "p(given)", "margin"):
+        table.add_column(column, justify="right" if column.startswith(("p(", "m")) else "left")
+    for item in report["issues"][: top or 20]:
+        table.add_row(
+            item["path"],
+            item["given_label"],
+            item["suggested_label"],
+            f"{item['self_confidence']:.3f}",
+            f"{item['margin']:+.3f}",
+        )
+    stdout.print(table)
+    for path in report.get("files", []):
+        stdout.print(f"wrote {path}")
 
 
 def _report_moves(result: dict[str, Any], json_output: bool, what: str) -> None:
@@ -1082,6 +1082,9 @@ def _report_moves(result: dict[str, Any], json_output: bool, what: str) -> None:
         stdout.print(f"manifest: {result['manifest']} (undo: imgcls doctor --restore it)")
     for problem in result.get("problems", []):
         stderr.print(f"[red]✗[/red] {problem}", highlight=False)
+
+
+_SHOWN = 10  # paths listed per finding in the human-readable report
 
 
 def _print_doctor(r: dict[str, Any]) -> None:

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from imgcls.errors import DataError
 from imgcls.images import IMAGE_EXTENSIONS, ImageError, load_image
 
 if TYPE_CHECKING:  # torch is imported where tensors are made: scanning needs none
@@ -53,10 +54,6 @@ UNSPLIT = "all"  # the split name of the DATA/<class>/* layout
 
 Sample = tuple[Path, int]  # (image file, class index)
 LabelledFile = tuple[Path, str]  # (image file, class name)
-
-
-class DataError(ValueError):
-    """A data set that cannot be read or trained on; the message says which folder and why."""
 
 
 @dataclass

@@ -39,8 +39,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-from imgcls.checkpoint import write_json, write_text
+from imgcls.checkpoint import make_dir, write_json, write_text
 from imgcls.data import UNSPLIT, DataError, DatasetLayout, scan_dataset
+from imgcls.errors import DoctorError
 from imgcls.gallery import Thumbnails
 from imgcls.images import ImageError, decode_image_bytes
 
@@ -84,10 +85,6 @@ GRAY_TOLERANCE = 8  # max channel difference (of 255) still counted as a gray pi
 THUMBNAIL_SIDE = 128  # pixels, the longer side of a report.html thumbnail
 _BLOCK = 1024  # rows x columns of one Hamming tile: 1024 x 8192 uint64 = 64 MB at most
 _COLUMNS = 8192
-
-
-class DoctorError(ValueError):
-    """A data folder, manifest or CSV the doctor cannot work with; the message says why."""
 
 
 @dataclass
@@ -513,7 +510,7 @@ def quarantine(
     root, directory = Path(root).resolve(), Path(directory).resolve()
     if directory == root or directory.is_relative_to(root):
         raise DoctorError(f"{directory}: the quarantine folder must be outside the data set")
-    directory.mkdir(parents=True, exist_ok=True)
+    make_dir(directory)
     manifest = directory / MANIFEST
     entries = _read_manifest(manifest)["moves"] if manifest.exists() else []
     taken = {e["to"] for e in entries}
@@ -578,8 +575,7 @@ def restore(manifest_path: str | os.PathLike) -> tuple[list[str], list[str]]:
 
 def write_html_report(report: Report, out: str | os.PathLike, max_groups: int = 200) -> Path:
     """`out/report.html` (with thumbnails in `out/thumbs/`) and `out/report.json`."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_dir(out)
     write_json(out / "report.json", report.to_dict())
     root = Path(report.root)
     thumbnails = Thumbnails(THUMBNAIL_SIDE, out / "thumbs")

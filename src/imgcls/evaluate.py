@@ -11,7 +11,7 @@ report files.
 from __future__ import annotations
 
 import csv
-import json
+import io
 import os
 import time
 from collections.abc import Callable
@@ -27,8 +27,10 @@ from imgcls.calibration import (
     operating_points,
     uncalibrated,
 )
+from imgcls.checkpoint import make_dir, write_json, write_text
 from imgcls.classifier import ImageClassifier
 from imgcls.data import SPLITS, UNSPLIT, DataError, scan_dataset
+from imgcls.errors import EvaluationError
 
 __all__ = [
     "Evaluation",
@@ -41,10 +43,6 @@ __all__ = [
 
 OTHER = "(other)"  # predictions of a class the data set does not have
 TOP_K = 5
-
-
-class EvaluationError(ValueError):
-    """A data set that cannot be evaluated with this model; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -158,7 +156,10 @@ def find_labelled_images(data: str | os.PathLike, split: str = "test") -> list[t
     except DataError as exc:
         raise EvaluationError(str(exc)) from None
     if layout.kind == "splits" and split not in layout.splits:
-        raise EvaluationError(f"{layout.root}: has no {split}/ folder (choose one with --split)")
+        raise EvaluationError(
+            f"{layout.root}: has no {split}/ folder (choose one with `split`)",
+            parameters=("split",),
+        )
     samples = layout.splits[split if layout.kind == "splits" else UNSPLIT]
     if not samples:
         split_root = layout.root / split if layout.kind == "splits" else layout.root
@@ -234,25 +235,26 @@ def _match_classes(classifier: ImageClassifier, folders: list[str]) -> dict[str,
 
 
 def write_report(evaluation: Evaluation, metrics: dict[str, Any], out: str | os.PathLike) -> None:
-    """metrics.json, predictions.csv and the plots into `out`."""
+    """metrics.json, predictions.csv and the plots into `out`, each written atomically
+    (WriteError when one cannot be)."""
     from imgcls import plots
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False))
-    with open(out / "predictions.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["path", "true", "predicted", "score", "unknown"])
-        for image in evaluation.images:
-            writer.writerow(
-                [
-                    image.path,
-                    evaluation.classes[image.true],
-                    image.predicted_label,
-                    f"{image.score:.6f}",
-                    image.unknown,
-                ]
-            )
+    out = make_dir(out)
+    write_json(out / "metrics.json", metrics)
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["path", "true", "predicted", "score", "unknown"])
+    for image in evaluation.images:
+        writer.writerow(
+            [
+                image.path,
+                evaluation.classes[image.true],
+                image.predicted_label,
+                f"{image.score:.6f}",
+                image.unknown,
+            ]
+        )
+    write_text(out / "predictions.csv", rows.getvalue())
     plots.confusion_matrix(
         np.asarray(metrics["confusion_matrix"]), evaluation.classes, out / "confusion_matrix.png"
     )

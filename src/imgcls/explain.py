@@ -19,6 +19,7 @@ import cv2
 import numpy as np
 
 from imgcls.classifier import ImageClassifier, Prediction
+from imgcls.errors import NotExplainable
 from imgcls.images import DEFAULT_MAX_PIXELS, ImageSource, load_image
 from imgcls.models import DEFAULT_MODEL
 from imgcls.runtime import HeadRuntime, TorchRuntime
@@ -29,10 +30,6 @@ if TYPE_CHECKING:
     from torch import nn
 
 __all__ = ["Explainer", "Explanation", "NotExplainable", "feature_map_layer", "overlay"]
-
-
-class NotExplainable(ValueError):
-    """The model has no convolutional feature map to explain (or the class is unknown)."""
 
 
 @dataclass(frozen=True)

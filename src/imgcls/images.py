@@ -19,6 +19,8 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from imgcls.errors import ImageError
+
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
@@ -62,10 +64,6 @@ _EXIF_ORIENTATION = 0x0112
 # Scale factors libjpeg decodes at directly, with the bit that asks OpenCV for each (the
 # IMREAD_REDUCED_* bits; combined with IMREAD_COLOR_RGB they keep RGB order).
 _JPEG_REDUCTIONS = ((8, 64), (4, 32), (2, 16))
-
-
-class ImageError(ValueError):
-    """An input that is not a decodable, acceptable image. The message names the input."""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from imgcls.checkpoint import is_run_dir, load_state_dict_file, read_run_config
+from imgcls.errors import ModelError
 from imgcls.transforms import Preprocess
 
 if TYPE_CHECKING:
@@ -78,10 +79,6 @@ _SIMPLE_CNN_PREPROCESS = Preprocess(
 
 
 _HUB_HOST = "huggingface.co"  # where timm's pretrained weights live
-
-
-class ModelError(ValueError):
-    """A model that cannot be built as asked; the message says what to do instead."""
 
 
 def canonical_name(name: str) -> str:

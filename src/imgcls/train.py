@@ -1,8 +1,8 @@
 """Training: image folders in, a run directory out. Read it top to bottom: set-up, the
 loop (train, evaluate, checkpoint), the end (test and calibrate the best weights).
-Beside it: `train_head.py` (a classical head on frozen features instead of backprop),
-`lr_find.py` (the LR range test); `checkpoint.py` writes the run directory, `plots.py`
-its curves.
+Beside it: `train_config.py` (`TrainConfig`, the settings and their checks),
+`train_head.py` (a classical head on frozen features instead of backprop), `lr_find.py`
+(the LR range test); `checkpoint.py` writes the run directory, `plots.py` its curves.
 
 One process:
 
@@ -37,7 +37,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
 
 from imgcls import plots
-from imgcls.calibration import KNN_REFERENCE, REJECT_SCORES, fit_trust
+from imgcls.calibration import KNN_REFERENCE, fit_trust
 from imgcls.checkpoint import (
     RUN_CONFIG,
     RUN_STATE,
@@ -64,17 +64,15 @@ from imgcls.checkpoint import (
     write_skipped,
 )
 from imgcls.data import DataSplits, ImageFolder, find_splits
-from imgcls.heads import HEAD_KINDS
 from imgcls.models import (
-    DEFAULT_MODEL,
     build_model,
     canonical_name,
     classifier_head,
     load_initial_weights,
     pooled_features,
 )
+from imgcls.train_config import ConfigError, TrainConfig
 from imgcls.transforms import (
-    AUGMENT_PRESETS,
     Augmentation,
     Preprocess,
     choose_augmentation,
@@ -85,106 +83,7 @@ from imgcls.transforms import (
 
 __all__ = ["ConfigError", "TrainConfig", "TrainResult", "train"]
 
-OPTIMIZERS = ("adamw", "sgd")
-CLASSIFIERS = ("softmax", *HEAD_KINDS)
-DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}
-
 console = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-class ConfigError(ValueError):
-    """A training argument out of range; the message names the argument."""
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run depends on; saved in the run's config.json."""
-
-    data: str  # DATA/<class>/* or DATA/train/<class>/* (+ val/, test/)
-    out: str  # the run directory to write
-    model: str = DEFAULT_MODEL  # any registry name: timm architecture, alexnet, simple_cnn
-    pretrained: bool = True  # start from ImageNet weights (False: random initialisation)
-    weights: str | None = None  # start from this state dict file instead (safetensors/.pth)
-    epochs: int = 10  # passes over the training set
-    batch_size: int = 32  # images per optimizer step, all processes together
-    img_size: int | None = None  # square input size in pixels (None: the model's own)
-    lr: float | None = None  # peak learning rate (None: 1e-3 for adamw, 0.05 for sgd)
-    weight_decay: float = 0.05  # decoupled (adamw) or L2 (sgd); never on norms and biases
-    optimizer: str = "adamw"  # adamw | sgd (Nesterov momentum 0.9)
-    warmup_epochs: float = 1.0  # linear warm-up, then cosine decay to zero (≤ 20% of steps)
-    label_smoothing: float = 0.0  # cross-entropy label smoothing, 0..1
-    augment: str = "light"  # none | light | strong
-    hflip: bool | None = None  # left-right flips (None: only where they keep labels)
-    mixup: float = 0.0  # MixUp alpha (0: off)
-    cutmix: float = 0.0  # CutMix alpha (0: off); with both, one is drawn per batch
-    freeze_backbone: bool = False  # train only the classifier head
-    classifier: str = "softmax"  # softmax (trained end to end) | logreg | svm | mlp | knn
-    balance: bool = False  # weight the loss by inverse class frequency
-    clip_grad: float | None = None  # max gradient norm (None: no clipping)
-    patience: int | None = None  # stop after this many epochs without a better val accuracy
-    val_split: float = 0.2  # fraction of each class held out when DATA has no val/ folder
-    seed: int = 0  # seeds the split, shuffling, augmentation, initialisation
-    amp: bool = False  # autocast: bfloat16 on CPU, float16 (with loss scaling) on CUDA
-    channels_last: bool = False  # NHWC memory format (faster convolutions on many devices)
-    ema: bool = False  # keep an exponential moving average of the weights; it picks "best"
-    ema_decay: float = 0.999  # EMA decay per step (warmed up over the first steps)
-    workers: int = field(default_factory=lambda: min(4, os.cpu_count() or 1))  # loader procs
-    device: str | None = None  # cpu, cuda, cuda:1 ... (None: CUDA when present)
-    resume: bool = False  # continue the run in `out` where it stopped
-    progress: bool = True  # progress bar and per-epoch lines on stderr
-    # The "unknown" rule, fitted on the validation split with the temperature: which score
-    # (top-1 calibrated probability, or k-NN similarity to the training features) and the
-    # target its threshold meets (default: answer 95% of validation images).
-    reject_score: str = "knn"  # knn | max_prob (docs/trust.md has the measurement)
-    target_precision: float | None = None  # accuracy wanted on the images answered
-    target_coverage: float | None = None  # share of images answered
-
-    def check(self) -> None:
-        """Refuse values out of range, naming the argument (the CLI boundary calls this)."""
-        if not Path(self.data).is_dir():
-            raise ConfigError(f"DATA: no such directory {self.data}")
-        if self.weights is not None and not Path(self.weights).is_file():
-            raise ConfigError(f"--weights: no such file {self.weights}")
-        _check(self.epochs >= 1, "--epochs", "at least 1", self.epochs)
-        _check(self.batch_size >= 1, "--batch-size", "at least 1", self.batch_size)
-        _check(self.img_size is None or self.img_size >= 8, "--img-size", "≥ 8", self.img_size)
-        _check(self.lr is None or self.lr > 0, "--lr", "positive", self.lr)
-        _check(self.weight_decay >= 0, "--weight-decay", "≥ 0", self.weight_decay)
-        _check(self.optimizer in OPTIMIZERS, "--optimizer", " or ".join(OPTIMIZERS), self.optimizer)
-        _check(self.warmup_epochs >= 0, "--warmup-epochs", "≥ 0", self.warmup_epochs)
-        _check(
-            0 <= self.label_smoothing < 1, "--label-smoothing", "in [0, 1)", self.label_smoothing
-        )
-        _check(
-            self.augment in AUGMENT_PRESETS, "--augment", "|".join(AUGMENT_PRESETS), self.augment
-        )
-        _check(self.mixup >= 0, "--mixup", "≥ 0", self.mixup)
-        _check(self.cutmix >= 0, "--cutmix", "≥ 0", self.cutmix)
-        _check(self.clip_grad is None or self.clip_grad > 0, "--clip-grad", "> 0", self.clip_grad)
-        _check(self.patience is None or self.patience >= 1, "--patience", "≥ 1", self.patience)
-        _check(0 <= self.val_split < 1, "--val-split", "in [0, 1)", self.val_split)
-        _check(0 < self.ema_decay < 1, "--ema-decay", "in (0, 1)", self.ema_decay)
-        _check(self.workers >= 0, "--workers", "≥ 0", self.workers)
-        _check(
-            self.classifier in CLASSIFIERS, "--classifier", "|".join(CLASSIFIERS), self.classifier
-        )
-        _check(
-            self.reject_score in REJECT_SCORES,
-            "--reject-score",
-            " or ".join(REJECT_SCORES),
-            self.reject_score,
-        )
-        for name, value in (
-            ("--target-precision", self.target_precision),
-            ("--target-coverage", self.target_coverage),
-        ):
-            _check(value is None or 0 < value <= 1, name, "in (0, 1]", value)
-        if self.target_precision is not None and self.target_coverage is not None:
-            raise ConfigError("--target-precision and --target-coverage: choose one")
-
-    @property
-    def peak_lr(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
 
 
 @dataclass
@@ -213,7 +112,10 @@ def train(config: TrainConfig) -> TrainResult:
     config.check()
     out = Path(config.out)
     if is_run_dir(out) and not config.resume:
-        raise ConfigError(f"--out: {out} already holds a run; add --resume or choose another")
+        raise ConfigError(
+            f"`out`: {out} already holds a run; set `resume` or choose another",
+            parameters=("out", "resume"),
+        )
     if config.classifier != "softmax":  # a head is fitted on features, not trained here
         from imgcls.train_head import train_head  # (imported here: it imports this module)
 
@@ -461,11 +363,6 @@ def _train_epoch(
 # -- set-up helpers (those without a leading underscore: lr_find.py uses them too) ------
 
 
-def _check(ok: bool, name: str, expected: str, got: object) -> None:
-    if not ok:
-        raise ConfigError(f"{name} must be {expected}, got {got}")
-
-
 def _init_distributed(device: str | None) -> tuple[int, int, torch.device]:
     """(rank, world size, device). Under torchrun (WORLD_SIZE > 1) joins the process group:
     nccl with one GPU per process, else gloo."""
@@ -483,10 +380,13 @@ def _init_distributed(device: str | None) -> tuple[int, int, torch.device]:
 def _check_same_run(saved: dict[str, Any], config: TrainConfig, splits: DataSplits) -> None:
     if saved["architecture"] != canonical_name(config.model):
         raise ConfigError(
-            f"--resume: {config.out} trained {saved['architecture']}, not {config.model}"
+            f"`resume`: {config.out} trained {saved['architecture']}, not {config.model}",
+            parameters=("resume",),
         )
     if saved["class_names"] != splits.class_names:
-        raise ConfigError(f"--resume: {config.out} was trained on other classes")
+        raise ConfigError(
+            f"`resume`: {config.out} was trained on other classes", parameters=("resume",)
+        )
 
 
 def initial_model(

@@ -39,9 +39,15 @@ def train_head(config: TrainConfig) -> TrainResult:
     `config.model` and write the run directory `config.out`."""
     started = time.perf_counter()
     if not (config.pretrained or config.weights) or is_run_dir(config.model):
-        raise ConfigError("--classifier: a head needs a pretrained registry backbone's features")
+        raise ConfigError(
+            "`classifier`: a head needs a pretrained registry backbone's features",
+            parameters=("classifier",),
+        )
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise ConfigError("--classifier: fitting a head runs in one process, not torchrun")
+        raise ConfigError(
+            "`classifier`: fitting a head runs in one process, not torchrun",
+            parameters=("classifier",),
+        )
     say = reporter(config)
     splits = find_splits(config.data, config.val_split, config.seed)
     backbone = ImageClassifier(

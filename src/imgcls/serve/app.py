@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
 from imgcls import __version__
+from imgcls.errors import StartupError
 from imgcls.serve import v2
 from imgcls.serve.deps import ServiceDep
 from imgcls.serve.errors import ApiError, ErrorResponse, install_error_handlers
@@ -33,10 +34,6 @@ from imgcls.serve.service import ServeConfig, ServedModel, Service
 __all__ = ["StartupError", "create_app", "run"]
 
 log = logging.getLogger("imgcls.serve")
-
-
-class StartupError(RuntimeError):
-    """The server could not start (a model did not load, the port is taken, ...)."""
 
 
 class Health(BaseModel):
