@@ -77,7 +77,7 @@ def _requests(good: list[tuple[bytes, str]]) -> list[tuple[str, dict, object]]:
         ("bad_top_k", {"files": photo, "params": {"top_k": "x"}}, 400),
         ("zero_top_k", {"files": photo, "params": {"top_k": 0}}, 400),
         ("unknown_model", {"files": photo, "params": {"model": "no"}}, 404),
-        ("not_multipart", {"content": good[0][0], "headers": {"content-type": "image/jpeg"}}, 400),
+        ("text_body", {"content": good[0][0], "headers": {"content-type": "text/plain"}}, 400),
         ("over_the_cap", {"files": [("file", ("big.jpg", oversized))]}, 413),
     ]  # fmt: skip
     mixed = []
