@@ -284,10 +284,11 @@ def train(config: TrainConfig) -> TrainResult:
     # -- the end: curves; the best weights, loaded once, on the test set and calibrated ---
     if master and rows:
         plots.curves(rows, out / "curves.png")
-    if world > 1:
+    if world > 1 and splits.test:
         dist.barrier()  # rank 0 has written best.safetensors
-    best, _ = build_model(str(out), weights=out / "best.safetensors")
-    best.to(device).eval()
+    if splits.test or (master and splits.val):  # the test pass, the calibration
+        best, _ = build_model(str(out), weights=out / "best.safetensors")
+        best.to(device).eval()
     test_accuracy = None
     if splits.test:
         test_loader = _eval_loader(splits.test[rank::world], preprocess, config, device)
