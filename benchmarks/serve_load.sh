@@ -25,10 +25,13 @@ DURATION=${DURATION:-20s}
 export IMAGE=${IMAGE:-samples/cat.jpg}
 URL="http://127.0.0.1:$PORT"
 
-PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} "$PYTHON" -m imgcls serve --port "$PORT" --no-log "$@" \
+# Default settings, prediction log on (into a scratch file).
+SCRATCH=$(mktemp -d)
+PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} "$PYTHON" -m imgcls serve --port "$PORT" \
+  --log-db "$SCRATCH/predictions.db" --feedback-dir "$SCRATCH/feedback" "$@" \
   > /tmp/imgcls-serve-load.log 2>&1 &
 SERVER=$!
-trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
+trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true; rm -rf "$SCRATCH"' EXIT
 for _ in $(seq 240); do
   curl -sf "$URL/healthz" > /dev/null && break
   sleep 0.5

