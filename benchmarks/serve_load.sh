@@ -9,13 +9,7 @@
 # Extra arguments go to `imgcls serve`. Needs wrk (Debian: apt-get install -y wrk).
 # wrk shares the machine's cores with the server, so figures are a lower bound.
 #
-# Measured 2026-12-02 01:00 UTC on the 2-core AMD EPYC (Zen 4) dev VM, efficientnet_lite0,
-# default settings (ONNX Runtime on both cores, max-batch 16, no batch wait), cat.jpg, 10 s:
-#   concurrency  1: 73 requests/s, latency p50 13.0 ms
-#   concurrency 16: 106-112 requests/s, latency p50 147 ms
-# and (2026-11-25) with --backend torch: 26 requests/s, p50 36 ms; 24 requests/s, p50 638 ms.
-# The figures move by tens of percent with the VM host's load; compare runs made back to
-# back (benchmarks/performance.py takes the median of several rounds).
+# Figures, and how they move with the machine: docs/performance.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
