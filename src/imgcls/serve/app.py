@@ -29,6 +29,7 @@ from imgcls.serve.deps import ServiceDep
 from imgcls.serve.errors import ApiError, ErrorResponse, install_error_handlers
 from imgcls.serve.limits import BodySizeLimitMiddleware
 from imgcls.serve.metrics import CONTENT_TYPE_LATEST, Metrics, RequestMetricsMiddleware
+from imgcls.serve.request_id import RequestIdMiddleware
 from imgcls.serve.service import ServeConfig, ServedModel, Service
 
 __all__ = ["StartupError", "create_app", "run"]
@@ -340,9 +341,11 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(v2.router)
-    # Added last, runs first: requests are timed and counted including a 413 from the cap.
+    # Added last, runs first: every response has its request ID; requests are timed and
+    # counted including a 413 from the cap.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.max_upload_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=service.metrics)
+    app.add_middleware(RequestIdMiddleware)
     return app
 
 

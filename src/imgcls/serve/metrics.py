@@ -21,6 +21,8 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from imgcls.serve.request_id import current_request_id
+
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "RequestMetricsMiddleware"]
 
 log = logging.getLogger("imgcls.serve")
@@ -116,7 +118,8 @@ class Metrics:
 
 
 class RequestMetricsMiddleware:
-    """Counts and times every HTTP request by its route template, and logs one line each."""
+    """Counts and times every HTTP request by its route template, and logs one line each:
+    client, method, path, status, milliseconds and the request ID."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -147,11 +150,12 @@ class RequestMetricsMiddleware:
             client = scope.get("client") or ("-", 0)
             query = scope.get("query_string", b"").decode("latin-1")
             log.info(
-                '%s "%s %s%s" %d %.1fms',
+                '%s "%s %s%s" %d %.1fms %s',
                 client[0],
                 scope["method"],
                 scope["path"],
                 f"?{query}" if query else "",
                 status,
                 elapsed * 1000,
+                current_request_id(),
             )
