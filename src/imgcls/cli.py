@@ -60,7 +60,7 @@ _EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
 )
 # The library names a function's parameters; here they are flags, under these names when
 # not the parameter's with dashes.
-_FLAGS = {"data": "DATA", "calibration": "--calib"}
+_FLAGS = {"data": "DATA", "calibration": "--calib", "api_keys": "--api-key"}
 
 
 class _Commands(TyperGroup):
@@ -717,6 +717,25 @@ def serve(
     backend: Annotated[
         Backend, typer.Option(help="auto: ONNX Runtime on the CPU, PyTorch elsewhere.")
     ] = Backend.auto,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--api-key",
+            envvar="IMGCLS_API_KEY",
+            help="Require this key (Authorization: Bearer KEY or X-API-Key: KEY) on every "
+            "endpoint but /healthz, /v2/health/* and /metrics; repeat for several (in the "
+            "variable: separated by spaces). Default: none on loopback, else a generated one.",
+        ),
+    ] = None,
+    api_key_file: Annotated[
+        Path | None, typer.Option(help="File of API keys, one per line ('#' comments).")
+    ] = None,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="Require no key, even when bound off loopback.")
+    ] = False,
+    metrics_auth: Annotated[
+        bool, typer.Option("--metrics-auth", help="Require the key on /metrics too.")
+    ] = False,
     log_db: Annotated[
         Path, typer.Option(help="SQLite file that logs every prediction (WAL mode).")
     ] = Path(DEFAULT_LOG_DB),
@@ -727,7 +746,9 @@ def serve(
 ) -> None:
     """Serve models over HTTP: web page, REST, KServe v2, metrics."""
     from imgcls.serve import ServeConfig, run
+    from imgcls.serve.auth import read_key_file
 
+    keys = (*(api_key or ()), *(read_key_file(api_key_file) if api_key_file else ()))
     run(
         ServeConfig(
             models=tuple(model or [DEFAULT_MODEL]),
@@ -740,6 +761,9 @@ def serve(
             max_pixels=max_pixels,
             threads=threads,
             backend=backend.value,
+            api_keys=keys,
+            no_auth=no_auth,
+            metrics_auth=metrics_auth,
             log_db=None if no_log else str(log_db),
             feedback_dir=str(feedback_dir),
         )

@@ -7,6 +7,7 @@ share counters.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 
@@ -117,6 +118,11 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+# The web page's address may carry the API key (`/?key=...`, as the server prints it); the
+# log keeps the rest of the query.
+_KEY_IN_QUERY = re.compile(r"(^|&)key=[^&]*")
+
+
 class RequestMetricsMiddleware:
     """Counts and times every HTTP request by its route template, and logs one line each:
     client, method, path, status, milliseconds and the request ID."""
@@ -149,6 +155,7 @@ class RequestMetricsMiddleware:
             self.metrics.latency.labels(template).observe(elapsed)
             client = scope.get("client") or ("-", 0)
             query = scope.get("query_string", b"").decode("latin-1")
+            query = _KEY_IN_QUERY.sub(r"\1key=***", query)
             log.info(
                 '%s "%s %s%s" %d %.1fms %s',
                 client[0],

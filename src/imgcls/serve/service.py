@@ -61,6 +61,11 @@ class ServeConfig:
     device: str = "cpu"
     backend: str = "auto"  # auto (ONNX Runtime on the CPU) | torch | onnx
     threads: int | None = None  # threads per model call; None: see Service.load
+    # API keys a request must carry (auth.py); kept out of repr so that no log shows them.
+    # None given: `run` requires none on loopback and generates one elsewhere.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    no_auth: bool = False  # no keys even off loopback (said in the log)
+    metrics_auth: bool = False  # /metrics needs a key too (by default scrapers need none)
     log_db: str | None = None  # SQLite prediction log; None: off (the CLI turns it on)
     log_queue: int = 10_000  # log rows waiting for the disk; beyond it, dropped and counted
     feedback_dir: str = DEFAULT_FEEDBACK_DIR  # corrected images, in class folders
