@@ -33,7 +33,12 @@ from imgcls.calibration import REJECT_SCORES
 from imgcls.classifier import BACKENDS
 from imgcls.errors import ConfigError, ImageError, ImgclsError, QuantizationError, WriteError
 from imgcls.export import EXPORT_FORMATS
-from imgcls.feedback import DEFAULT_FEEDBACK_DIR, DEFAULT_LOG_DB
+from imgcls.feedback import (
+    DEFAULT_FEEDBACK_DIR,
+    DEFAULT_FEEDBACK_MAX_MB,
+    DEFAULT_LOG_DB,
+    DEFAULT_LOG_MAX_ROWS,
+)
 from imgcls.images import DEFAULT_MAX_PIXELS, list_images
 from imgcls.models import DEFAULT_MODEL
 from imgcls.train_config import CLASSIFIERS, OPTIMIZERS, TrainConfig
@@ -740,9 +745,19 @@ def serve(
         Path, typer.Option(help="SQLite file that logs every prediction (WAL mode).")
     ] = Path(DEFAULT_LOG_DB),
     no_log: Annotated[bool, typer.Option("--no-log", help="Do not log predictions.")] = False,
+    log_max_rows: Annotated[
+        int, typer.Option(min=1, help="Keep at most this many predictions; the oldest go.")
+    ] = DEFAULT_LOG_MAX_ROWS,
+    log_max_days: Annotated[
+        float | None, typer.Option(help="Delete predictions older than this many days.")
+    ] = None,
     feedback_dir: Annotated[
         Path, typer.Option(help="Where corrected images are kept, in class folders.")
     ] = Path(DEFAULT_FEEDBACK_DIR),
+    feedback_max_mb: Annotated[
+        float,
+        typer.Option(help="Refuse corrections (507) once their images take this many MB."),
+    ] = DEFAULT_FEEDBACK_MAX_MB,
 ) -> None:
     """Serve models over HTTP: web page, REST, KServe v2, metrics."""
     from imgcls.serve import ServeConfig, run
@@ -765,7 +780,10 @@ def serve(
             no_auth=no_auth,
             metrics_auth=metrics_auth,
             log_db=None if no_log else str(log_db),
+            log_max_rows=log_max_rows,
+            log_max_days=log_max_days,
             feedback_dir=str(feedback_dir),
+            feedback_max_mb=feedback_max_mb,
         )
     )
 

@@ -99,6 +99,21 @@ class Metrics:
             "Prediction-log rows waiting for the writer.",
             registry=self.registry,
         )
+        self.log_deleted = Counter(
+            "imgcls_prediction_log_deleted",
+            "Prediction-log rows deleted to keep the log within --log-max-rows/--log-max-days.",
+            registry=self.registry,
+        )
+        self.feedback_refused = Counter(
+            "imgcls_feedback_refused",
+            "Corrections refused with 507: over --feedback-max-mb, or the disk refused them.",
+            registry=self.registry,
+        )
+        self.feedback_bytes = Gauge(
+            "imgcls_feedback_bytes",
+            "Bytes of corrected images kept in the feedback directory.",
+            registry=self.registry,
+        )
 
     def count_unknown(self, model: str, count: int) -> None:
         self.unknown.labels(model).inc(count)
