@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 DEFAULT_LOG_DB = "imgcls-predictions.db"  # in the working directory
-DEFAULT_LOG_MAX_ROWS = 5_000_000  # about 1 GB of SQLite (docs/serve.md, benchmarks/log_size.py)
+DEFAULT_LOG_MAX_ROWS = 3_000_000  # about 0.8 GB: 270 MB a million (benchmarks/log_size.py)
 DEFAULT_FEEDBACK_DIR = "imgcls-feedback"
 DEFAULT_FEEDBACK_MAX_MB = 1000.0  # MB = 10^6 bytes, as --max-upload-mb
 
