@@ -279,7 +279,7 @@ def test_openapi_docs_describe_both_classify_request_forms(client: httpx.Client)
 
 
 def _is_new_request_id(value: str) -> bool:
-    return re.fullmatch(r"[0-9a-f]{32}", value) is not None  # a uuid4, in hex
+    return re.fullmatch(r"[0-9a-f]{32}", value) is not None  # 128 random bits, in hex
 
 
 def test_every_response_carries_its_own_request_id(client: httpx.Client) -> None:
