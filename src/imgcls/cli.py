@@ -726,6 +726,7 @@ def serve(
         list[str] | None,
         typer.Option(
             "--api-key",
+            metavar="KEY",
             envvar="IMGCLS_API_KEY",
             help="Require this key (Authorization: Bearer KEY or X-API-Key: KEY) on every "
             "endpoint but /healthz, /v2/health/* and /metrics; repeat for several (in the "
