@@ -15,8 +15,8 @@ from helpers import write_photo_crops
 from serve_utils import ESPRESSO, process_server
 from typer.testing import CliRunner
 
-from imgcls.cli import app
 from imgcls import feedback
+from imgcls.cli import app
 from imgcls.explain import Explainer
 from imgcls.feedback import FeedbackStore, LoggedPrediction, PredictionLog, export_feedback
 from imgcls.train import TrainConfig, train
