@@ -209,3 +209,11 @@ def test_a_log_that_cannot_be_opened_is_a_usage_error_naming_it(tmp_path: Path) 
     assert run.returncode == 2, run.stderr
     assert f"{blocker / 'log.db'}: cannot open the prediction log" in run.stderr
     assert run.stderr.rstrip().endswith("give another --log-db, or --no-log")
+
+
+@pytest.mark.parametrize(
+    "args", [("--log-max-rows", "0"), ("--log-max-days", "-1"), ("--feedback-max-mb", "0")]
+)
+def test_a_limit_that_would_keep_nothing_is_a_usage_error(args: tuple[str, str]) -> None:
+    run = run_cli("serve", "--port", "0", "--no-log", *args, timeout=60)
+    assert run.returncode == 2 and args[0] in run.stderr, run.stderr

@@ -86,7 +86,7 @@ class ServeConfig:
         ):
             if value is not None and not value > 0:
                 raise ConfigError(
-                    f"`{name}` must be above 0 (or None: no limit), got {value}",
+                    f"`{name}` must be above 0, got {value}",
                     parameters=(name,),
                 )
 
