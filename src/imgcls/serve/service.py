@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sqlite3
 import sys
 import threading
 import time
@@ -22,9 +23,12 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from imgcls.classifier import ImageClassifier, Prediction
+from imgcls.errors import ConfigError, StartupError, StorageFull
 from imgcls.explain import Explainer, Explanation, NotExplainable
 from imgcls.feedback import (
     DEFAULT_FEEDBACK_DIR,
+    DEFAULT_FEEDBACK_MAX_MB,
+    DEFAULT_LOG_MAX_ROWS,
     FeedbackStore,
     LoggedPrediction,
     PredictionLog,
@@ -64,9 +68,30 @@ class ServeConfig:
     device: str = "cpu"
     backend: str = "auto"  # auto (ONNX Runtime on the CPU) | torch | onnx
     threads: int | None = None  # threads per model call; None: see Service.load
+    # API keys a request must carry (auth.py); kept out of repr so that no log shows them.
+    # None given: `run` requires none on loopback and generates one elsewhere.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    no_auth: bool = False  # no keys even off loopback (said in the log)
+    metrics_auth: bool = False  # /metrics needs a key too (by default scrapers need none)
     log_db: str | None = None  # SQLite prediction log; None: off (the CLI turns it on)
     log_queue: int = 10_000  # log rows waiting for the disk; beyond it, dropped and counted
+    log_max_rows: int | None = DEFAULT_LOG_MAX_ROWS  # older rows deleted; None: all kept
+    log_max_days: float | None = None  # rows older than this deleted; None: no age limit
     feedback_dir: str = DEFAULT_FEEDBACK_DIR  # corrected images, in class folders
+    feedback_max_mb: float | None = DEFAULT_FEEDBACK_MAX_MB  # beyond it, 507; None: no cap
+
+    def __post_init__(self) -> None:
+        # The limits that keep the disk bounded (a 0 would mean "keep nothing").
+        for name, value in (
+            ("log_max_rows", self.log_max_rows),
+            ("log_max_days", self.log_max_days),
+            ("feedback_max_mb", self.feedback_max_mb),
+        ):
+            if value is not None and not value > 0:
+                raise ConfigError(
+                    f"`{name}` must be above 0, got {value}",
+                    parameters=(name,),
+                )
 
     @property
     def max_upload_bytes(self) -> int:
@@ -257,11 +282,14 @@ class Service:
     models: dict[str, ServedModel] = field(default_factory=dict)
     log: PredictionLog | None = None  # open while the service runs, when logging is on
     log_writer: LogWriter | None = None  # writes `log`'s prediction rows, off the request path
+    feedback: FeedbackStore = field(init=False)  # corrected images, under their size cap
     _warm_up: asyncio.Task | None = field(default=None, init=False, repr=False)
 
-    @property
-    def feedback(self) -> FeedbackStore:
-        return FeedbackStore(self.config.feedback_dir)
+    def __post_init__(self) -> None:
+        cap = self.config.feedback_max_mb
+        self.feedback = FeedbackStore(
+            self.config.feedback_dir, max_bytes=None if cap is None else int(cap * 1_000_000)
+        )
 
     @property
     def ready(self) -> bool:
@@ -335,14 +363,25 @@ class Service:
             stack.callback(torch.set_num_threads, torch.get_num_threads())
             torch.set_num_threads(threads)
         stack.push_async_callback(self._finish_warm_up)
+        await run_in_threadpool(lambda: self.feedback.used_bytes)  # counted once, off the loop
+        self.metrics.feedback_bytes.set_function(lambda: self.feedback.used_bytes)
         if self.config.log_db is not None:  # opened once the models load: no file on failure
-            self.log = PredictionLog(self.config.log_db)
+            try:
+                self.log = PredictionLog(self.config.log_db)
+            except (OSError, sqlite3.Error) as exc:  # a read-only or missing directory
+                raise StartupError(
+                    f"{self.config.log_db}: cannot open the prediction log ({exc}); give "
+                    "another --log-db, or --no-log"
+                ) from None
             stack.callback(self.log.close)
             self.log_writer = LogWriter(
                 self.log,
                 max_queue=self.config.log_queue,
+                max_rows=self.config.log_max_rows,
+                max_age_days=self.config.log_max_days,
                 on_dropped=self.metrics.log_dropped.inc,
                 on_write_error=self.metrics.log_write_errors.inc,
+                on_deleted=self.metrics.log_deleted.inc,
             )
             self.metrics.log_queue_depth.set_function(lambda: self.log_writer.depth)
             # Closed before the log: the rows still queued are written first.
@@ -396,15 +435,32 @@ class Service:
     async def add_feedback(self, model: ServedModel, name: str, data: bytes, label: str) -> dict:
         """Keep a corrected label for an image: the file under the feedback directory, a
         row in the log. 422 for a label the model does not know or a file that is not an
-        image."""
+        image; 507 when the directory is at its cap or the disk refuses the file."""
         label = model.check_label(label)
         await run_in_threadpool(model.check_image, name, data)
         try:
             path = await run_in_threadpool(self.feedback.add, data, name, label)
         except ValueError as exc:
             raise ApiError(422, "UnknownLabel", str(exc)) from None
+        except StorageFull as exc:
+            self.metrics.feedback_refused.inc()
+            raise ApiError(
+                507,
+                "InsufficientStorage",
+                f"correction not stored: {exc} (the server's --feedback-max-mb); "
+                "export the corrections (imgcls feedback export) and clear the folder",
+            ) from None
+        except OSError as exc:  # disk full, read-only: said to the client, not a 500
+            self.metrics.feedback_refused.inc()
+            raise ApiError(
+                507,
+                "InsufficientStorage",
+                f"correction not stored: the server could not write it ({exc.strerror or exc})",
+            ) from None
         digest = path.stem
         relative = path.relative_to(self.feedback.root).as_posix()
-        if self.log is not None:
-            await run_in_threadpool(self.log.record_feedback, model.name, digest, label, relative)
+        if self.log_writer is not None:
+            await run_in_threadpool(
+                self.log_writer.record_feedback, model.name, digest, label, relative
+            )
         return {"model": model.name, "sha256": digest, "label": label, "path": relative}
