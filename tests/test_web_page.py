@@ -239,3 +239,39 @@ def test_a_pasted_and_a_dropped_image_are_classified(browser, server) -> None:
     newest = page.locator(".card").first  # new cards go on top
     expect(newest.locator(".meta")).to_contain_text("dropped.jpg")
     expect(newest.locator(".row .label").first).to_have_text(re.compile("cat|tabby"))
+
+
+def test_the_labels_a_model_asserts_are_chips_above_the_bars(browser, server, artifacts) -> None:
+    """A single-label model asserts its top-1: one chip, one bold bar. A multi-label
+    answer (the server's own, reshaped as a multi-label model gives it: several classes
+    present) shows a chip for each present class, best first."""
+    from playwright.sync_api import expect
+
+    url, _, _ = server
+    page = _page(browser, locale="en-US")
+    page.goto(url)
+    page.set_input_files("#file", str(SAMPLES / "espresso.jpg"))
+    card = page.locator(".card").first
+    expect(card.locator(".chip")).to_have_text(["espresso"])
+    expect(card.locator(".row.present .label")).to_have_text(["espresso"])
+
+    body = httpx.post(
+        f"{url}/v1/classify", files={"file": ("espresso.jpg", ESPRESSO)}, timeout=60
+    ).json()
+    [result] = body["results"]
+    for prediction in result["predictions"][:3]:
+        prediction["present"] = True
+    result["labels"] = [p["label"] for p in result["predictions"][:3]]
+    multi_label = json.dumps(body)
+    page = _page(browser, locale="en-US")
+    page.route(
+        "**/v1/classify*",
+        lambda route: route.fulfill(status=200, content_type="application/json", body=multi_label),
+    )
+    page.goto(url)
+    page.set_input_files("#file", str(SAMPLES / "espresso.jpg"))
+    card = page.locator(".card").first
+    expect(card.locator(".chip")).to_have_text(result["labels"])
+    expect(card.locator(".row.present")).to_have_count(3)
+    expect(card.locator(".row")).to_have_count(5)
+    page.screenshot(path=str(artifacts / "web-page-labels.png"), full_page=True)
