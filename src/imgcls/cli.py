@@ -1204,7 +1204,8 @@ _SHOWN = 10  # paths listed per finding in the human-readable report
 
 
 def _print_doctor(r: dict[str, Any]) -> None:
-    counts = Table(title=f"{r['root']}: {r['num_images']} images", title_justify="left")
+    source = r["label_file"] or r["root"]
+    counts = Table(title=f"{source}: {r['num_images']} images", title_justify="left")
     splits = list(r["classes"])
     counts.add_column("class")
     for split in splits:
