@@ -9,13 +9,7 @@
 # Extra arguments go to `imgcls serve`. Needs wrk (Debian: apt-get install -y wrk).
 # wrk shares the machine's cores with the server, so figures are a lower bound.
 #
-# Measured 2026-12-02 01:00 UTC on the 2-core AMD EPYC (Zen 4) dev VM, efficientnet_lite0,
-# default settings (ONNX Runtime on both cores, max-batch 16, no batch wait), cat.jpg, 10 s:
-#   concurrency  1: 73 requests/s, latency p50 13.0 ms
-#   concurrency 16: 106-112 requests/s, latency p50 147 ms
-# and (2026-11-25) with --backend torch: 26 requests/s, p50 36 ms; 24 requests/s, p50 638 ms.
-# The figures move by tens of percent with the VM host's load; compare runs made back to
-# back (benchmarks/performance.py takes the median of several rounds).
+# Figures, and how they move with the machine: docs/performance.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,10 +19,13 @@ DURATION=${DURATION:-20s}
 export IMAGE=${IMAGE:-samples/cat.jpg}
 URL="http://127.0.0.1:$PORT"
 
-PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} "$PYTHON" -m imgcls serve --port "$PORT" --no-log "$@" \
+# Default settings, prediction log on (into a scratch file).
+SCRATCH=$(mktemp -d)
+PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} "$PYTHON" -m imgcls serve --port "$PORT" \
+  --log-db "$SCRATCH/predictions.db" --feedback-dir "$SCRATCH/feedback" "$@" \
   > /tmp/imgcls-serve-load.log 2>&1 &
 SERVER=$!
-trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
+trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true; rm -rf "$SCRATCH"' EXIT
 for _ in $(seq 240); do
   curl -sf "$URL/healthz" > /dev/null && break
   sleep 0.5

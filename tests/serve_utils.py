@@ -67,9 +67,10 @@ def process_server(
     log: Path | None = None,
     host: str = "127.0.0.1",
     launcher: tuple[str, ...] = ("-m", "imgcls"),
+    env: dict[str, str] | None = None,
 ) -> Iterator[tuple[subprocess.Popen, str]]:
-    """`python -m imgcls serve --host HOST --port P ARGS` in a subprocess, once /healthz
-    answers on HOST.
+    """`python -m imgcls serve --host HOST --port P ARGS` in a subprocess (with `env`
+    added to its environment), once /healthz answers on HOST.
     Without --log-db in ARGS it runs with --no-log, and without --feedback-dir it keeps
     corrections in a temporary directory: tests leave no files behind. Its output is piped
     (read it after the process ends) or, for long runs that would fill the pipe and block
@@ -80,19 +81,23 @@ def process_server(
             args = (*args, "--no-log")
         if "--feedback-dir" not in args:
             args = (*args, "--feedback-dir", feedback_dir)
-        with _process_server(args, log, host, launcher) as running:
+        with _process_server(args, log, host, launcher, env or {}) as running:
             yield running
 
 
 @contextmanager
 def _process_server(
-    args: tuple[str, ...], log: Path | None, host: str, launcher: tuple[str, ...]
+    args: tuple[str, ...],
+    log: Path | None,
+    host: str,
+    launcher: tuple[str, ...],
+    env: dict[str, str],
 ) -> Iterator[tuple[subprocess.Popen, str]]:
     port = free_port()
     output = open(log, "w") if log is not None else subprocess.PIPE  # noqa: SIM115
     process = subprocess.Popen(
         [sys.executable, *launcher, "serve", "--host", host, "--port", str(port), *args],
-        env=cli_env(),
+        env=cli_env(**env),
         stdout=output,
         stderr=subprocess.STDOUT,
         text=True,

@@ -15,6 +15,7 @@ from helpers import write_photo_crops
 from serve_utils import ESPRESSO, process_server
 from typer.testing import CliRunner
 
+from imgcls import feedback
 from imgcls.cli import app
 from imgcls.explain import Explainer
 from imgcls.feedback import FeedbackStore, LoggedPrediction, PredictionLog, export_feedback
@@ -41,6 +42,19 @@ def test_log_rows_from_many_threads_are_all_kept(tmp_path) -> None:
     }  # fmt: skip
     reopened = PredictionLog(tmp_path / "log.db")  # the schema is created only once
     assert len(reopened.rows("predictions")) == 400
+
+
+def test_the_log_keeps_its_newest_rows_and_reaches_a_lowered_cap_in_chunks(
+    tmp_path, monkeypatch
+) -> None:
+    log = PredictionLog(tmp_path / "log.db")
+    log.record_predictions([_row(i) for i in range(40)])  # no cap yet
+    monkeypatch.setattr(feedback, "DELETE_CHUNK", 10)
+    deleted = [log.record_predictions([_row(40 + i)], max_rows=5) for i in range(5)]
+    assert deleted == [10, 10, 10, 9, 1]  # at most a chunk a write: 41 → 31, 32 → 22, ...
+    names = [r["filename"] for r in log.rows("predictions")]
+    log.close()
+    assert names == [f"{i}.jpg" for i in range(40, 45)]
 
 
 def test_a_relabelled_image_is_kept_once_under_its_newest_label(tmp_path) -> None:

@@ -3,6 +3,8 @@ uvicorn server and a real HTTP client."""
 
 from __future__ import annotations
 
+import logging
+import re
 import socket
 import subprocess
 import sys
@@ -39,8 +41,10 @@ def _classify(client: httpx.Client, *files: tuple[str, bytes], **params) -> http
 
 def _assert_error(response: httpx.Response, status: int) -> dict:
     assert response.status_code == status, response.text
-    error = response.json()["error"]
+    body = response.json()
+    error = body["error"]
     assert set(error) == {"type", "message"} and error["message"]
+    assert body["request_id"] == response.headers["x-request-id"]
     return error
 
 
@@ -273,6 +277,58 @@ def test_openapi_docs_describe_both_classify_request_forms(client: httpx.Client)
     body = schema["paths"]["/v1/classify"]["post"]["requestBody"]["content"]
     assert {"multipart/form-data", "image/*", "application/octet-stream"} <= set(body)
     assert body["image/*"]["schema"]["format"] == "binary"
+    assert "securitySchemes" not in schema["components"]  # no keys, no scheme
+
+
+def _is_new_request_id(value: str) -> bool:
+    return re.fullmatch(r"[0-9a-f]{32}", value) is not None  # 128 random bits, in hex
+
+
+def test_every_response_carries_its_own_request_id(client: httpx.Client) -> None:
+    responses = [
+        client.get("/healthz"),
+        client.get("/nope"),
+        _classify(client, ("cat.jpg", CAT)),
+        _classify(client, ("huge.jpg", b"\0" * (25 * MB))),  # refused by the body cap
+    ]
+    ids = [r.headers["x-request-id"] for r in responses]
+    assert all(_is_new_request_id(i) for i in ids) and len(set(ids)) == len(ids)
+
+
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [
+        ("7f3a9c2e-1b4d-4e8f-9a0b-1c2d3e4f5a6b", True),  # a UUID
+        ("req.42_a:b-c", True),
+        ("x" * 128, True),
+        ("x" * 129, False),
+        ("has spaces", False),
+        ("<script>", False),
+        ("a\u00e9", False),
+    ],
+)
+def test_a_sane_client_request_id_is_kept_any_other_replaced(
+    client: httpx.Client, sent: str, kept: bool
+) -> None:
+    response = client.get("/healthz", headers={"X-Request-ID": sent.encode()})
+    echoed = response.headers["x-request-id"]
+    assert echoed == sent if kept else _is_new_request_id(echoed)
+
+
+def test_error_bodies_and_the_access_log_carry_the_request_id(client: httpx.Client, caplog) -> None:
+    with caplog.at_level(logging.INFO, logger="imgcls.serve"):
+        v1 = client.post(
+            "/v1/classify",
+            files={"file": ("bad.jpg", b"not an image")},
+            headers={"X-Request-ID": "trace-v1-0042"},
+        )
+        v2 = client.post(
+            "/v2/models/nope/infer", json={"inputs": []}, headers={"X-Request-ID": "trace-v2-7"}
+        )
+    assert v1.status_code == 422 and v1.json()["request_id"] == "trace-v1-0042"
+    assert v2.status_code in (400, 404) and v2.json()["request_id"] == "trace-v2-7"
+    assert isinstance(v2.json()["error"], str)  # the v2 protocol's error shape, kept
+    assert re.search(r'"POST /v1/classify" 422 [\d.]+ms trace-v1-0042$', caplog.text, re.M)
 
 
 def test_concurrent_requests_form_batches_visible_in_metrics(client: httpx.Client) -> None:
@@ -284,6 +340,8 @@ def test_concurrent_requests_form_batches_visible_in_metrics(client: httpx.Clien
     images = metric(text, "imgcls_batch_size_sum", model="efficientnet_lite0")
     single = metric(text, "imgcls_batch_size_bucket", model="efficientnet_lite0", le="1.0")
     assert images >= 32 and single < batches, "no batch of more than one image"
+    up_to_4 = metric(text, "imgcls_batch_size_bucket", model="efficientnet_lite0", le="4.0")
+    assert up_to_4 == batches, "ONNX Runtime's default is two calls of up to 4 images"
 
 
 def test_metrics_count_requests_latency_and_predictions(client: httpx.Client) -> None:

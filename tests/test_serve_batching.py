@@ -41,6 +41,27 @@ def test_concurrent_submissions_are_grouped_into_batches_in_order() -> None:
     assert max(model.batch_sizes) == 8 and sum(model.batch_sizes) == 16
 
 
+def test_workers_run_batches_at_once_and_each_takes_what_is_queued() -> None:
+    both_running = threading.Barrier(2, timeout=10)  # broken (an error) unless two meet
+    sizes: list[int] = []
+
+    def model(batch: np.ndarray) -> np.ndarray:
+        sizes.append(len(batch))
+        both_running.wait()
+        return batch[:, :1, 0, 0]
+
+    async def scenario() -> list[np.ndarray]:
+        async with Batcher(model, max_batch=4, workers=2) as batcher:
+            first = asyncio.ensure_future(batcher.submit([_image(0)]))
+            await asyncio.sleep(0.05)  # the first worker now waits at the barrier
+            rest = batcher.submit([_image(i) for i in range(1, 4)])
+            return await asyncio.gather(first, rest)
+
+    first, rest = asyncio.run(scenario())
+    assert sizes == [1, 3]  # the second worker did not wait for the first batch to end
+    assert float(first[0, 0]) == 0 and rest[:, 0].tolist() == [1, 2, 3]
+
+
 def test_by_default_a_lone_image_runs_at_once_and_the_next_batch_gathers_meanwhile() -> None:
     gate = threading.Event()
     model = _FakeModel(gate)

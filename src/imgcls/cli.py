@@ -33,7 +33,12 @@ from imgcls.calibration import REJECT_SCORES
 from imgcls.classifier import BACKENDS
 from imgcls.errors import ConfigError, ImageError, ImgclsError, QuantizationError, WriteError
 from imgcls.export import EXPORT_FORMATS
-from imgcls.feedback import DEFAULT_FEEDBACK_DIR, DEFAULT_LOG_DB
+from imgcls.feedback import (
+    DEFAULT_FEEDBACK_DIR,
+    DEFAULT_FEEDBACK_MAX_MB,
+    DEFAULT_LOG_DB,
+    DEFAULT_LOG_MAX_ROWS,
+)
 from imgcls.images import DEFAULT_MAX_PIXELS, list_images
 from imgcls.models import DEFAULT_MODEL
 from imgcls.train_config import CLASSIFIERS, OPTIMIZERS, TrainConfig
@@ -60,7 +65,7 @@ _EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
 )
 # The library names a function's parameters; here they are flags, under these names when
 # not the parameter's with dashes.
-_FLAGS = {"data": "DATA", "calibration": "--calib"}
+_FLAGS = {"data": "DATA", "calibration": "--calib", "api_keys": "--api-key"}
 
 
 class _Commands(TyperGroup):
@@ -773,7 +778,14 @@ def serve(
     ] = None,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to bind.")] = 8000,
-    max_batch: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 16,
+    max_batch: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Images per model call (default: 4 with ONNX Runtime, which runs two calls "
+            "at once; 16 with PyTorch).",
+        ),
+    ] = None,
     max_wait_ms: Annotated[
         float,
         typer.Option(
@@ -801,17 +813,49 @@ def serve(
     backend: Annotated[
         Backend, typer.Option(help="auto: ONNX Runtime on the CPU, PyTorch elsewhere.")
     ] = Backend.auto,
+    api_key: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--api-key",
+            metavar="KEY",
+            envvar="IMGCLS_API_KEY",
+            help="Require this key (Authorization: Bearer KEY or X-API-Key: KEY) on every "
+            "endpoint but /healthz, /v2/health/* and /metrics; repeat for several (in the "
+            "variable: separated by spaces). Default: none on loopback, else a generated one.",
+        ),
+    ] = None,
+    api_key_file: Annotated[
+        Path | None, typer.Option(help="File of API keys, one per line ('#' comments).")
+    ] = None,
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="Require no key, even when bound off loopback.")
+    ] = False,
+    metrics_auth: Annotated[
+        bool, typer.Option("--metrics-auth", help="Require the key on /metrics too.")
+    ] = False,
     log_db: Annotated[
         Path, typer.Option(help="SQLite file that logs every prediction (WAL mode).")
     ] = Path(DEFAULT_LOG_DB),
     no_log: Annotated[bool, typer.Option("--no-log", help="Do not log predictions.")] = False,
+    log_max_rows: Annotated[
+        int, typer.Option(min=1, help="Keep at most this many predictions; the oldest go.")
+    ] = DEFAULT_LOG_MAX_ROWS,
+    log_max_days: Annotated[
+        float | None, typer.Option(help="Delete predictions older than this many days.")
+    ] = None,
     feedback_dir: Annotated[
         Path, typer.Option(help="Where corrected images are kept, in class folders.")
     ] = Path(DEFAULT_FEEDBACK_DIR),
+    feedback_max_mb: Annotated[
+        float,
+        typer.Option(help="Refuse corrections (507) once their images take this many MB."),
+    ] = DEFAULT_FEEDBACK_MAX_MB,
 ) -> None:
     """Serve models over HTTP: web page, REST, KServe v2, metrics."""
     from imgcls.serve import ServeConfig, run
+    from imgcls.serve.auth import read_key_file
 
+    keys = (*(api_key or ()), *(read_key_file(api_key_file) if api_key_file else ()))
     run(
         ServeConfig(
             models=tuple(model or [DEFAULT_MODEL]),
@@ -824,8 +868,14 @@ def serve(
             max_pixels=max_pixels,
             threads=threads,
             backend=backend.value,
+            api_keys=keys,
+            no_auth=no_auth,
+            metrics_auth=metrics_auth,
             log_db=None if no_log else str(log_db),
+            log_max_rows=log_max_rows,
+            log_max_days=log_max_days,
             feedback_dir=str(feedback_dir),
+            feedback_max_mb=feedback_max_mb,
         )
     )
 

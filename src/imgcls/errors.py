@@ -24,6 +24,7 @@ __all__ = [
     "NotExplainable",
     "QuantizationError",
     "StartupError",
+    "StorageFull",
     "WeightsError",
     "WriteError",
 ]
@@ -83,6 +84,10 @@ class NotExplainable(ImgclsError, ValueError):
 
 class QuantizationError(ImgclsError, ValueError):
     """An int8 model that agrees too little with its fp32 original; it was not written."""
+
+
+class StorageFull(ImgclsError, OSError):
+    """A store that takes no more: its size cap is reached (corrected images)."""
 
 
 class StartupError(ImgclsError, RuntimeError):

@@ -88,6 +88,13 @@ class Preprocess:
         return replace(self, input_size=(self.input_size[0], size, size))
 
 
+# Below this shrink factor bilinear resampling is as close to Pillow's antialiased bicubic
+# (timm's eval resize) as INTER_AREA: 0.80 against 0.82 gray levels on average at 1.17x over
+# the samples and scikit-learn's photos, 0.13 ms against 0.77 ms for a 451x300 photo.
+# INTER_AREA's general (non-integer) path is slow; at 1.4x bilinear drifts to 1.0 against 0.7.
+_AREA_MIN_SHRINK = 1.25
+
+
 def preprocess_image(
     image: np.ndarray, config: Preprocess, out: np.ndarray | None = None
 ) -> np.ndarray:
@@ -95,14 +102,20 @@ def preprocess_image(
 
     Resize the shorter side to floor(size / crop_pct), center crop, normalize. Downscaling
     uses INTER_AREA, an anti-aliasing filter like Pillow's resize (OpenCV's bicubic would
-    alias); upscaling uses the configured interpolation. `out` may be a preallocated
-    (3, H, W) float32 slot of a batch.
+    alias), or below a 1.25x shrink the 6x cheaper INTER_LINEAR, which every source pixel
+    still reaches; upscaling uses the configured interpolation. `out` may be a
+    preallocated (3, H, W) float32 slot of a batch.
     """
     crop_h, crop_w = config.size
     height = image.shape[0]
     resized_h, resized_w, top, left = crop_geometry(image.shape[:2], config)
-    shrinking = resized_h < height
-    interpolation = cv2.INTER_AREA if shrinking else _CV2_INTERPOLATION[config.interpolation]
+    shrink = height / resized_h
+    if shrink >= _AREA_MIN_SHRINK:
+        interpolation = cv2.INTER_AREA
+    elif shrink > 1:
+        interpolation = cv2.INTER_LINEAR
+    else:
+        interpolation = _CV2_INTERPOLATION[config.interpolation]
     resized = cv2.resize(image, (resized_w, resized_h), interpolation=interpolation)
     crop = resized[top : top + crop_h, left : left + crop_w]
 

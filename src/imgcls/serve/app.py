@@ -18,17 +18,19 @@ from typing import Annotated, Any
 import cv2
 import uvicorn
 from fastapi import APIRouter, FastAPI, Query, Request, Response
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, Field
 from starlette.datastructures import UploadFile
 
 from imgcls import __version__
 from imgcls.errors import StartupError
 from imgcls.serve import v2
+from imgcls.serve.auth import ApiKeys, protect, resolve_auth
 from imgcls.serve.deps import ServiceDep
 from imgcls.serve.errors import ApiError, ErrorResponse, install_error_handlers
 from imgcls.serve.limits import BodySizeLimitMiddleware
 from imgcls.serve.metrics import CONTENT_TYPE_LATEST, Metrics, RequestMetricsMiddleware
+from imgcls.serve.request_id import RequestIdMiddleware
 from imgcls.serve.service import ServeConfig, ServedModel, Service
 
 __all__ = ["StartupError", "create_app", "run"]
@@ -190,7 +192,7 @@ async def classify(
             "(replaces the model's own rule).",
         ),
     ] = None,
-) -> ClassifyResponse:
+) -> Response:
     """Top-k labels for each uploaded `file` (multipart; several `file` fields: a batch),
     or for one image sent as the raw body (`Content-Type: image/jpeg`, ...; its result's
     filename is empty)."""
@@ -200,12 +202,16 @@ async def classify(
     else:
         files = await _read_files(request, max_files=service.config.max_queue)
     predictions = await service.classify_and_log(served, files, top_k=top_k, min_score=min_score)
-    return ClassifyResponse(
-        model=served.name,
-        results=[
-            FileResult(filename=name, **preds.to_dict())
-            for (name, _), preds in zip(files, predictions, strict=True)
-        ],
+    # A ClassifyResponse, written directly: built as models and validated once more by
+    # FastAPI, a one-image answer took 41 µs of the event loop instead of 10.
+    return JSONResponse(
+        {
+            "model": served.name,
+            "results": [
+                {"filename": name, **preds.to_dict()}
+                for (name, _), preds in zip(files, predictions, strict=True)
+            ],
+        }
     )
 
 
@@ -307,10 +313,13 @@ async def feedback(
 
 
 @router.get("/", include_in_schema=False)
-async def index(service: ServiceDep) -> HTMLResponse:
+async def index(request: Request, service: ServiceDep) -> HTMLResponse:
     """The web page: pick or drop an image, see its top-5 as bars and its heat map (whose
-    first computation starts now, in the background)."""
-    service.warm_explainer()
+    first computation starts now, in the background). Open to all when keys are required
+    (the page asks for one); only a caller with the key (`?key=`) starts the warm-up."""
+    keys = request.app.state.api_keys
+    if keys is None or keys.accepts(request.query_params.get("key", "")):
+        service.warm_explainer()
     return HTMLResponse(_INDEX_HTML)
 
 
@@ -346,19 +355,26 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     )
     app.state.service = service
     app.state.startup_error = None
+    app.state.api_keys = ApiKeys(config.api_keys) if config.api_keys else None
     install_error_handlers(app)
     app.include_router(router)
     app.include_router(v2.router)
-    # Added last, runs first: requests are timed and counted including a 413 from the cap.
+    # Added last, runs first: every response has its request ID; requests are timed and
+    # counted including a 401 or a 413; a request without its key is refused before its
+    # body is read. With no keys there is no check at all.
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.max_upload_bytes)
+    if app.state.api_keys is not None:
+        protect(app, app.state.api_keys, metrics_auth=config.metrics_auth)
     app.add_middleware(RequestMetricsMiddleware, metrics=service.metrics)
+    app.add_middleware(RequestIdMiddleware)
     return app
 
 
 def run(config: ServeConfig) -> None:
-    """Serve until SIGTERM or Ctrl-C; in-flight requests finish first."""
+    """Serve until SIGTERM or Ctrl-C; in-flight requests finish first. Off loopback with
+    no API key (and no `no_auth`), a key is generated first (auth.resolve_auth)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    app = create_app(config)
+    app = create_app(resolve_auth(config))
     server = uvicorn.Server(
         uvicorn.Config(
             app,

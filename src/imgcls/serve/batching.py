@@ -49,11 +49,13 @@ class Batcher:
         max_queue: int = 256,
         on_batch: Callable[[np.ndarray], None] | None = None,
         name: str = "model",
+        workers: int = 1,
     ) -> None:
-        if max_batch < 1 or max_queue < 1 or max_wait_ms < 0:
+        if max_batch < 1 or max_queue < 1 or max_wait_ms < 0 or workers < 1:
             raise ValueError(
-                "max_batch and max_queue must be at least 1 and max_wait_ms at least 0, got "
-                f"max_batch={max_batch}, max_queue={max_queue}, max_wait_ms={max_wait_ms}"
+                "max_batch, max_queue and workers must be at least 1 and max_wait_ms at "
+                f"least 0, got max_batch={max_batch}, max_queue={max_queue}, "
+                f"workers={workers}, max_wait_ms={max_wait_ms}"
             )
         self.predict = predict
         self.max_batch = max_batch
@@ -63,10 +65,11 @@ class Batcher:
         self._pending: deque[_Item] = deque()
         self._arrived = asyncio.Event()  # something is pending
         self._filled = asyncio.Event()  # a full batch is pending
-        # One thread: the model runs one batch at a time and keeps its own intra-op threads.
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix=f"imgcls-{name}")
+        # `workers` batches run at once, each in its own thread; see Service.load for why.
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix=f"imgcls-{name}")
+        self._free_workers = asyncio.Semaphore(workers)
         self._worker: asyncio.Task[None] | None = None
-        self._busy = False  # a batch is in the model
+        self._running: set[asyncio.Task[None]] = set()  # batches in the model
 
     @property
     def depth(self) -> int:
@@ -86,7 +89,7 @@ class Batcher:
 
     async def stop(self) -> None:
         """Finish the queued images, then stop the worker and its thread."""
-        while self._pending or self._busy:
+        while self._pending or self._running:
             await asyncio.sleep(0.01)
         if self._worker is not None:
             self._worker.cancel()
@@ -116,6 +119,7 @@ class Batcher:
             if not self._pending:
                 self._arrived.clear()
                 await self._arrived.wait()
+            await self._free_workers.acquire()  # images gather while every worker is busy
             if len(self._pending) < self.max_batch and self.max_wait > 0:
                 self._filled.clear()
                 with contextlib.suppress(TimeoutError):
@@ -123,12 +127,16 @@ class Batcher:
             count = min(len(self._pending), self.max_batch)
             items = [self._pending.popleft() for _ in range(count)]
             items = [item for item in items if not item.future.done()]  # caller gone
-            if items:
-                self._busy = True
-                try:
-                    await self._run_batch(loop, items)
-                finally:
-                    self._busy = False
+            if not items:
+                self._free_workers.release()
+                continue
+            task = asyncio.create_task(self._run_batch(loop, items))
+            self._running.add(task)
+            task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._free_workers.release()
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, items: list[_Item]) -> None:
         batch = np.stack([item.array for item in items])

@@ -2,7 +2,8 @@
 
 REST routes answer `{"error": {"type": ..., "message": ...}}` (INTERFACE.md); the Open
 Inference Protocol routes under /v2 answer `{"error": "<message>"}`, the shape that
-protocol defines and `tritonclient` reads.
+protocol defines and `tritonclient` reads. Both also carry `"request_id"`, the request's
+`X-Request-ID` (request_id.py), beside `"error"`.
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
+
+from imgcls.serve.request_id import HEADER as REQUEST_ID_HEADER
+from imgcls.serve.request_id import current_request_id
 
 __all__ = [
     "ApiError",
     "ErrorDetail",
     "ErrorResponse",
+    "REQUEST_ID_DOC",
     "error_response",
     "install_error_handlers",
 ]
@@ -32,8 +37,12 @@ class ErrorDetail(BaseModel):
     message: str
 
 
+REQUEST_ID_DOC = "The request's X-Request-ID, as in the server's log."
+
+
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+    request_id: str = Field(description=REQUEST_ID_DOC)
 
 
 class ApiError(Exception):
@@ -66,6 +75,7 @@ def error_response(path: str, error: ApiError) -> JSONResponse:
         content: dict = {"error": error.message}
     else:
         content = {"error": {"type": error.type, "message": error.message}}
+    content["request_id"] = current_request_id()
     return JSONResponse(content, status_code=error.status, headers=error.headers)
 
 
@@ -97,6 +107,16 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        error = ApiError(500, "InternalError", f"{type(exc).__name__}: {exc}")
+        request_id = current_request_id()
+        log.exception(
+            "unexpected error on %s %s (request %s)", request.method, request.url.path, request_id
+        )
+        # This handler answers outside the middleware (Starlette runs it outermost), so
+        # the request ID header is added here.
+        error = ApiError(
+            500,
+            "InternalError",
+            f"{type(exc).__name__}: {exc}",
+            headers={REQUEST_ID_HEADER: request_id},
+        )
         return error_response(request.url.path, error)

@@ -7,6 +7,7 @@ share counters.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 
@@ -20,6 +21,8 @@ from prometheus_client import (
     generate_latest,
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from imgcls.serve.request_id import current_request_id
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics", "RequestMetricsMiddleware"]
 
@@ -96,6 +99,21 @@ class Metrics:
             "Prediction-log rows waiting for the writer.",
             registry=self.registry,
         )
+        self.log_deleted = Counter(
+            "imgcls_prediction_log_deleted",
+            "Prediction-log rows deleted to keep the log within --log-max-rows/--log-max-days.",
+            registry=self.registry,
+        )
+        self.feedback_refused = Counter(
+            "imgcls_feedback_refused",
+            "Corrections refused with 507: over --feedback-max-mb, or the disk refused them.",
+            registry=self.registry,
+        )
+        self.feedback_bytes = Gauge(
+            "imgcls_feedback_bytes",
+            "Bytes of corrected images kept in the feedback directory.",
+            registry=self.registry,
+        )
 
     def count_unknown(self, model: str, count: int) -> None:
         self.unknown.labels(model).inc(count)
@@ -115,8 +133,14 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+# The web page's address may carry the API key (`/?key=...`, as the server prints it); the
+# log keeps the rest of the query.
+_KEY_IN_QUERY = re.compile(r"(^|&)key=[^&]*")
+
+
 class RequestMetricsMiddleware:
-    """Counts and times every HTTP request by its route template, and logs one line each."""
+    """Counts and times every HTTP request by its route template, and logs one line each:
+    client, method, path, status, milliseconds and the request ID."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -146,12 +170,14 @@ class RequestMetricsMiddleware:
             self.metrics.latency.labels(template).observe(elapsed)
             client = scope.get("client") or ("-", 0)
             query = scope.get("query_string", b"").decode("latin-1")
+            query = _KEY_IN_QUERY.sub(r"\1key=***", query)
             log.info(
-                '%s "%s %s%s" %d %.1fms',
+                '%s "%s %s%s" %d %.1fms %s',
                 client[0],
                 scope["method"],
                 scope["path"],
                 f"?{query}" if query else "",
                 status,
                 elapsed * 1000,
+                current_request_id(),
             )

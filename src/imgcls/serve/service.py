@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sqlite3
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
@@ -21,9 +23,12 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from imgcls.classifier import ImageClassifier, Predictions
+from imgcls.errors import ConfigError, StartupError, StorageFull
 from imgcls.explain import Explainer, Explanation, NotExplainable
 from imgcls.feedback import (
     DEFAULT_FEEDBACK_DIR,
+    DEFAULT_FEEDBACK_MAX_MB,
+    DEFAULT_LOG_MAX_ROWS,
     FeedbackStore,
     LoggedPrediction,
     PredictionLog,
@@ -43,6 +48,8 @@ __all__ = ["ServeConfig", "ServedModel", "Service"]
 log = logging.getLogger("imgcls.serve")
 
 RETRY_AFTER_S = 1  # what a 503 tells clients to wait
+ONNX_WORKERS = 2  # batches ONNX Runtime runs at once (see Service.load)
+ONNX_MAX_BATCH = 4  # the default --max-batch of those; 16 for PyTorch (one batch at a time)
 EXPLAIN_MAX_SIDE = 1024  # pixels; a heat map PNG of a 12-megapixel photo would be ~20 MB
 
 
@@ -53,7 +60,7 @@ class ServeConfig:
     models: tuple[str, ...] = (DEFAULT_MODEL,)  # registry names or run directories
     host: str = "127.0.0.1"
     port: int = 8000
-    max_batch: int = 16  # images per model call
+    max_batch: int | None = None  # images per model call; None: by backend (see load)
     max_wait_ms: float = 0.0  # how long a batch's first image waits for company
     max_queue: int = 256  # images waiting for the model; beyond it, 503
     max_upload_mb: float = 20.0  # request body cap, MB (10^6 bytes)
@@ -61,9 +68,30 @@ class ServeConfig:
     device: str = "cpu"
     backend: str = "auto"  # auto (ONNX Runtime on the CPU) | torch | onnx
     threads: int | None = None  # threads per model call; None: see Service.load
+    # API keys a request must carry (auth.py); kept out of repr so that no log shows them.
+    # None given: `run` requires none on loopback and generates one elsewhere.
+    api_keys: tuple[str, ...] = field(default=(), repr=False)
+    no_auth: bool = False  # no keys even off loopback (said in the log)
+    metrics_auth: bool = False  # /metrics needs a key too (by default scrapers need none)
     log_db: str | None = None  # SQLite prediction log; None: off (the CLI turns it on)
     log_queue: int = 10_000  # log rows waiting for the disk; beyond it, dropped and counted
+    log_max_rows: int | None = DEFAULT_LOG_MAX_ROWS  # older rows deleted; None: all kept
+    log_max_days: float | None = None  # rows older than this deleted; None: no age limit
     feedback_dir: str = DEFAULT_FEEDBACK_DIR  # corrected images, in class folders
+    feedback_max_mb: float | None = DEFAULT_FEEDBACK_MAX_MB  # beyond it, 507; None: no cap
+
+    def __post_init__(self) -> None:
+        # The limits that keep the disk bounded (a 0 would mean "keep nothing").
+        for name, value in (
+            ("log_max_rows", self.log_max_rows),
+            ("log_max_days", self.log_max_days),
+            ("feedback_max_mb", self.feedback_max_mb),
+        ):
+            if value is not None and not value > 0:
+                raise ConfigError(
+                    f"`{name}` must be above 0, got {value}",
+                    parameters=(name,),
+                )
 
     @property
     def max_upload_bytes(self) -> int:
@@ -77,6 +105,7 @@ class ServedModel:
     classifier: ImageClassifier
     batcher: Batcher  # rows: probabilities, then the rejection score (see `scored_rows`)
     max_pixels: int
+    decode_pool: Executor | None = None  # decodes and preprocesses uploads (None: asyncio's)
     on_unknown: Callable[[int], None] = lambda count: None  # counts "unknown" answers
     torch_threads: int = 1  # PyTorch's threads once Grad-CAM loads it (see Service.load)
     _explainer: Explainer | None = field(default=None, init=False, repr=False)
@@ -174,8 +203,12 @@ class ServedModel:
         self._check_count(len(files))
         if not self.batcher.has_room(len(files)):  # refuse before spending time decoding
             raise _overloaded(f"{self.batcher.depth} images queued")
+        loop = asyncio.get_running_loop()
         return await asyncio.gather(
-            *(run_in_threadpool(self._prepare, name, data) for name, data in files)
+            *(
+                loop.run_in_executor(self.decode_pool, self._prepare, name, data)
+                for name, data in files
+            )
         )
 
     async def _outputs(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
@@ -249,11 +282,14 @@ class Service:
     models: dict[str, ServedModel] = field(default_factory=dict)
     log: PredictionLog | None = None  # open while the service runs, when logging is on
     log_writer: LogWriter | None = None  # writes `log`'s prediction rows, off the request path
+    feedback: FeedbackStore = field(init=False)  # corrected images, under their size cap
     _warm_up: asyncio.Task | None = field(default=None, init=False, repr=False)
 
-    @property
-    def feedback(self) -> FeedbackStore:
-        return FeedbackStore(self.config.feedback_dir)
+    def __post_init__(self) -> None:
+        cap = self.config.feedback_max_mb
+        self.feedback = FeedbackStore(
+            self.config.feedback_dir, max_bytes=None if cap is None else int(cap * 1_000_000)
+        )
 
     @property
     def ready(self) -> bool:
@@ -274,13 +310,22 @@ class Service:
 
     async def load(self, stack: AsyncExitStack) -> None:
         """Load every configured model and start its batcher (stopped when `stack` closes)."""
-        # ONNX Runtime gets every core: its idle threads sleep (runtime.py), so requests
-        # decode between model calls. Measured on 2 cores at 16 connections: 1 thread 59,
-        # 2 threads 81 requests/s. Torch keeps one core free: its OpenMP threads beside 16
-        # decoding requests waited on each other (13 → 5 requests/s, p99 1.6 s → 5.8 s).
+        # ONNX Runtime runs two batches at once, each on its calling thread plus the
+        # session's shared pool of cores - 2 threads: one batch gathers while the other
+        # runs, and on 2 cores neither waits at an intra-op barrier for a thread that a
+        # decoding request has preempted. Single-threaded, 1 to 4 images per call cost the
+        # same per image, and small batches keep the two calls even (a call of 16 left the
+        # other worker idle, its requests waiting). Measured on 2 cores at 16 connections
+        # (docs/performance.md): one batch of up to 16 on 2 threads 196-200 requests/s, p99
+        # 94-105 ms; two of up to 4 on 1 thread each 223-226, p99 87-89 ms. Torch runs one
+        # batch and keeps one core free: its OpenMP threads beside 16 decoding requests
+        # waited on each other (13 → 5 requests/s, p99 1.6 s → 5.8 s).
         cores = len(os.sched_getaffinity(0))
-        threads = self.config.threads or cores
-        torch_threads = self.config.threads or max(1, cores - 1)
+        threads = self.config.threads or max(1, cores - 1)
+        # Uploads decode in a pool of their own, one thread per core (twice as many gave
+        # the same requests/s: they only take turns on the cores).
+        decode_pool = ThreadPoolExecutor(cores, thread_name_prefix="imgcls-decode")
+        stack.callback(decode_pool.shutdown)
         for spec in self.config.models:
             classifier = await run_in_threadpool(
                 ImageClassifier,
@@ -293,13 +338,15 @@ class Service:
             name = classifier.name
             if name in self.models:
                 raise ValueError(f"two models are both called {name!r}; serve each once")
+            onnx = classifier.runtime.backend == "onnx"
             batcher = Batcher(
                 scored_rows(classifier),
-                max_batch=self.config.max_batch,
+                max_batch=self.config.max_batch or (ONNX_MAX_BATCH if onnx else 16),
                 max_wait_ms=self.config.max_wait_ms,
                 max_queue=self.config.max_queue,
                 on_batch=self._observer(name, classifier.labels.names),
                 name=name,
+                workers=ONNX_WORKERS if onnx else 1,
             )
             await stack.enter_async_context(batcher)
             self.metrics.track_queue(name, lambda b=batcher: b.depth)
@@ -307,22 +354,34 @@ class Service:
                 classifier,
                 batcher,
                 self.config.max_pixels,
+                decode_pool,
                 on_unknown=lambda count, n=name: self.metrics.count_unknown(n, count),
-                torch_threads=torch_threads,
+                torch_threads=threads,
             )
         torch = sys.modules.get("torch")  # loaded by a torch backend (or by this process)
         if torch is not None:  # process-wide; restored on exit
             stack.callback(torch.set_num_threads, torch.get_num_threads())
-            torch.set_num_threads(torch_threads)
+            torch.set_num_threads(threads)
         stack.push_async_callback(self._finish_warm_up)
+        await run_in_threadpool(lambda: self.feedback.used_bytes)  # counted once, off the loop
+        self.metrics.feedback_bytes.set_function(lambda: self.feedback.used_bytes)
         if self.config.log_db is not None:  # opened once the models load: no file on failure
-            self.log = PredictionLog(self.config.log_db)
+            try:
+                self.log = PredictionLog(self.config.log_db)
+            except (OSError, sqlite3.Error) as exc:  # a read-only or missing directory
+                raise StartupError(
+                    f"{self.config.log_db}: cannot open the prediction log ({exc}); give "
+                    "another --log-db, or --no-log"
+                ) from None
             stack.callback(self.log.close)
             self.log_writer = LogWriter(
                 self.log,
                 max_queue=self.config.log_queue,
+                max_rows=self.config.log_max_rows,
+                max_age_days=self.config.log_max_days,
                 on_dropped=self.metrics.log_dropped.inc,
                 on_write_error=self.metrics.log_write_errors.inc,
+                on_deleted=self.metrics.log_deleted.inc,
             )
             self.metrics.log_queue_depth.set_function(lambda: self.log_writer.depth)
             # Closed before the log: the rows still queued are written first.
@@ -376,15 +435,32 @@ class Service:
     async def add_feedback(self, model: ServedModel, name: str, data: bytes, label: str) -> dict:
         """Keep a corrected label for an image: the file under the feedback directory, a
         row in the log. 422 for a label the model does not know or a file that is not an
-        image."""
+        image; 507 when the directory is at its cap or the disk refuses the file."""
         label = model.check_label(label)
         await run_in_threadpool(model.check_image, name, data)
         try:
             path = await run_in_threadpool(self.feedback.add, data, name, label)
         except ValueError as exc:
             raise ApiError(422, "UnknownLabel", str(exc)) from None
+        except StorageFull as exc:
+            self.metrics.feedback_refused.inc()
+            raise ApiError(
+                507,
+                "InsufficientStorage",
+                f"correction not stored: {exc} (the server's --feedback-max-mb); "
+                "export the corrections (imgcls feedback export) and clear the folder",
+            ) from None
+        except OSError as exc:  # disk full, read-only: said to the client, not a 500
+            self.metrics.feedback_refused.inc()
+            raise ApiError(
+                507,
+                "InsufficientStorage",
+                f"correction not stored: the server could not write it ({exc.strerror or exc})",
+            ) from None
         digest = path.stem
         relative = path.relative_to(self.feedback.root).as_posix()
-        if self.log is not None:
-            await run_in_threadpool(self.log.record_feedback, model.name, digest, label, relative)
+        if self.log_writer is not None:
+            await run_in_threadpool(
+                self.log_writer.record_feedback, model.name, digest, label, relative
+            )
         return {"model": model.name, "sha256": digest, "label": label, "path": relative}

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from imgcls import __version__
 from imgcls.serve.deps import ServiceDep
-from imgcls.serve.errors import ApiError
+from imgcls.serve.errors import REQUEST_ID_DOC, ApiError
 from imgcls.serve.service import ServedModel
 
 __all__ = ["router"]
@@ -101,6 +101,7 @@ class InferenceResponse(BaseModel):
 
 class V2Error(BaseModel):
     error: str
+    request_id: str = Field(description=REQUEST_ID_DOC)
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
