@@ -124,3 +124,58 @@ def write_digit_images(root: Path, per_class: int = 30, size: int = 28) -> list[
             cv2.imwrite(str(path), cv2.resize(image, (size, size), interpolation=cv2.INTER_CUBIC))
             samples.append((path, label))
     return samples
+
+
+COLLAGE_CLASSES = ("red", "green", "blue", "stripes", "checks", "dots")
+
+
+def write_collages(
+    root: Path, count: int, size: int = 32, seed: int = 0
+) -> list[tuple[str, tuple[str, ...]]]:
+    """`count` PNGs root/<i>.png, each a 2x2 collage: 1-3 tiles of different classes of
+    COLLAGE_CLASSES (plain colours and gray patterns, with noise), gray noise elsewhere.
+    Returns (file name, its classes in tile order) per image: a multi-label data set."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    tile = size // 2
+    ramp = np.arange(tile)
+
+    def texture(name: str) -> np.ndarray:
+        colours = {"red": (200, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 210)}
+        period = max(2, tile // 4)
+        phase = int(rng.integers(period))
+        if name in colours:
+            image = np.broadcast_to(np.array(colours[name], float), (tile, tile, 3))
+        elif name == "stripes":
+            image = np.repeat(
+                ((ramp + phase) // (period // 2 or 1) % 2 * 200 + 30)[:, None], tile, 1
+            )
+        elif name == "checks":
+            cells = (ramp + phase) // period
+            image = (cells[:, None] + cells[None, :]) % 2 * 200.0 + 30
+        elif name == "dots":
+            image = np.full((tile, tile), 30.0)
+            for y in range(phase % period, tile, period):
+                for x in range(phase % period, tile, period):
+                    cv2.circle(image, (x, y), max(1, period // 4), 230.0, -1)
+        else:  # background
+            image = np.full((tile, tile), 128.0)
+        image = np.asarray(image, float)
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, 2)
+        return np.clip(image + rng.normal(0, 12, image.shape), 0, 255).astype(np.uint8)
+
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(count):
+        names = tuple(rng.choice(COLLAGE_CLASSES, int(rng.integers(1, 4)), replace=False))
+        places = rng.permutation(4)
+        tiles = [texture("background")] * 4
+        for name, place in zip(names, places, strict=False):
+            tiles[place] = texture(str(name))
+        collage = np.vstack([np.hstack(tiles[:2]), np.hstack(tiles[2:])])
+        cv2.imwrite(str(root / f"{i}.png"), cv2.cvtColor(collage, cv2.COLOR_RGB2BGR))
+        rows.append((f"{i}.png", tuple(str(n) for n in names)))
+    return rows

@@ -78,7 +78,8 @@ def test_top_k_is_capped_at_the_class_count_and_must_be_positive(classifier, sam
 
 
 def test_prediction_serialises_with_the_contract_fields(classifier, samples):
-    p = classifier.classify_image(samples / "espresso.jpg", top_k=1)[0]
+    predictions = classifier.classify_image(samples / "espresso.jpg", top_k=2)
+    p = predictions[0]
     assert isinstance(p, Prediction)
     assert p.to_dict() == {
         "label": "espresso",
@@ -86,7 +87,11 @@ def test_prediction_serialises_with_the_contract_fields(classifier, samples):
         "index": 967,
         "score": p.score,
         "unknown": False,
+        "present": True,
     }
+    # A single-label model asserts its top-1 alone: the result's `labels`.
+    assert not predictions[1].present and predictions.labels == ("espresso",)
+    assert predictions.to_dict()["labels"] == ["espresso"]
 
 
 def test_bad_inputs_raise_the_documented_errors(classifier, tmp_path):

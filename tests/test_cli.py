@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from imgcls.cli import app
 
-PREDICTION_KEYS = {"label", "class_id", "index", "score", "unknown"}
+PREDICTION_KEYS = {"label", "class_id", "index", "score", "unknown", "present"}
 
 
 def test_json_follows_the_contract_in_input_order(samples, tmp_path):
@@ -47,6 +47,9 @@ def test_json_follows_the_contract_in_input_order(samples, tmp_path):
     for record in (espresso, cat):
         assert len(record["predictions"]) == 3
         assert all(set(p) == PREDICTION_KEYS for p in record["predictions"])
+        # A single-label model asserts its top-1: the one present prediction, the label.
+        assert [p["present"] for p in record["predictions"]] == [True, False, False]
+        assert record["labels"] == [record["predictions"][0]["label"]]
         scores = [p["score"] for p in record["predictions"]]
         assert scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1
     assert missing["error"]["type"] == "FileNotFoundError"

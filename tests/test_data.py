@@ -119,9 +119,10 @@ def test_training_evaluation_and_the_doctor_read_the_same_files(tmp_path):
     }  # fmt: skip
 
     def read(samples, names=None) -> set[tuple[str, str]]:
-        """(path relative to the data, class name) of each sample."""
+        """(path relative to the data, class name) of each sample: (image, class index)
+        with `names`, else (image, class names) rows of one name each."""
         return {
-            (path.relative_to(tmp_path).as_posix(), names[label] if names else label)
+            (path.relative_to(tmp_path).as_posix(), names[label] if names else label[0])
             for path, label in samples
         }
 

@@ -75,7 +75,9 @@ def test_classify_one_photo_gives_ranked_imagenet_predictions(client: httpx.Clie
     assert result["filename"] == "cat.jpg"
     predictions = result["predictions"]
     assert len(predictions) == 3 and predictions[0]["label"] in CAT_LABELS
-    assert set(predictions[0]) == {"label", "class_id", "index", "score", "unknown"}
+    assert set(predictions[0]) == {"label", "class_id", "index", "score", "unknown", "present"}
+    assert [p["present"] for p in predictions] == [True, False, False]
+    assert result["labels"] == [predictions[0]["label"]]  # a single-label model: its top-1
     scores = [p["score"] for p in predictions]
     assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
 

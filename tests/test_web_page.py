@@ -289,3 +289,42 @@ def test_without_the_key_the_page_asks_once_and_retries(browser, server, artifac
     expect(form).to_be_hidden()
     expect(page.locator("#model option")).to_have_count(2)
     expect(page.locator(".card .row")).to_have_count(5)  # the waiting upload, classified
+
+
+def test_the_labels_a_model_asserts_are_chips_above_the_bars(browser, server, artifacts) -> None:
+    """A single-label model asserts its top-1: one chip, one bold bar. A multi-label
+    answer (the server's own, reshaped as a multi-label model gives it: several classes
+    present) shows a chip for each present class, best first."""
+    from playwright.sync_api import expect
+
+    url, _, _ = server
+    page = _page(browser, locale="en-US")
+    page.goto(_with_key(url))
+    page.set_input_files("#file", str(SAMPLES / "espresso.jpg"))
+    card = page.locator(".card").first
+    expect(card.locator(".chip")).to_have_text(["espresso"])
+    expect(card.locator(".row.present .label")).to_have_text(["espresso"])
+
+    body = httpx.post(
+        f"{url}/v1/classify",
+        files={"file": ("espresso.jpg", ESPRESSO)},
+        headers={"X-API-Key": KEY},
+        timeout=60,
+    ).json()
+    [result] = body["results"]
+    for prediction in result["predictions"][:3]:
+        prediction["present"] = True
+    result["labels"] = [p["label"] for p in result["predictions"][:3]]
+    multi_label = json.dumps(body)
+    page = _page(browser, locale="en-US")
+    page.route(
+        "**/v1/classify*",
+        lambda route: route.fulfill(status=200, content_type="application/json", body=multi_label),
+    )
+    page.goto(_with_key(url))
+    page.set_input_files("#file", str(SAMPLES / "espresso.jpg"))
+    card = page.locator(".card").first
+    expect(card.locator(".chip")).to_have_text(result["labels"])
+    expect(card.locator(".row.present")).to_have_count(3)
+    expect(card.locator(".row")).to_have_count(5)
+    page.screenshot(path=str(artifacts / "web-page-labels.png"), full_page=True)

@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from imgcls.data import DataError, find_splits
+from imgcls.data import DataError, find_splits, relative_path
+from imgcls.errors import DoctorError
 from imgcls.gallery import Thumbnails
 from imgcls.models import DEFAULT_MODEL
 
@@ -132,15 +133,24 @@ def audit_labels(
     seed: int = 0,
     img_size: int | None = None,
     progress: Callable[[int], None] | None = None,
+    label_delim: str | None = None,
+    skip_missing: bool = False,
 ) -> LabelAudit:
-    """Rank every image of DATA (all splits) by how unlikely its class folder is under an
-    out-of-fold model on frozen `model` features (`img_size`: input size, None for the
-    model's own; smaller is faster for small images)."""
+    """Rank every image of DATA (all splits; a folder or a single-label label file) by how
+    unlikely its class is under an out-of-fold model on frozen `model` features
+    (`img_size`: input size, None for the model's own; smaller is faster for small
+    images)."""
     from imgcls.classifier import ImageClassifier
 
     started = time.perf_counter()
-    root = Path(data)
-    splits = find_splits(root, val_split=0.0, seed=seed)
+    splits = find_splits(
+        data, val_split=0.0, seed=seed, label_delim=label_delim, skip_missing=skip_missing
+    )
+    if splits.multi_label:
+        raise DoctorError(
+            f"{data}: images with several labels; the label audit ranks single-label data"
+        )
+    root = Path(data) if Path(data).is_dir() else Path(data).parent  # what paths start from
     samples = splits.train + splits.val + splits.test
     backbone = ImageClassifier(model, batch_size=batch_size, img_size=img_size)
     kept, vectors, skipped = [], [], [str(p) for p, _ in splits.skipped]
@@ -160,7 +170,7 @@ def audit_labels(
     names = splits.class_names
     ranked = [
         LabelIssue(
-            path=str(kept[i][0].relative_to(root)),
+            path=relative_path(kept[i][0], root),
             given_label=names[labels[i]],
             suggested_label=names[int(probabilities[i].argmax())],
             self_confidence=float(self_confidence[i]),

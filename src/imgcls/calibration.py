@@ -35,6 +35,7 @@ __all__ = [
     "fit_trust",
     "log_softmax",
     "operating_points",
+    "sigmoid",
     "softmax",
     "uncalibrated",
 ]
@@ -57,6 +58,15 @@ MIN_SCORE_GRID = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax, computed in float64 so tiny probabilities do not round to zero."""
     return np.exp(log_softmax(logits))
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Element-wise logistic function in float64: a multi-label model's independent
+    per-class probabilities (numpy only, as `softmax`)."""
+    x = np.asarray(logits, np.float64)
+    # exp of a negative number only: no overflow warning for large |x|
+    e = np.exp(-np.abs(x))
+    return np.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from safetensors import SafetensorError  # light: safetensors imports no torch
 
 from imgcls.errors import WeightsError, WriteError
+from imgcls.multilabel import DEFAULT_THRESHOLD
 
 if TYPE_CHECKING:  # torch is imported where tensors are read or written, not at start-up
     import torch
@@ -72,6 +73,7 @@ METRICS_COLUMNS = (
     "epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds", "images_per_s",
 )  # fmt: skip
 EMA_COLUMNS = ("ema_val_loss", "ema_val_acc")  # metrics.csv of a run with --ema
+MAP_COLUMNS = ("val_map", "ema_val_map")  # of a multi-label run (the second with --ema)
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema")
 
@@ -236,6 +238,13 @@ def new_run_config(
         "architecture": architecture,
         "num_classes": len(splits.class_names),
         "class_names": splits.class_names,
+        # A multi-label run: sigmoid outputs, per-class thresholds (chosen on validation
+        # after training; 0.5 until then).
+        **(
+            {"multi_label": True, "thresholds": [DEFAULT_THRESHOLD] * len(splits.class_names)}
+            if splits.multi_label
+            else {}
+        ),
         "preprocess": preprocess.to_dict(),
         "img_size": preprocess.size[0],
         "weights": "best.safetensors",
@@ -251,9 +260,13 @@ def new_run_config(
     }
 
 
-def write_metrics(run_dir: str | os.PathLike, rows: list[dict[str, Any]], ema: bool) -> None:
+def write_metrics(
+    run_dir: str | os.PathLike, rows: list[dict[str, Any]], ema: bool, multi_label: bool = False
+) -> None:
     """metrics.csv: one row per epoch (a missing value is an empty cell)."""
     columns = METRICS_COLUMNS + (EMA_COLUMNS if ema else ())
+    if multi_label:
+        columns += MAP_COLUMNS[: 2 if ema else 1]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()

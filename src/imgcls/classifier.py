@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcls.calibration import Rejection, softmax
+from imgcls.calibration import Rejection, sigmoid, softmax
 from imgcls.checkpoint import is_run_dir, read_run_config
 from imgcls.export_cache import BACKENDS, cache_key, cached_runtime, choose_runtime
 from imgcls.heads import OnnxHead
@@ -20,21 +20,25 @@ from imgcls.prefetch import Prefetcher, PreparedBatch
 from imgcls.runtime import HeadRuntime, OnnxMetadata, OnnxRuntime, TorchRuntime
 from imgcls.transforms import preprocess_image
 
-__all__ = ["BACKENDS", "ImageClassifier", "Prediction"]
+__all__ = ["BACKENDS", "ImageClassifier", "Prediction", "Predictions"]
 
 
 @dataclass(frozen=True)
 class Prediction:
     """One ranked answer: `label` (human name), `class_id` (e.g. WordNet id), the model's
-    output `index` and the (calibrated) softmax probability `score`. `unknown` is the same
-    on every answer for an image: True when the model declines to name it (its rejection
-    rule, or `min_score`, says the image looks unlike anything it can answer reliably)."""
+    output `index` and its probability `score`: (calibrated) softmax, or for a multi-label
+    model the class's own sigmoid. `unknown` is the same on every answer for an image: True
+    when the model declines to name it (its rejection rule, or `min_score`, says the image
+    looks unlike anything it can answer reliably; a multi-label model: no class passes its
+    threshold). `present`: the model asserts this class (the top-1 of a single-label model
+    unless unknown; every class at or above its threshold for a multi-label one)."""
 
     label: str
     class_id: str
     index: int
     score: float
     unknown: bool = False
+    present: bool = False
 
     def to_dict(self) -> dict[str, str | int | float]:
         # Spelled out: dataclasses.asdict deep-copies each field, 4.4 µs against 0.15 µs,
@@ -45,7 +49,22 @@ class Prediction:
             "index": self.index,
             "score": self.score,
             "unknown": self.unknown,
+            "present": self.present,
         }
+
+
+class Predictions(list[Prediction]):
+    """One image's top-k `Prediction`s, best first (a plain list to every caller), and
+    `labels`: the names the model asserts, best first — every class marked `present`,
+    also those ranked below the top k; none when the image is unknown."""
+
+    def __init__(self, predictions: Iterable[Prediction] = (), labels: Iterable[str] = ()):
+        super().__init__(predictions)
+        self.labels = tuple(labels)
+
+    def to_dict(self) -> dict[str, list]:
+        """The JSON of one result: `predictions` and `labels` (INTERFACE.md)."""
+        return {"predictions": [p.to_dict() for p in self], "labels": list(self.labels)}
 
 
 class ImageClassifier:
@@ -104,6 +123,7 @@ class ImageClassifier:
         metadata = self.runtime.metadata
         self.labels, self.preprocess = metadata.labels, metadata.preprocess
         self.temperature = metadata.temperature
+        self.thresholds = _as_array(metadata.thresholds)
         self.rejection = (
             None if metadata.threshold is None else Rejection("max_prob", metadata.threshold)
         )
@@ -118,6 +138,9 @@ class ImageClassifier:
         # imgcls.calibration); registry models have neither.
         self.temperature = float(config.get("temperature", 1.0)) if config else 1.0
         self.rejection = Rejection.from_config(config, model) if config else None
+        # A multi-label run's per-class thresholds (imgcls.multilabel), else None.
+        multi_label = config is not None and config.get("multi_label", False)
+        self.thresholds = _as_array(config["thresholds"]) if multi_label else None
         self.name = model if config is not None else canonical_name(model)
         key = cache_key(model, pretrained=pretrained, weights=weights, img_size=img_size)
         cached = cached_runtime(key, device=device, backend=backend, threads=threads)
@@ -142,7 +165,8 @@ class ImageClassifier:
         if config is not None:  # a trained run: its class folder names are the labels
             self.labels = Labels.from_names(config["class_names"])
             if config.get("classifier", "softmax") != "softmax":
-                self.runtime = HeadRuntime(self.runtime, OnnxHead(Path(model) / config["head"]))
+                head = OnnxHead(Path(model) / config["head"])
+                self.runtime = HeadRuntime(self.runtime, head, self.multi_label)
 
     @property
     def module(self):
@@ -168,28 +192,38 @@ class ImageClassifier:
         threshold = None
         if self.rejection is not None and not self.rejection.needs_features:
             threshold = self.rejection.threshold
-        return OnnxMetadata(self.name, self.labels, self.preprocess, self.temperature, threshold)
+        thresholds = None if self.thresholds is None else tuple(self.thresholds.tolist())
+        return OnnxMetadata(
+            self.name, self.labels, self.preprocess, self.temperature, threshold, thresholds
+        )
 
     @property
     def num_classes(self) -> int:
         return len(self.labels)
 
+    @property
+    def multi_label(self) -> bool:
+        """Whether each class is judged on its own (sigmoid, per-class thresholds)."""
+        return self.thresholds is not None
+
     # -- images in (paths, bytes, arrays), predictions out --------------------------------
 
     def classify_image(
         self, image: ImageSource, top_k: int = 5, min_score: float | None = None
-    ) -> list[Prediction]:
-        """Top-k predictions for one image (path, encoded bytes, RGB array or PIL image).
+    ) -> Predictions:
+        """Top-k predictions for one image (path, encoded bytes, RGB array or PIL image),
+        and the labels the model asserts (`.labels`).
 
         `min_score` replaces the model's own "unknown" rule: the image is unknown when its
-        top score is below it."""
+        top score is below it (for a multi-label model it replaces every class's
+        threshold)."""
         return self.classify_images([image], top_k=top_k, min_score=min_score)[0]
 
     def classify_images(
         self, images: Sequence[ImageSource], top_k: int = 5, min_score: float | None = None
-    ) -> list[list[Prediction]]:
+    ) -> list[Predictions]:
         """Top-k predictions for each image, run through the model in batches."""
-        results: list[list[Prediction]] = []
+        results: list[Predictions] = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
             batch = np.stack([self.prepare(image) for image in chunk])
@@ -200,7 +234,7 @@ class ImageClassifier:
 
     def classify_paths(
         self, paths: Iterable[str | os.PathLike], top_k: int = 5, min_score: float | None = None
-    ) -> Iterator[tuple[str, list[Prediction] | Exception]]:
+    ) -> Iterator[tuple[str, Predictions | Exception]]:
         """Classify files in order, batching them; a file that fails yields its exception
         (FileNotFoundError or ImageError) in its place while the others go on."""
         for batch in self._prepared_batches(paths):
@@ -253,17 +287,19 @@ class ImageClassifier:
 
     def predict_batch(
         self, batch: np.ndarray, top_k: int = 5, min_score: float | None = None
-    ) -> list[list[Prediction]]:
+    ) -> list[Predictions]:
         """Top-k predictions for a preprocessed (N, 3, H, W) batch."""
         _check_min_score(min_score)
         probabilities, scores = self.predict_scored(batch)
         unknown = self.unknown(probabilities, scores, min_score)
-        return self.top_predictions(probabilities, top_k=top_k, unknown=unknown)
+        return self.top_predictions(probabilities, top_k, unknown, min_score)
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        """Calibrated softmax probabilities, (N, num_classes) float64, for a preprocessed
-        batch: softmax(logits / temperature), the temperature of a run (else 1)."""
-        return softmax(self.runtime(batch) / self.temperature)
+        """Class probabilities, (N, num_classes) float64, for a preprocessed batch:
+        softmax(logits / temperature), the temperature of a run (else 1); for a multi-label
+        model each class's sigmoid(logit)."""
+        logits = self.runtime(batch)
+        return sigmoid(logits) if self.multi_label else softmax(logits / self.temperature)
 
     def predict_scored(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         """Calibrated probabilities and, when the model has a rejection rule, the score
@@ -281,32 +317,69 @@ class ImageClassifier:
         self, probabilities: np.ndarray, scores: np.ndarray | None, min_score: float | None = None
     ) -> np.ndarray:
         """Which images to answer "unknown": top score below `min_score` when given, else
-        the model's own rule (registry models without `min_score`: none)."""
+        the model's own rule (registry models without `min_score`: none). A multi-label
+        model's images are unknown when no class reaches its threshold (or `min_score`)."""
+        if self.multi_label:
+            return ~self.present(probabilities, min_score=min_score).any(axis=1)
         if min_score is not None:
             return probabilities.max(axis=1) < min_score
         if self.rejection is None or scores is None:
             return np.zeros(len(probabilities), bool)
         return scores < self.rejection.threshold
 
+    def present(
+        self,
+        probabilities: np.ndarray,
+        unknown: np.ndarray | None = None,
+        min_score: float | None = None,
+    ) -> np.ndarray:
+        """(N, num_classes) bool: the classes the model asserts for each image. Multi-label:
+        probability at or above the class's threshold (or `min_score`); single-label: the
+        top-1, unless the image is `unknown`."""
+        if self.multi_label:
+            return probabilities >= (self.thresholds if min_score is None else min_score)
+        flags = np.zeros(probabilities.shape, bool)
+        flags[np.arange(len(probabilities)), probabilities.argmax(axis=1)] = True
+        if unknown is not None:
+            flags &= ~np.asarray(unknown, bool)[:, None]
+        return flags
+
     def top_predictions(
-        self, probabilities: np.ndarray, top_k: int = 5, unknown: np.ndarray | None = None
-    ) -> list[list[Prediction]]:
-        """The top-k `Prediction`s of each row of a (N, num_classes) probability array."""
+        self,
+        probabilities: np.ndarray,
+        top_k: int = 5,
+        unknown: np.ndarray | None = None,
+        min_score: float | None = None,
+    ) -> list[Predictions]:
+        """The top-k `Prediction`s of each row of a (N, num_classes) probability array,
+        with the labels the model asserts; `unknown` as `self.unknown` gives it (default:
+        the model's thresholds, or `min_score`, alone)."""
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         if unknown is None:
-            unknown = np.zeros(len(probabilities), bool)
+            unknown = self.unknown(probabilities, None, min_score)
+        present = self.present(probabilities, unknown, min_score)
+        order = np.argsort(-probabilities, axis=1, kind="stable")
         k = min(top_k, self.num_classes)
-        order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
         names, ids = self.labels.names, self.labels.class_ids
         return [
-            [Prediction(names[i], ids[i], int(i), float(row[i]), bool(flag)) for i in indices]
-            for row, indices, flag in zip(probabilities, order, unknown, strict=True)
+            Predictions(
+                (
+                    Prediction(names[i], ids[i], int(i), float(row[i]), bool(flag), bool(shown[i]))
+                    for i in ranked[:k]
+                ),
+                (names[i] for i in ranked if shown[i]),
+            )
+            for row, ranked, flag, shown in zip(probabilities, order, unknown, present, strict=True)
         ]
 
     def __repr__(self) -> str:
         backend = self.runtime.backend
         return f"ImageClassifier({self.name!r}, classes={self.num_classes}, backend={backend!r})"
+
+
+def _as_array(thresholds: Sequence[float] | None) -> np.ndarray | None:
+    return None if thresholds is None else np.asarray(thresholds, np.float64)
 
 
 def _check_min_score(min_score: float | None) -> None:

@@ -127,6 +127,16 @@ Classifier = _choices("Classifier", CLASSIFIERS)
 RejectScore = _choices("RejectScore", REJECT_SCORES)
 
 
+# Reading a label file, the same options wherever DATA may be one.
+LabelDelim = Annotated[
+    str | None,
+    typer.Option(help="Label file: what separates several labels in a cell (default: spaces)."),
+]
+SkipMissing = Annotated[
+    bool, typer.Option(help="Label file: skip (and count) rows whose image file is missing.")
+]
+
+
 app = typer.Typer(
     name="imgcls",
     cls=_Commands,
@@ -326,7 +336,7 @@ def predict(
                 if isinstance(outcome, Exception):
                     record = _error_record(path, outcome)
                 else:
-                    record = {"path": path, "predictions": [p.to_dict() for p in outcome]}
+                    record = {"path": path, **outcome.to_dict()}
                 advance()
             results.append(record)
             if sink is not None:  # one line per image as it is done: a kill loses none
@@ -395,12 +405,23 @@ def _print_predictions(results: list[dict[str, Any]]) -> None:
         table.add_column("class id", style="dim")
         table.add_column("score", justify="right")
         table.add_column("")
+        table.add_column("", style="green")  # ✓: a label the model asserts
         if record["predictions"] and record["predictions"][0]["unknown"]:
             table.caption = "unknown: not sure enough to name this image"
+        beyond = [
+            n for n in record["labels"] if n not in {p["label"] for p in record["predictions"]}
+        ]
+        if beyond:
+            table.caption = f"also present: {', '.join(beyond)}"
         for rank, p in enumerate(record["predictions"], 1):
             bar = "█" * max(1, round(p["score"] * 20)) if p["score"] >= 0.025 else ""
             table.add_row(
-                str(rank), p["label"], p["class_id"], f"{p['score']:.1%}", f"[cyan]{bar}[/cyan]"
+                str(rank),
+                p["label"],
+                p["class_id"],
+                f"{p['score']:.1%}",
+                f"[cyan]{bar}[/cyan]",
+                "✓" if p["present"] else "",
             )
         stdout.print(table)
         stdout.print()
@@ -416,9 +437,14 @@ def evaluate(
         str, typer.Argument(metavar="MODEL", help="Architecture name or run directory.")
     ],
     data: Annotated[
-        Path, typer.Argument(metavar="DATA", help="DATA/<split>/<class>/* or DATA/<class>/*.")
+        Path,
+        typer.Argument(
+            metavar="DATA", help="DATA/<split>/<class>/*, DATA/<class>/* or a LABELS.csv/.jsonl."
+        ),
     ],
-    split: Annotated[str, typer.Option(help="Which split folder to evaluate.")] = "test",
+    split: Annotated[
+        str, typer.Option(help="Which split folder (or label file split) to evaluate.")
+    ] = "test",
     compare: Annotated[
         list[str] | None,
         typer.Option("--model", "-m", help="Another model to compare (repeatable)."),
@@ -432,15 +458,18 @@ def evaluate(
     backend: Annotated[
         Backend, typer.Option(help="auto: ONNX Runtime on the CPU, PyTorch elsewhere.")
     ] = Backend.auto,
+    label_delim: LabelDelim = None,
+    skip_missing: SkipMissing = False,
 ) -> None:
     """Accuracy, per-class metrics and calibration of MODEL on DATA.
 
     With --out, also the confusion matrix, the most confident mistakes and calibration
-    plots."""
+    plots. A multi-label model: mAP, micro/macro F1, subset accuracy, Hamming loss, and
+    with --out precision-recall curves and its most confident false positives/negatives."""
     from imgcls.classifier import ImageClassifier
-    from imgcls.evaluate import evaluate, find_labelled_images, write_report
+    from imgcls.evaluate import evaluate, read_split, write_report
 
-    samples = find_labelled_images(data, split)
+    samples, skipped = read_split(data, split, label_delim=label_delim, skip_missing=skip_missing)
     names = [model, *(compare or [])]
     reports = []
     for name in names:
@@ -451,7 +480,7 @@ def evaluate(
             backend=backend.value,
         )
         with _progress(len(samples), f"evaluating {name}", enabled=not json_output) as advance:
-            evaluation = evaluate(classifier, samples, progress=advance)
+            evaluation = evaluate(classifier, samples, progress=advance, skipped=skipped)
         metrics = evaluation.metrics()
         if out is not None:
             write_report(evaluation, metrics, out if len(names) == 1 else out / _safe_name(name))
@@ -469,6 +498,49 @@ def _safe_name(name: str) -> str:
 
 
 def _print_evaluations(reports: list[dict[str, Any]]) -> None:
+    multi = [r for r in reports if r.get("multi_label")]
+    if multi:
+        _print_multilabel(multi)
+    single = [r for r in reports if not r.get("multi_label")]
+    if single:
+        _print_single_label(single)
+    for r in reports:
+        for failure in r["failed"]:
+            stderr.print(f"[red]✗[/red] {failure['error']}", highlight=False)
+        if r["skipped"]:
+            stderr.print(f"skipped {len(r['skipped'])} row(s) whose file is missing")
+
+
+def _print_multilabel(reports: list[dict[str, Any]]) -> None:
+    table = Table(title="evaluation (multi-label)", title_justify="left")
+    columns = ("model", "images", "mAP", "micro F1", "macro F1", "subset acc.", "Hamming")
+    for column in (*columns, "images/s"):
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for r in reports:
+        table.add_row(
+            r["model"],
+            str(r["num_images"]),
+            *(f"{r[k]:.3f}" for k in ("mAP", "micro_f1", "macro_f1", "subset_accuracy")),
+            f"{r['hamming_loss']:.4f}",
+            f"{r['images_per_s']:.1f}",
+        )
+    stdout.print(table)
+    if len(reports) == 1:
+        per_class = Table(title="per class", title_justify="left")
+        for column in ("class", "precision", "recall", "F1", "AP", "support", "threshold"):
+            per_class.add_column(column, justify="left" if column == "class" else "right")
+        for name, m in reports[0]["per_class"].items():
+            per_class.add_row(
+                name,
+                *(f"{m[k]:.3f}" for k in ("precision", "recall", "f1")),
+                "-" if m["ap"] is None else f"{m['ap']:.3f}",
+                str(m["support"]),
+                f"{m['threshold']:.3f}",
+            )
+        stdout.print(per_class)
+
+
+def _print_single_label(reports: list[dict[str, Any]]) -> None:
     table = Table(title="evaluation", title_justify="left")
     for column in ("model", "images", "accuracy", "top-5", "macro F1", "ECE", "images/s"):
         table.add_column(column, justify="left" if column == "model" else "right")
@@ -498,9 +570,6 @@ def _print_evaluations(reports: list[dict[str, Any]]) -> None:
             )
         stdout.print(per_class)
         _print_trust(reports[0])
-    for r in reports:
-        for failure in r["failed"]:
-            stderr.print(f"[red]✗[/red] {failure['error']}", highlight=False)
 
 
 def _print_trust(report: dict[str, Any]) -> None:
@@ -538,7 +607,10 @@ def _print_trust(report: dict[str, Any]) -> None:
 def features(
     data: Annotated[
         Path,
-        typer.Argument(metavar="DATA", help="A folder of images (class folders give labels)."),
+        typer.Argument(
+            metavar="DATA",
+            help="A folder of images (class folders give labels), or a LABELS.csv/.jsonl.",
+        ),
     ],
     out: Annotated[Path, typer.Option(help="The .npz file to write.")],
     model: Annotated[
@@ -546,20 +618,32 @@ def features(
     ] = DEFAULT_MODEL,
     weights: Annotated[Path | None, typer.Option(help="Weights file for the model.")] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 8,
+    label_delim: LabelDelim = None,
+    skip_missing: SkipMissing = False,
 ) -> None:
     """Embeddings of every image under DATA, written to an .npz file.
 
-    The file holds `paths`, `labels` (the parent folder names) and `features` (N x D
-    float32, the pooled penultimate features)."""
+    DATA is a folder (searched recursively) or a label file. The file holds `paths`,
+    `labels` (the parent folder names, or a label file's labels, several joined by the
+    label delimiter) and `features` (N x D float32, the pooled penultimate features)."""
     from imgcls.features import extract_features
 
     bar = _progress(0, "extracting features")
     with bar as advance:
         found = extract_features(
-            data, model, weights, batch_size, progress=advance, on_total=bar.set_total
+            data,
+            model,
+            weights,
+            batch_size,
+            progress=advance,
+            on_total=bar.set_total,
+            label_delim=label_delim,
+            skip_missing=skip_missing,
         )
     for failure in found.failures:
         stderr.print(f"[red]✗[/red] {escape(str(failure))}", highlight=False)
+    if found.skipped:
+        stderr.print(f"skipped {len(found.skipped)} row(s) whose file is missing")
     written = found.save(out)
     width = found.vectors.shape[1] if len(found.vectors) else 0
     stdout.print(f"{len(found.paths)} images → {written} ({width} features each)")
@@ -885,7 +969,8 @@ def train(
     data: Annotated[
         Path,
         typer.Argument(
-            metavar="DATA", help="DATA/<class>/* or DATA/train/<class>/* (+ val/, test/)."
+            metavar="DATA",
+            help="DATA/<class>/*, DATA/train/<class>/* (+ val/, test/) or a LABELS.csv/.jsonl.",
         ),
     ],
     out: Annotated[Path | None, typer.Option(help="Run directory to write.")] = None,
@@ -944,6 +1029,16 @@ def train(
     val_split: Annotated[
         float, typer.Option(help="Held-out fraction without DATA/val.")
     ] = _TRAIN.val_split,
+    label_delim: LabelDelim = _TRAIN.label_delim,
+    skip_missing: SkipMissing = _TRAIN.skip_missing,
+    multi_label: Annotated[
+        bool,
+        typer.Option(
+            "--multi-label",
+            help="Sigmoid outputs and per-class thresholds (automatic when "
+            "an image has several labels).",
+        ),
+    ] = _TRAIN.multi_label,
     seed: Annotated[int, typer.Option(help="Random seed.")] = _TRAIN.seed,
     amp: Annotated[bool, typer.Option(help="Autocast: bf16 on CPU, fp16 on CUDA.")] = _TRAIN.amp,
     channels_last: Annotated[bool, typer.Option(help="NHWC memory format.")] = _TRAIN.channels_last,
@@ -995,9 +1090,11 @@ def train(
     if json_output:
         _print_json(result.to_dict())
     else:
-        best = result.best_val_accuracy
+        name, best = "accuracy", result.best_val_accuracy
+        if result.multi_label:
+            name, best = "mAP", result.best_val_map
         stdout.print(
-            f"trained {result.epochs} epoch(s) in {result.seconds:.0f}s; best val accuracy "
+            f"trained {result.epochs} epoch(s) in {result.seconds:.0f}s; best val {name} "
             f"{'n/a' if best is None else f'{best:.4f}'} (epoch {result.best_epoch}); "
             f"run directory {result.run_dir}"
         )
@@ -1012,7 +1109,8 @@ def doctor(
     data: Annotated[
         Path | None,
         typer.Argument(
-            metavar="DATA", help="DATA/<class>/* or DATA/train/<class>/* (+ val/, test/)."
+            metavar="DATA",
+            help="DATA/<class>/*, DATA/train/<class>/* (+ val/, test/) or a LABELS.csv/.jsonl.",
         ),
     ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
@@ -1040,6 +1138,8 @@ def doctor(
     top: Annotated[
         int | None, typer.Option(min=1, help="With --labels: report at most this many images.")
     ] = None,
+    label_delim: LabelDelim = None,
+    skip_missing: SkipMissing = False,
 ) -> None:
     """Data set health: corrupt files, duplicates, leaks, mislabels.
 
@@ -1057,7 +1157,7 @@ def doctor(
     if data is None:
         raise ConfigError("give DATA to check, or --restore MANIFEST")
     if labels:  # writes label_issues.csv (for --quarantine --only) and .html to --out
-        _doctor_labels(data, out, json_output, top)
+        _doctor_labels(data, out, json_output, top, label_delim, skip_missing)
         return
     if only is not None:
         if quarantine is None:
@@ -1072,7 +1172,14 @@ def doctor(
         return
     bar = _progress(0, "checking images", enabled=not json_output)
     with bar as advance:
-        report = doc.diagnose(data, workers=workers, progress=advance, on_total=bar.set_total)
+        report = doc.diagnose(
+            data,
+            workers=workers,
+            progress=advance,
+            on_total=bar.set_total,
+            label_delim=label_delim,
+            skip_missing=skip_missing,
+        )
     result = report.to_dict()
     if out is not None:
         result["html_report"] = str(doc.write_html_report(report, out))
@@ -1087,17 +1194,26 @@ def doctor(
     raise typer.Exit(EXIT_INPUT_FAILED if report.corrupt or report.leaks else EXIT_OK)
 
 
-def _doctor_labels(data: Path, out: Path | None, json_output: bool, top: int | None) -> None:
+def _doctor_labels(
+    data: Path,
+    out: Path | None,
+    json_output: bool,
+    top: int | None,
+    label_delim: str | None,
+    skip_missing: bool,
+) -> None:
     """`doctor --labels`: rank images by how unlikely an out-of-fold model finds their
     label (imgcls.audit), print the worst, write the CSV and the gallery."""
     from imgcls.audit import audit_labels, write_audit
     from imgcls.data import scan_dataset
+    from imgcls.label_files import is_label_file
 
-    if not data.is_dir():
-        raise ConfigError(f"DATA: no such directory {data}")
-    total = sum(len(files) for files in scan_dataset(data).splits.values())
+    if not (data.is_dir() or is_label_file(data)):
+        raise ConfigError(f"DATA: no such directory {data} (nor a .csv / .jsonl label file)")
+    reading = {"label_delim": label_delim, "skip_missing": skip_missing}
+    total = sum(len(files) for files in scan_dataset(data, **reading).splits.values())
     with _progress(total, "extracting features", enabled=not json_output) as advance:
-        audit = audit_labels(data, progress=advance)
+        audit = audit_labels(data, progress=advance, **reading)
     report = audit.to_dict(top)
     if out is not None:
         report["files"] = [str(p) for p in write_audit(audit, out, top)]
@@ -1138,7 +1254,8 @@ _SHOWN = 10  # paths listed per finding in the human-readable report
 
 
 def _print_doctor(r: dict[str, Any]) -> None:
-    counts = Table(title=f"{r['root']}: {r['num_images']} images", title_justify="left")
+    source = r["label_file"] or r["root"]
+    counts = Table(title=f"{source}: {r['num_images']} images", title_justify="left")
     splits = list(r["classes"])
     counts.add_column("class")
     for split in splits:

@@ -15,9 +15,12 @@ keeps only those small fingerprints, so memory does not grow with image size. Th
   grayscale mixed with colour, non-image files in class folders.
 
 `quarantine` moves flagged files out with a manifest JSON; `restore` moves them back.
-The files checked are those training reads: the folders are read by `imgcls.data`'s
-`scan_dataset` (split folders, or class folders only; the latter is reported as one split
-named "all").
+The files checked are those training reads: the folders or the label file are read by
+`imgcls.data`'s `scan_dataset` (split folders, or class folders only; the latter is
+reported as one split named "all"; a label file's rows by their `split`, or "all"). A
+label file's rows are checked first (missing files, empty labels, unknown splits: one
+error listing them, or with `skip_missing` a warning), and its images are counted under
+each of their labels.
 """
 
 from __future__ import annotations
@@ -92,9 +95,9 @@ class _Record:
     """The fingerprint of one file: everything the checks need, no pixels."""
 
     path: Path
-    rel: str  # path relative to DATA, as reported
+    rel: str  # path relative to DATA (or the label file's folder), as reported
     split: str
-    label: str
+    labels: tuple[str, ...]
     error: str | None = None
     byte_digest: bytes = b""
     pixel_digest: bytes = b""
@@ -110,7 +113,7 @@ class _Record:
 class Report:
     """What `imgcls doctor --json` prints (see `to_dict`)."""
 
-    root: str
+    root: str  # the data folder, or the label file's folder
     layout: str  # "splits" or "classes"
     num_files: int
     num_images: int
@@ -122,6 +125,8 @@ class Report:
     warnings: list[dict[str, Any]]
     non_images: list[str]
     seconds: float
+    label_file: str | None = None  # the CSV / JSON Lines file the rows came from
+    multi_label: bool = False  # some image has several labels
 
     @property
     def images_per_s(self) -> float:
@@ -131,6 +136,8 @@ class Report:
         return {
             "root": self.root,
             "layout": self.layout,
+            "label_file": self.label_file,
+            "multi_label": self.multi_label,
             "num_files": self.num_files,
             "num_images": self.num_images,
             "classes": self.classes,
@@ -168,26 +175,29 @@ def diagnose(
     workers: int | None = None,
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    label_delim: str | None = None,
+    skip_missing: bool = False,
 ) -> Report:
-    """Check every file under `root`; `on_total(n)` is told the file count, then
-    `progress(1)` is called per file."""
+    """Check every file under `root` (a data folder), or listed in `root` (a label file;
+    `label_delim`, `skip_missing`: see `imgcls.label_files`); `on_total(n)` is told the
+    file count, then `progress(1)` is called per file."""
     started = time.perf_counter()
     try:
-        layout = scan_dataset(root)
+        layout = scan_dataset(root, label_delim=label_delim, skip_missing=skip_missing)
     except DataError as exc:
-        raise DoctorError(str(exc)) from None
+        raise DoctorError(str(exc), parameters=exc.parameters) from None
     root = layout.root
     if not any(layout.classes.values()):
         raise DoctorError(
             f"{root}: no class folders (expected DATA/<class>/* or DATA/train/<class>/*)"
         )
     images = [
-        (path, split, label) for split, files in layout.splits.items() for path, label in files
+        (path, split, labels) for split, files in layout.splits.items() for path, labels in files
     ]
     if on_total is not None:
         on_total(len(images))
     records = []
-    for record in _inspect_all(root, images, workers or min(8, os.cpu_count() or 1)):
+    for record in _inspect_all(layout, images, workers or min(8, os.cpu_count() or 1)):
         records.append(record)
         if progress is not None:
             progress(1)
@@ -195,7 +205,8 @@ def diagnose(
     good = [r for r in records if r.error is None]
     classes = {split: dict.fromkeys(names, 0) for split, names in layout.classes.items()}
     for r in good:
-        classes[r.split][r.label] += 1
+        for label in r.labels:
+            classes[r.split][label] += 1
     duplicates, representatives = _exact_groups(good)
     near = _near_groups(representatives, good)
     leaks = [
@@ -218,15 +229,26 @@ def diagnose(
         near_duplicates=near,
         leaks=leaks,
         warnings=warnings,
-        non_images=sorted(_rel(root, p) for p in layout.non_images),
+        non_images=sorted(layout.relative(p) for p in layout.non_images),
         seconds=time.perf_counter() - started,
+        label_file=None if layout.label_file is None else str(layout.label_file),
+        multi_label=layout.multi_label,
     )
 
 
 def _layout_warnings(layout: DatasetLayout) -> list[dict[str, Any]]:
     """What training will not read: folders beside train/ val/ test/, files that are not
-    images, files beside the class folders."""
+    images, files beside the class folders, listed files that are missing."""
     warnings = []
+    if layout.skipped:
+        warnings.append(
+            _warning(
+                "missing_files",
+                f"{len(layout.skipped)} file(s) listed in {layout.label_file} are missing "
+                "(training skips them with --skip-missing)",
+                (layout.relative(p) for p, _ in layout.skipped),
+            )
+        )
     if layout.ignored:
         others = [p.name for p in layout.ignored]
         warnings.append(
@@ -238,7 +260,7 @@ def _layout_warnings(layout: DatasetLayout) -> list[dict[str, Any]]:
                 "non_image_files",
                 f"{len(layout.non_images)} file(s) in class folders are not images by "
                 "extension (training skips them)",
-                (_rel(layout.root, p) for p in layout.non_images),
+                (layout.relative(p) for p in layout.non_images),
             )
         )
     if layout.stray:
@@ -246,28 +268,26 @@ def _layout_warnings(layout: DatasetLayout) -> list[dict[str, Any]]:
             _warning(
                 "stray_files",
                 f"{len(layout.stray)} file(s) outside class folders",
-                (_rel(layout.root, p) for p in layout.stray),
+                (layout.relative(p) for p in layout.stray),
             )
         )
     return warnings
 
 
-def _rel(root: Path, path: Path) -> str:
-    return path.relative_to(root).as_posix()
-
-
-def _inspect_all(root: Path, files: list[tuple[Path, str, str]], workers: int) -> Iterator[_Record]:
+def _inspect_all(
+    layout: DatasetLayout, files: list[tuple[Path, str, tuple[str, ...]]], workers: int
+) -> Iterator[_Record]:
     """Records in file order, computed `workers` at a time; at most a few chunks in flight,
     so a million files never become a million pending futures."""
     chunk = 64 * workers
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for start in range(0, len(files), chunk):
             part = files[start : start + chunk]
-            yield from pool.map(lambda f: _inspect(root, *f), part)
+            yield from pool.map(lambda f: _inspect(layout.relative(f[0]), *f), part)
 
 
-def _inspect(root: Path, path: Path, split: str, label: str) -> _Record:
-    record = _Record(path, _rel(root, path), split, label)
+def _inspect(rel: str, path: Path, split: str, labels: tuple[str, ...]) -> _Record:
+    record = _Record(path, rel, split, labels)
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -311,12 +331,11 @@ def _to_int(bits: np.ndarray) -> int:
 
 def _group_info(members: list[_Record]) -> dict[str, Any]:
     members = sorted(members, key=lambda r: r.rel)
-    labels = sorted({r.label for r in members})
     return {
         "paths": [r.rel for r in members],
-        "classes": labels,
+        "classes": sorted({label for r in members for label in r.labels}),
         "splits": sorted({r.split for r in members}),
-        "cross_class": len(labels) > 1,
+        "cross_class": len({frozenset(r.labels) for r in members}) > 1,
     }
 
 
@@ -413,13 +432,15 @@ def _class_warnings(classes: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
             warnings.append(
                 _warning(
                     "empty_classes",
-                    f"{split}: class folder(s) with no usable image: {empty}",
+                    f"{split}: class(es) with no usable image: {empty}",
                     [f"{split}/{label}" if split != UNSPLIT else label for label in empty],
                 )
             )
         missing = [label for label in all_classes if label not in counts]
         if missing:
-            warnings.append(_warning("missing_classes", f"{split}: no folder for {missing}", []))
+            warnings.append(
+                _warning("missing_classes", f"{split}: no folder (or row) for {missing}", [])
+            )
         used = {label: n for label, n in counts.items() if n > 0}
         if len(used) >= 2:
             largest, smallest = max(used, key=used.get), min(used, key=used.get)
@@ -507,6 +528,11 @@ def quarantine(
     """Move each (relative path, reason) from `root` into `directory` (same relative path)
     and return the manifest that `restore` undoes. The manifest is written before the first
     move, so an interrupted quarantine can still be restored."""
+    if Path(root).is_file():
+        raise DoctorError(
+            f"{root}: --quarantine moves files out of a data folder; for a label file, "
+            "delete the flagged rows instead (report.json lists their paths)"
+        )
     root, directory = Path(root).resolve(), Path(directory).resolve()
     if directory == root or directory.is_relative_to(root):
         raise DoctorError(f"{directory}: the quarantine folder must be outside the data set")

@@ -19,6 +19,7 @@ __all__ = [
     "EvaluationError",
     "ImageError",
     "ImgclsError",
+    "LabelFileError",
     "ModelError",
     "NotExplainable",
     "QuantizationError",
@@ -44,6 +45,21 @@ class ConfigError(ImgclsError, ValueError):
 
 class DataError(ImgclsError, ValueError):
     """A data set that cannot be read or trained on; the message says which folder and why."""
+
+
+class LabelFileError(DataError):
+    """A label file (CSV or JSON Lines) with rows that cannot be used. `problems` holds
+    every (row number, reason); the message names the first few."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        problems: tuple[tuple[int, str], ...] = (),
+        parameters: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__(message, parameters=parameters)
+        self.problems = problems
 
 
 class DoctorError(ImgclsError, ValueError):

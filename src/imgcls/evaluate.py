@@ -1,10 +1,12 @@
-"""Evaluation: a model on a labelled folder → accuracy, top-5, per-class metrics,
-confusion matrix, calibration (ECE before and after the run's temperature), the
+"""Evaluation: a model on a labelled folder or label file → accuracy, top-5, per-class
+metrics, confusion matrix, calibration (ECE before and after the run's temperature), the
 coverage / accuracy operating points of the "unknown" rule, and the pictures that explain
-them.
+them. A multi-label model gets the multi-label metrics instead (`MultiLabelEvaluation`:
+mAP, micro/macro F1, subset accuracy, Hamming loss; precision-recall curves and its most
+confident false positives and negatives).
 
-Metrics come from scikit-learn; this module maps folder names to model classes, runs the
-model through `ImageClassifier.classify_paths` (batched, failures isolated) and writes the
+Metrics come from scikit-learn; this module maps class names to model classes, runs the
+model through `ImageClassifier.scored_paths` (batched, failures isolated) and writes the
 report files.
 """
 
@@ -14,7 +16,7 @@ import csv
 import io
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,15 +31,17 @@ from imgcls.calibration import (
 )
 from imgcls.checkpoint import make_dir, write_json, write_text
 from imgcls.classifier import ImageClassifier
-from imgcls.data import SPLITS, UNSPLIT, DataError, scan_dataset
+from imgcls.data import SPLITS, UNSPLIT, DataError, LabelledFile, scan_dataset
 from imgcls.errors import EvaluationError
 
 __all__ = [
     "Evaluation",
     "EvaluationError",
     "ImageResult",
+    "MultiLabelEvaluation",
     "evaluate",
     "find_labelled_images",
+    "read_split",
     "write_report",
 ]
 
@@ -70,6 +74,7 @@ class Evaluation:
     seconds: float = 0.0
     temperature: float = 1.0
     reject: dict[str, Any] | None = None  # the model's rule: score, threshold
+    skipped: list[dict[str, str]] = field(default_factory=list)  # rows of missing files
 
     @property
     def true(self) -> list[int]:
@@ -119,6 +124,7 @@ class Evaluation:
             ),
             "images_per_s": num_images / self.seconds if self.seconds else 0.0,
             "failed": self.failed,
+            "skipped": self.skipped,
         }
         result.update(self.trust_metrics())
         if len([c for c in self.classes if c != OTHER]) >= TOP_K:
@@ -148,31 +154,121 @@ class Evaluation:
         return result
 
 
-def find_labelled_images(data: str | os.PathLike, split: str = "test") -> list[tuple[Path, str]]:
-    """(image, class folder name) pairs from DATA/<split>/<class>/*, or DATA/<class>/* when
-    DATA holds class folders only; read as training reads them (`imgcls.data`)."""
-    try:
-        layout = scan_dataset(data, SPLITS if split in SPLITS else (*SPLITS, split))
-    except DataError as exc:
-        raise EvaluationError(str(exc)) from None
-    if layout.kind == "splits" and split not in layout.splits:
-        raise EvaluationError(
-            f"{layout.root}: has no {split}/ folder (choose one with `split`)",
-            parameters=("split",),
+@dataclass
+class MultiLabelEvaluation:
+    """Everything `imgcls evaluate` reports for a multi-label model on one data set: (N, C)
+    arrays over the model's classes, one row per image that decoded."""
+
+    model: str
+    classes: list[str]  # the model's classes, in output order
+    thresholds: np.ndarray  # (C,) the model's
+    paths: list[str] = field(default_factory=list)
+    targets: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool))
+    probabilities: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))
+    predicted: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), bool))
+    failed: list[dict[str, str]] = field(default_factory=list)  # {"path", "error"}
+    skipped: list[dict[str, str]] = field(default_factory=list)  # rows of missing files
+    seconds: float = 0.0
+
+    def metrics(self) -> dict[str, Any]:
+        """The multi-label JSON object of INTERFACE.md (see `multilabel_metrics`)."""
+        from imgcls.multilabel import multilabel_metrics
+
+        num_images = len(self.paths)
+        return {
+            "model": self.model,
+            "multi_label": True,
+            "num_images": num_images,
+            "classes": self.classes,
+            **multilabel_metrics(
+                self.targets, self.probabilities, self.predicted, self.classes, self.thresholds
+            ),
+            "images_per_s": num_images / self.seconds if self.seconds else 0.0,
+            "failed": self.failed,
+            "skipped": self.skipped,
+        }
+
+    def mistakes(self, false_positives: bool, limit: int = 16) -> list[tuple[str, str, str, float]]:
+        """The most confident errors, as `plots.mistakes` items: false positives by the
+        highest score of a class not there, false negatives by the lowest score of a class
+        that is."""
+        wrong = (
+            self.predicted & ~self.targets if false_positives else self.targets & ~self.predicted
         )
+        rows, columns = np.nonzero(wrong)
+        scores = self.probabilities[rows, columns]
+        order = np.argsort(-scores if false_positives else scores, kind="stable")[:limit]
+        items = []
+        for i in order:
+            image, c = rows[i], columns[i]
+            true = ", ".join(self.classes[j] for j in np.flatnonzero(self.targets[image]))
+            said = self.classes[c] if false_positives else f"not {self.classes[c]}"
+            items.append((self.paths[image], true, said, float(scores[i])))
+        return items
+
+
+def read_split(
+    data: str | os.PathLike,
+    split: str = "test",
+    *,
+    label_delim: str | None = None,
+    skip_missing: bool = False,
+) -> tuple[list[LabelledFile], list[dict[str, str]]]:
+    """(image, class names) rows from DATA/<split>/<class>/*, DATA/<class>/* when DATA
+    holds class folders only, or a label file's `split` rows (all rows without a split
+    column); read as training reads them (`imgcls.data`). And the rows of missing files
+    that `skip_missing` set aside, as {"path", "reason"}."""
+    try:
+        layout = scan_dataset(
+            data,
+            SPLITS if split in SPLITS else (*SPLITS, split),
+            label_delim=label_delim,
+            skip_missing=skip_missing,
+        )
+    except DataError as exc:
+        raise EvaluationError(str(exc), parameters=exc.parameters) from None
+    if layout.kind == "splits" and split not in layout.splits:
+        where = (
+            f"{layout.label_file}: has no {split} rows (its splits: {', '.join(layout.splits)})"
+            if layout.label_file
+            else f"{layout.root}: has no {split}/ folder"
+        )
+        raise EvaluationError(f"{where} (choose one with `split`)", parameters=("split",))
     samples = layout.splits[split if layout.kind == "splits" else UNSPLIT]
     if not samples:
-        split_root = layout.root / split if layout.kind == "splits" else layout.root
-        raise EvaluationError(f"{split_root}: no images in class folders (expected <class>/*)")
-    return samples
+        expected = (
+            "no rows" if layout.label_file else "no images in class folders (expected <class>/*)"
+        )
+        raise EvaluationError(f"{layout.where(split)}: {expected}")
+    skipped = [{"path": str(path), "reason": reason} for path, reason in layout.skipped]
+    return samples, skipped
+
+
+def find_labelled_images(data: str | os.PathLike, split: str = "test") -> list[LabelledFile]:
+    """The (image, class names) rows of DATA's `split`, as `read_split` reads them."""
+    return read_split(data, split)[0]
 
 
 def evaluate(
     classifier: ImageClassifier,
-    samples: list[tuple[Path, str]],
+    samples: list[LabelledFile],
     progress: Callable[[int], None] | None = None,
-) -> Evaluation:
-    """Run `classifier` on labelled `samples` and collect what the metrics need."""
+    skipped: list[dict[str, str]] | None = None,
+) -> Evaluation | MultiLabelEvaluation:
+    """Run `classifier` on labelled `samples` and collect what the metrics need (for a
+    multi-label model, a `MultiLabelEvaluation`). `skipped`: rows of missing files, to
+    report beside the rest."""
+    if classifier.multi_label:
+        evaluation = _evaluate_multilabel(classifier, samples, progress)
+        evaluation.skipped = list(skipped or [])
+        return evaluation
+    several = [path for path, names in samples if len(names) > 1]
+    if several:
+        raise EvaluationError(
+            f"{len(several)} image(s) have several labels (such as {several[0]}), and "
+            f"{classifier.name} gives one; evaluate a multi-label run on them"
+        )
+    samples = [(path, names[0]) for path, names in samples]
     folder_to_index = _match_classes(classifier, sorted({name for _, name in samples}))
     classes = [classifier.labels.names[i] for i in folder_to_index.values()]
     model_to_data = {model_index: i for i, model_index in enumerate(folder_to_index.values())}
@@ -182,14 +278,11 @@ def evaluate(
     if classifier.rejection is not None:
         rule = classifier.rejection
         evaluation.reject = {"score": rule.score, "threshold": rule.threshold}
+    evaluation.skipped = list(skipped or [])
     start = time.perf_counter()
-    for path, outcome in classifier.scored_paths([p for p, _ in samples]):
-        if progress is not None:
-            progress(1)
-        if isinstance(outcome, Exception):
-            evaluation.failed.append({"path": path, "error": str(outcome)})
-            continue
-        probabilities, reject_score = outcome
+    for path, (probabilities, reject_score) in _scored(
+        classifier, samples, evaluation.failed, progress
+    ):
         unknown = classifier.unknown(probabilities[None], np.asarray([reject_score]))
         ranked = classifier.top_predictions(probabilities[None], top_k=TOP_K)[0]
         true_model_index = folder_to_index[by_path[path]]
@@ -217,6 +310,49 @@ def evaluate(
     return evaluation
 
 
+def _evaluate_multilabel(
+    classifier: ImageClassifier,
+    samples: list[LabelledFile],
+    progress: Callable[[int], None] | None,
+) -> MultiLabelEvaluation:
+    """Probabilities and the model's decisions (its thresholds) for every image, beside
+    the image's true classes, over the model's classes."""
+    index = _match_classes(classifier, sorted({name for _, names in samples for name in names}))
+    truth = {str(path): [index[name] for name in names] for path, names in samples}
+    evaluation = MultiLabelEvaluation(
+        classifier.name, list(classifier.labels.names), classifier.thresholds
+    )
+    rows, targets = [], []
+    start = time.perf_counter()
+    for path, (probabilities, _) in _scored(classifier, samples, evaluation.failed, progress):
+        evaluation.paths.append(path)
+        rows.append(probabilities)
+        targets.append(np.isin(np.arange(classifier.num_classes), truth[path]))
+    evaluation.seconds = time.perf_counter() - start
+    if rows:
+        evaluation.probabilities = np.stack(rows)
+        evaluation.targets = np.stack(targets)
+        evaluation.predicted = classifier.present(evaluation.probabilities)
+    return evaluation
+
+
+def _scored(
+    classifier: ImageClassifier,
+    samples: list,
+    failed: list[dict[str, str]],
+    progress: Callable[[int], None] | None,
+) -> Iterator[tuple[str, tuple[np.ndarray, float]]]:
+    """(path, (probabilities, rejection score)) of each sample that decodes, in order; the
+    others go to `failed` as {"path", "error"}."""
+    for path, outcome in classifier.scored_paths([p for p, _ in samples]):
+        if progress is not None:
+            progress(1)
+        if isinstance(outcome, Exception):
+            failed.append({"path": path, "error": str(outcome)})
+        else:
+            yield path, outcome
+
+
 def _match_classes(classifier: ImageClassifier, folders: list[str]) -> dict[str, int]:
     """Model output index of each class folder, by class id (WordNet id) or by name."""
     lookup: dict[str, int] = {}
@@ -228,19 +364,24 @@ def _match_classes(classifier: ImageClassifier, folders: list[str]) -> dict[str,
     unknown = [f for f in folders if f.lower() not in lookup]
     if unknown:
         raise EvaluationError(
-            f"class folder(s) {unknown[:5]} are not classes of {classifier.name} "
+            f"class(es) {unknown[:5]} of the data are not classes of {classifier.name} "
             f"(its classes include {list(classifier.labels.names[:3])}...)"
         )
     return {folder: lookup[folder.lower()] for folder in folders}
 
 
-def write_report(evaluation: Evaluation, metrics: dict[str, Any], out: str | os.PathLike) -> None:
+def write_report(
+    evaluation: Evaluation | MultiLabelEvaluation, metrics: dict[str, Any], out: str | os.PathLike
+) -> None:
     """metrics.json, predictions.csv and the plots into `out`, each written atomically
     (WriteError when one cannot be)."""
     from imgcls import plots
 
     out = make_dir(out)
     write_json(out / "metrics.json", metrics)
+    if isinstance(evaluation, MultiLabelEvaluation):
+        _write_multilabel_report(evaluation, out)
+        return
     rows = io.StringIO()
     writer = csv.writer(rows)
     writer.writerow(["path", "true", "predicted", "score", "unknown"])
@@ -269,6 +410,50 @@ def write_report(evaluation: Evaluation, metrics: dict[str, Any], out: str | os.
         before=evaluation.column("raw_score") if evaluation.temperature != 1.0 else None,
     )
     plots.coverage_accuracy(scores, correct, out / "coverage_accuracy.png")
+
+
+def _write_multilabel_report(evaluation: MultiLabelEvaluation, out: Path) -> None:
+    """predictions.csv (classes joined by "; "), pr_curves.png and the galleries of the
+    most confident false positives and false negatives."""
+    from imgcls import plots
+
+    rows = io.StringIO()
+    writer = csv.writer(rows)
+    writer.writerow(["path", "true", "predicted", "scores"])
+    names = evaluation.classes
+    for path, target, predicted, scores in zip(
+        evaluation.paths,
+        evaluation.targets,
+        evaluation.predicted,
+        evaluation.probabilities,
+        strict=True,
+    ):
+        ranked = np.argsort(-scores, kind="stable")
+        writer.writerow(
+            [
+                path,
+                "; ".join(names[c] for c in np.flatnonzero(target)),
+                "; ".join(names[c] for c in ranked if predicted[c]),
+                "; ".join(f"{names[c]} {scores[c]:.4f}" for c in ranked),
+            ]
+        )
+    write_text(out / "predictions.csv", rows.getvalue())
+    plots.pr_curves(
+        evaluation.targets,
+        evaluation.probabilities,
+        names,
+        evaluation.thresholds,
+        out / "pr_curves.png",
+    )
+    for false_positives, name, title in (
+        (True, "false_positives.png", "Most confident false positives"),
+        (
+            False,
+            "false_negatives.png",
+            "Most confident false negatives (score of the missed class)",
+        ),
+    ):
+        plots.mistakes(evaluation.mistakes(false_positives), out / name, title=title)
 
 
 def _most_confident_mistakes(

@@ -164,8 +164,13 @@ class Explainer:
                 targets=[ClassifierOutputTarget(index)],
             )[0]
         labels = self.classifier.labels
+        present = bool(self.classifier.present(probabilities[None])[0, index])
         prediction = Prediction(
-            labels.names[index], labels.class_ids[index], index, float(probabilities[index])
+            labels.names[index],
+            labels.class_ids[index],
+            index,
+            float(probabilities[index]),
+            present=present,
         )
         return Explanation(decoded, _uncrop(crop_map, decoded.shape[:2], config), prediction)
 

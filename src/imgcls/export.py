@@ -134,7 +134,8 @@ def export_head_onnx(
 ) -> Path:
     """One graph for a classical-head run: the backbone's pooled features through the
     scikit-learn head (its skl2onnx file). `logits` are the head's log-probabilities, so
-    the softmax every caller applies gives its probabilities back; `features` stay."""
+    the softmax every caller applies gives its probabilities back (a multi-label head's:
+    log-odds, for the sigmoid; see `heads.head_logits`); `features` stay."""
     import tempfile
 
     import onnx
@@ -160,12 +161,31 @@ def export_head_onnx(
     graph = merged.graph
     floor = head_floor(len(metadata.labels))
     graph.initializer.append(helper.make_tensor("head_floor", TensorProto.FLOAT, [], [floor]))
-    graph.node.extend(
-        [
-            helper.make_node("Max", [f"head_{probabilities}", "head_floor"], ["head_clipped"]),
-            helper.make_node("Log", ["head_clipped"], ["logits"]),
-        ]
-    )
+    if metadata.multi_label:  # log(p) - log(1 - p), p kept within the floor of 0 and 1
+        graph.initializer.append(
+            helper.make_tensor("head_ceiling", TensorProto.FLOAT, [], [1 - floor])
+        )
+        graph.initializer.append(helper.make_tensor("head_one", TensorProto.FLOAT, [], [1.0]))
+        graph.node.extend(
+            [
+                helper.make_node(
+                    "Clip",
+                    [f"head_{probabilities}", "head_floor", "head_ceiling"],
+                    ["head_clipped"],
+                ),
+                helper.make_node("Sub", ["head_one", "head_clipped"], ["head_complement"]),
+                helper.make_node("Log", ["head_clipped"], ["head_log_p"]),
+                helper.make_node("Log", ["head_complement"], ["head_log_q"]),
+                helper.make_node("Sub", ["head_log_p", "head_log_q"], ["logits"]),
+            ]
+        )
+    else:
+        graph.node.extend(
+            [
+                helper.make_node("Max", [f"head_{probabilities}", "head_floor"], ["head_clipped"]),
+                helper.make_node("Log", ["head_clipped"], ["logits"]),
+            ]
+        )
     features = next(o for o in graph.output if o.name == "features")
     del graph.output[:]
     graph.output.extend(
@@ -267,11 +287,15 @@ def quantize_int8(
     return Path(path)
 
 
-def parity(torch_logits: np.ndarray, onnx_logits: np.ndarray) -> dict[str, float]:
-    """Max absolute difference of probabilities and top-1 agreement, ONNX vs PyTorch."""
-    from imgcls.calibration import softmax
+def parity(
+    torch_logits: np.ndarray, onnx_logits: np.ndarray, multi_label: bool = False
+) -> dict[str, float]:
+    """Max absolute difference of probabilities (softmax, or a multi-label model's
+    sigmoids) and top-1 agreement, ONNX vs PyTorch."""
+    from imgcls.calibration import sigmoid, softmax
 
-    p_torch, p_onnx = softmax(torch_logits), softmax(onnx_logits)
+    probabilities = sigmoid if multi_label else softmax
+    p_torch, p_onnx = probabilities(torch_logits), probabilities(onnx_logits)
     return {
         "max_abs_diff": float(np.abs(p_torch - p_onnx).max()),
         "top1_agreement": float((p_torch.argmax(1) == p_onnx.argmax(1)).mean()),
@@ -354,7 +378,7 @@ def export_model(
         "num_classes": classifier.num_classes,
         "input_size": list(classifier.preprocess.input_size),
         "checked_on": len(batch),
-        **parity(classifier.runtime(batch), exported(batch)),
+        **parity(classifier.runtime(batch), exported(batch), metadata.multi_label),
     }
     if int8:
         calibration_batch = _preprocessed(calibration, classifier)

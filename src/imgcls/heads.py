@@ -2,8 +2,10 @@
 
 `fit_head` fits a scikit-learn pipeline (standardisation, then the classifier) and picks its
 hyper-parameters on the validation split from a small grid; the chosen model is then
-refitted on train + validation. Heads are stored as ONNX (skl2onnx) and run with ONNX
-Runtime, so loading a run never unpickles anything.
+refitted on train + validation. With multi-label targets ((N, C) 0/1) the classifier is
+one-vs-rest (scikit-learn's `OneVsRestClassifier`: one yes/no classifier per class) and the
+grid is searched for the best validation mAP. Heads are stored as ONNX (skl2onnx) and run
+with ONNX Runtime, so loading a run never unpickles anything.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ __all__ = [
     "fit_head",
     "head_floor",
     "head_log_probabilities",
+    "head_logits",
     "save_head_onnx",
 ]
 
@@ -66,46 +69,77 @@ def head_log_probabilities(probabilities: np.ndarray) -> np.ndarray:
     return np.log(np.maximum(probabilities, floor)).astype(np.float32)
 
 
+def head_logits(probabilities: np.ndarray, multi_label: bool = False) -> np.ndarray:
+    """A head's "logits" for the activation its run applies: floored log-probabilities
+    (softmax), or for a multi-label head the log-odds of its per-class probabilities, kept
+    within the same floor of 0 and 1 (sigmoid gives them back)."""
+    if not multi_label:
+        return head_log_probabilities(probabilities)
+    floor = head_floor(probabilities.shape[1])
+    clipped = np.clip(probabilities, floor, 1 - floor)
+    return (np.log(clipped) - np.log1p(-clipped)).astype(np.float32)
+
+
 @dataclass
 class FittedHead:
     kind: str
     pipeline: Any  # sklearn Pipeline
     params: dict[str, Any]
-    val_accuracy: float | None
+    val_accuracy: float | None  # multi-label: per-label accuracy at 0.5
     search: list[dict[str, Any]] = field(default_factory=list)  # every grid point tried
     # Validation probabilities of the chosen grid point, fitted on train only: held-out
     # predictions for calibration (the final pipeline has seen the validation split).
     val_proba: np.ndarray | None = None
+    val_map: float | None = None  # multi-label: the mean average precision that chose it
 
 
 def _make(kind: str, params: dict[str, Any], seed: int, train_y: np.ndarray):
     from sklearn.linear_model import LogisticRegression
+    from sklearn.multiclass import OneVsRestClassifier
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.neural_network import MLPClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import Normalizer, StandardScaler
 
+    scaler = StandardScaler()
     if kind == "logreg":
-        return make_pipeline(StandardScaler(), LogisticRegression(**params, max_iter=2000))
-    if kind == "svm":
+        classifier = LogisticRegression(**params, max_iter=2000)
+    elif kind == "svm":
         from imgcls.svm import TemperatureScaledSVC
 
         # Probabilities by one temperature, fitted on held-out folds of the training set.
-        folds = max(2, min(3, int(np.bincount(train_y).min())))
-        svm = TemperatureScaledSVC(**params, folds=folds, random_state=seed)
-        return make_pipeline(StandardScaler(), svm)
-    if kind == "mlp":
+        folds = max(2, min(3, _smallest_class(train_y)))
+        classifier = TemperatureScaledSVC(**params, folds=folds, random_state=seed)
+    elif kind == "mlp":
         # No early stopping: its own 10% hold-out stopped the fit short on small sets
         # (textures: test 0.958 -> 1.000, digits 0.861 -> 0.869); `alpha` is chosen on
         # the validation split instead.
-        return make_pipeline(
-            StandardScaler(), MLPClassifier((512,), **params, max_iter=500, random_state=seed)
-        )
-    # k-NN on L2-normalised features: Euclidean distance then ranks like cosine distance.
-    neighbours = min(params["n_neighbors"], len(train_y))
-    return make_pipeline(
-        Normalizer(), KNeighborsClassifier(n_neighbors=neighbours, weights="distance")
-    )
+        classifier = MLPClassifier((512,), **params, max_iter=500, random_state=seed)
+    else:
+        # k-NN on L2-normalised features: Euclidean distance then ranks like cosine distance.
+        scaler = Normalizer()
+        neighbours = min(params["n_neighbors"], len(train_y))
+        classifier = KNeighborsClassifier(n_neighbors=neighbours, weights="distance")
+    if train_y.ndim == 2:  # multi-label: a yes/no classifier per class, all of one kind
+        classifier = OneVsRestClassifier(classifier)
+    return make_pipeline(scaler, classifier)
+
+
+def _smallest_class(train_y: np.ndarray) -> int:
+    """Images of the rarest class; multi-label: the rarest side of any class's yes/no."""
+    if train_y.ndim == 2:
+        positives = train_y.sum(axis=0)
+        return int(min(positives.min(), (len(train_y) - positives).min()))
+    return int(np.bincount(train_y).min())
+
+
+def _validation_score(val_y: np.ndarray, proba: np.ndarray) -> float:
+    """What picks a grid point: accuracy, or for multi-label targets the mAP."""
+    if val_y.ndim == 2:
+        from imgcls.multilabel import mean_average_precision
+
+        return mean_average_precision(val_y, proba) or 0.0
+    return float((proba.argmax(axis=1) == val_y).mean())
 
 
 def fit_head(
@@ -116,24 +150,34 @@ def fit_head(
     val_y: np.ndarray | None = None,
     seed: int = 0,
 ) -> FittedHead:
-    """Fit a `kind` head; with validation data, choose its hyper-parameters there."""
+    """Fit a `kind` head; with validation data, choose its hyper-parameters there.
+    `train_y`, `val_y`: class indices, or (N, C) 0/1 targets for a multi-label head."""
     if kind not in _GRIDS:
         raise ValueError(f"classifier must be one of {', '.join(HEAD_KINDS)}; got {kind!r}")
     grid = _GRIDS[kind]
+    multi_label = train_y.ndim == 2
+    score_name = "val_map" if multi_label else "val_accuracy"
     search: list[dict[str, Any]] = []
-    best_params, best_accuracy, best_proba = grid[len(grid) // 2], None, None
+    best_params, best_score, best_proba = grid[len(grid) // 2], None, None
     if val_x is not None and val_y is not None and len(val_y):
         for params in grid:
             pipeline = _make(kind, params, seed, train_y).fit(train_x, train_y)
             proba = pipeline.predict_proba(val_x)
-            accuracy = float((proba.argmax(axis=1) == val_y).mean())
-            search.append({**params, "val_accuracy": accuracy})
-            if best_accuracy is None or accuracy > best_accuracy:
-                best_params, best_accuracy, best_proba = params, accuracy, proba
+            score = _validation_score(val_y, proba)
+            search.append({**params, score_name: score})
+            if best_score is None or score > best_score:
+                best_params, best_score, best_proba = params, score, proba
         train_x = np.concatenate([train_x, val_x])
         train_y = np.concatenate([train_y, val_y])
     pipeline = _make(kind, best_params, seed, train_y).fit(train_x, train_y)
-    return FittedHead(kind, pipeline, dict(best_params), best_accuracy, search, best_proba)
+    if not multi_label:
+        return FittedHead(kind, pipeline, dict(best_params), best_score, search, best_proba)
+    from imgcls.multilabel import label_accuracy
+
+    accuracy = None if best_proba is None else label_accuracy(val_y, best_proba)
+    return FittedHead(
+        kind, pipeline, dict(best_params), accuracy, search, best_proba, val_map=best_score
+    )
 
 
 def save_head_onnx(head: FittedHead, num_features: int, path: str | os.PathLike) -> None:

@@ -11,17 +11,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 from torch.utils.data import DataLoader
 
 from imgcls import plots
-from imgcls.data import ImageFolder, find_splits
+from imgcls.data import ImageFolder
 from imgcls.train import (
     TrainConfig,
     initial_model,
     make_augmentation,
+    make_criterion,
     make_loader,
     make_optimizer,
+    read_splits,
     set_train_mode,
 )
 from imgcls.transforms import train_transform
@@ -45,15 +46,19 @@ def find_lr(
     valley where the loss falls (fastai's default). Writes `lr_find.png` into `config.out`;
     trains nothing to keep."""
     config.check()
-    splits = find_splits(config.data, config.val_split, config.seed)
+    splits = read_splits(config)
+    if splits.multi_label:
+        config.check_multi_label()
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, preprocess = initial_model(config, len(splits.class_names))
     model.to(device)
     set_train_mode(model, config.freeze_backbone)
     optimizer = make_optimizer(model, config)
-    criterion = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    criterion = make_criterion(config, splits).to(device)
     augmentation = make_augmentation(config, splits, preprocess)
-    train_set = ImageFolder(splits.train, train_transform(preprocess, augmentation, config.seed))
+    targets_size = len(splits.class_names) if splits.multi_label else None
+    transform = train_transform(preprocess, augmentation, config.seed)
+    train_set = ImageFolder(splits.train, transform, targets_size)
     loader = make_loader(
         train_set, config, device, config.batch_size, shuffle=True, drop_last=False
     )

@@ -23,6 +23,7 @@ __all__ = [
     "curves",
     "lr_find",
     "mistakes",
+    "pr_curves",
     "reliability",
 ]
 
@@ -56,7 +57,11 @@ def confusion_matrix(matrix: np.ndarray, classes: list[str], path: str | os.Path
     _save(fig, path)
 
 
-def mistakes(items: list[tuple[str, str, str, float]], path: str | os.PathLike) -> None:
+def mistakes(
+    items: list[tuple[str, str, str, float]],
+    path: str | os.PathLike,
+    title: str = "Most confident mistakes",
+) -> None:
     """A grid of (image path, true, predicted, score): the most confident errors first."""
     columns = 4
     rows = max(1, math.ceil(len(items) / columns))
@@ -74,7 +79,42 @@ def mistakes(items: list[tuple[str, str, str, float]], path: str | os.PathLike) 
         )
     if not items:
         axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center", fontsize=14)
-    fig.suptitle("Most confident mistakes")
+    fig.suptitle(title)
+    _save(fig, path)
+
+
+def pr_curves(
+    targets: np.ndarray,
+    scores: np.ndarray,
+    classes: list[str],
+    thresholds: np.ndarray,
+    path: str | os.PathLike,
+) -> None:
+    """A multi-label model's precision-recall curve for each class that occurs ((N, C)
+    0/1 targets and scores), its average precision in the legend and a dot where the
+    class's threshold operates."""
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
+    fig = Figure(figsize=(7, 5.5))
+    ax = fig.subplots()
+    occurring = [c for c in range(len(classes)) if targets[:, c].any()]
+    for c in occurring:
+        precision, recall, _ = precision_recall_curve(targets[:, c], scores[:, c])
+        ap = average_precision_score(targets[:, c], scores[:, c])
+        (line,) = ax.step(recall, precision, where="post", label=f"{classes[c]} (AP {ap:.3f})")
+        decided = scores[:, c] >= thresholds[c]
+        hits = (decided & (targets[:, c] > 0)).sum()
+        ax.plot(
+            hits / targets[:, c].sum(), hits / max(decided.sum(), 1), "o", color=line.get_color()
+        )
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    if len(occurring) <= MAX_LABELLED_CLASSES:
+        ax.legend(loc="lower left", fontsize=8)
+    ax.set_title(f"Precision-recall per class (dots: thresholds; {len(targets)} images)")
     _save(fig, path)
 
 
@@ -171,18 +211,23 @@ def coverage_accuracy(scores: np.ndarray, correct: np.ndarray, path: str | os.Pa
 
 def curves(rows: list[dict[str, Any]], path: str | os.PathLike) -> None:
     """Loss and accuracy per epoch (rows of metrics.csv): train, validation and, for a run
-    with EMA, the averaged weights on validation."""
+    with EMA, the averaged weights on validation; a multi-label run's accuracy is per
+    label, drawn with its validation mAP."""
     epochs = [r["epoch"] for r in rows]
     fig = Figure(figsize=(10, 4))
     ax_loss, ax_acc = fig.subplots(1, 2)
+    multi_label = "val_map" in rows[-1]
     for ax, metric in ((ax_loss, "loss"), (ax_acc, "acc")):
         ax.plot(epochs, [r[f"train_{metric}"] for r in rows], "o-", label="train")
         if rows[-1]["val_acc"] is not None:
             ax.plot(epochs, [r[f"val_{metric}"] for r in rows], "o-", label="val")
         if "ema_val_acc" in rows[-1]:
             ax.plot(epochs, [r[f"ema_val_{metric}"] for r in rows], "o-", label="val (EMA)")
+        if metric == "acc" and multi_label and rows[-1]["val_map"] is not None:
+            ax.plot(epochs, [r["val_map"] for r in rows], "s--", label="val mAP")
         ax.set_xlabel("epoch")
-        ax.set_title("loss" if metric == "loss" else "accuracy")
+        title = "per-label accuracy, mAP" if multi_label else "accuracy"
+        ax.set_title("loss" if metric == "loss" else title)
         ax.grid(alpha=0.3)
         ax.legend()
     _save(fig, path)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgcls.heads import OnnxHead, head_log_probabilities
+from imgcls.heads import OnnxHead, head_logits
 from imgcls.labels import Labels
 from imgcls.transforms import Preprocess
 
@@ -39,6 +39,13 @@ class OnnxMetadata:
     preprocess: Preprocess
     temperature: float = 1.0  # a run's calibration: probabilities = softmax(logits / T)
     threshold: float | None = None  # a run's "unknown" threshold on the top-1 probability
+    # A multi-label run: probabilities = sigmoid(logits), class i present when its
+    # probability reaches thresholds[i].
+    thresholds: tuple[float, ...] | None = None
+
+    @property
+    def multi_label(self) -> bool:
+        return self.thresholds is not None
 
     def to_json(self) -> str:
         data: dict[str, Any] = {
@@ -49,17 +56,21 @@ class OnnxMetadata:
         }
         if self.temperature != 1.0 or self.threshold is not None:
             data.update(temperature=self.temperature, threshold=self.threshold)
+        if self.thresholds is not None:
+            data.update(multi_label=True, thresholds=list(self.thresholds))
         return json.dumps(data, ensure_ascii=False)
 
     @classmethod
     def from_json(cls, text: str) -> OnnxMetadata:
         data: dict[str, Any] = json.loads(text)
+        thresholds = data.get("thresholds") if data.get("multi_label") else None
         return cls(
             data["name"],
             Labels(tuple(data["class_ids"]), tuple(data["class_names"])),
             Preprocess.from_config(data["preprocess"]),
             float(data.get("temperature", 1.0)),
             data.get("threshold"),
+            None if thresholds is None else tuple(float(t) for t in thresholds),
         )
 
 
@@ -160,12 +171,16 @@ class HeadRuntime:
     """A backbone's features through a classical head (logreg, SVM, MLP, k-NN).
 
     Its "logits" are log-probabilities, so the softmax every caller applies gives the
-    head's probabilities back unchanged.
+    head's probabilities back unchanged; for a multi-label (one-vs-rest) head they are
+    log-odds, which the sigmoid turns back into its per-class probabilities.
     """
 
-    def __init__(self, backbone: TorchRuntime | OnnxRuntime, head: OnnxHead) -> None:
+    def __init__(
+        self, backbone: TorchRuntime | OnnxRuntime, head: OnnxHead, multi_label: bool = False
+    ) -> None:
         self.backbone = backbone
         self.head = head
+        self.multi_label = multi_label
         self.backend = backbone.backend
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -177,4 +192,4 @@ class HeadRuntime:
     def logits_and_features(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         features = self.backbone.features(batch)
         probabilities = self.head.predict_proba(features)
-        return head_log_probabilities(probabilities), features
+        return head_logits(probabilities, self.multi_label), features

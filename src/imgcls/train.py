@@ -49,7 +49,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, get_worker_info
 
 from imgcls import plots
-from imgcls.calibration import KNN_REFERENCE, fit_trust
+from imgcls.calibration import KNN_REFERENCE, fit_trust, sigmoid
 from imgcls.checkpoint import (
     RUN_CONFIG,
     RUN_STATE,
@@ -81,7 +81,7 @@ from imgcls.transforms import (
     train_transform,
 )
 
-__all__ = ["ConfigError", "TrainConfig", "TrainResult", "train"]
+__all__ = ["ConfigError", "TrainConfig", "TrainResult", "make_criterion", "read_splits", "train"]
 
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -97,10 +97,16 @@ class TrainResult:
     test_accuracy: float | None  # best weights on DATA/test, when there is one
     num_train: int
     num_val: int
-    skipped: int  # files that did not decode
+    skipped: int  # files that are missing (skip_missing) or did not decode
     seconds: float
     calibration: dict[str, Any] | None = None  # temperature, validation ECE before/after
     reject: dict[str, Any] | None = None  # the "unknown" rule and what it did on validation
+    # Multi-label runs: accuracies are per label (at 0.5), mAP picks the best epoch, and
+    # each class's threshold is chosen on validation.
+    multi_label: bool = False
+    best_val_map: float | None = None
+    test_map: float | None = None
+    thresholds: dict[str, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,8 +133,12 @@ def train(config: TrainConfig) -> TrainResult:
     say = reporter(config, master)
 
     # -- data ---------------------------------------------------------------------------
-    splits = find_splits(config.data, config.val_split, config.seed)
+    splits = read_splits(config)
     num_classes = len(splits.class_names)
+    multi_label = splits.multi_label
+    if multi_label:
+        config.check_multi_label()
+    targets_size = num_classes if multi_label else None  # ImageFolder's multi-hot targets
 
     # -- model, optimizer, schedule ------------------------------------------------------
     resuming = config.resume and (out / RUN_STATE).is_file()
@@ -142,7 +152,7 @@ def train(config: TrainConfig) -> TrainResult:
     optimizer = make_optimizer(model, config)
 
     augmentation = make_augmentation(config, splits, preprocess)
-    train_set = ImageFolder(splits.train, train_transform(preprocess, augmentation))
+    train_set = ImageFolder(splits.train, train_transform(preprocess, augmentation), targets_size)
     sampler = DistributedSampler(train_set, num_replicas=world, rank=rank, seed=config.seed)
     loader_rng = torch.Generator()
     # The global batch is split across processes (rounded up when it does not divide).
@@ -150,12 +160,10 @@ def train(config: TrainConfig) -> TrainResult:
     train_loader = make_loader(
         train_set, config, device, batch_per_process, sampler=sampler, generator=loader_rng
     )
-    val_loader = _eval_loader(splits.val[rank::world], preprocess, config, device)
+    val_loader = _eval_loader(splits.val[rank::world], preprocess, config, device, targets_size)
     scheduler = _make_scheduler(optimizer, config, steps_per_epoch=len(train_loader))
     scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
-    class_weights = _class_weights(splits) if config.balance else None
-    criterion = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=config.label_smoothing)
-    criterion.to(device)
+    criterion = make_criterion(config, splits).to(device)
     mix = _make_mix(config.mixup, config.cutmix, num_classes)
 
     # -- resume or start ------------------------------------------------------------------
@@ -184,12 +192,20 @@ def train(config: TrainConfig) -> TrainResult:
             "processes": world,
         }
         write_json(out / RUN_CONFIG, config_json)
-        write_metrics(out, rows, ema is not None)  # drops a row logged after the last state
+        # (drops a row logged after the last state)
+        write_metrics(out, rows, ema is not None, multi_label)
         write_skipped(out, splits.skipped)
     if splits.skipped and master:  # a warning, shown even when progress is off
         console.print(
-            f"[yellow]warning:[/yellow] skipped {len(splits.skipped)} file(s) that do not "
-            f"decode (listed in {out / 'skipped.txt'})"
+            f"[yellow]warning:[/yellow] skipped {len(splits.skipped)} file(s) that are "
+            f"missing or do not decode (listed in {out / 'skipped.txt'})"
+        )
+    if multi_label:
+        several = sum(len(label) > 1 for _, label in splits.train + splits.val + splits.test)
+        say(
+            f"multi-label: {several} image(s) carry several labels"
+            + ("" if several else " (--multi-label)")
+            + "; sigmoid outputs, binary cross-entropy, per-class thresholds"
         )
     say(
         f"{config.model}: {num_classes} classes, {len(splits.train)} train / "
@@ -224,7 +240,11 @@ def train(config: TrainConfig) -> TrainResult:
         train_loss, train_acc, train_images = _reduce(totals, device)
 
         # -- evaluate ---------------------------------------------------------------------
-        val_loss, val_acc = _evaluate(raw_model, val_loader, device, memory_format, config.amp)
+        evaluate = functools.partial(
+            _evaluate, loader=val_loader, device=device, memory_format=memory_format,
+            amp=config.amp, multi_label=multi_label,
+        )  # fmt: skip
+        val_loss, val_acc, val_map = evaluate(raw_model)
         row = {
             "epoch": epoch + 1,
             "train_loss": train_loss,
@@ -235,12 +255,17 @@ def train(config: TrainConfig) -> TrainResult:
             "seconds": time.perf_counter() - epoch_started,
             "images_per_s": train_images / train_seconds,
         }
-        score, best_module = val_acc, raw_model
+        if multi_label:
+            row["val_map"] = val_map
+        best_module, prefix = raw_model, "val"
         if ema is not None:  # the averaged weights are what "best" picks, as timm does
-            row["ema_val_loss"], row["ema_val_acc"] = _evaluate(
-                ema.module, val_loader, device, memory_format, config.amp
-            )
-            score, best_module = row["ema_val_acc"], ema.module
+            ema_loss, ema_acc, ema_map = evaluate(ema.module)
+            row.update(ema_val_loss=ema_loss, ema_val_acc=ema_acc)
+            if multi_label:
+                row["ema_val_map"] = ema_map
+            best_module, prefix = ema.module, "ema_val"
+        # Multi-label: mean average precision, which no threshold choice sways, picks.
+        score = row[f"{prefix}_map" if multi_label else f"{prefix}_acc"]
         rows.append(row)
         epochs_done = epoch + 1
         # Without a validation set the latest weights are the best known.
@@ -258,7 +283,7 @@ def train(config: TrainConfig) -> TrainResult:
             save_weights(out / "last.safetensors", raw_model.state_dict())
             if ema is not None:
                 save_weights(out / "ema.safetensors", ema.module.state_dict())
-            write_metrics(out, rows, ema is not None)
+            write_metrics(out, rows, ema is not None, multi_label)
             if time.perf_counter() - last_plot > 60:  # a plot costs ~0.5 s: not every epoch
                 plots.curves(rows, out / "curves.png")
                 last_plot = time.perf_counter()
@@ -278,7 +303,8 @@ def train(config: TrainConfig) -> TrainResult:
                 },
             )
         if config.patience is not None and splits.val and stale_epochs >= config.patience:
-            say(f"early stopping: no better val accuracy for {stale_epochs} epochs")
+            score_name = "mAP" if multi_label else "accuracy"
+            say(f"early stopping: no better val {score_name} for {stale_epochs} epochs")
             break
 
     # -- the end: curves; the best weights, loaded once, on the test set and calibrated ---
@@ -289,26 +315,38 @@ def train(config: TrainConfig) -> TrainResult:
     if splits.test or (master and splits.val):  # the test pass, the calibration
         best, _ = build_model(str(out), weights=out / "best.safetensors")
         best.to(device).eval()
-    test_accuracy = None
+    test_accuracy = test_map = None
     if splits.test:
-        test_loader = _eval_loader(splits.test[rank::world], preprocess, config, device)
-        _, test_accuracy = _evaluate(best, test_loader, device, memory_format, amp=False)
-        say(f"test accuracy (best weights, {len(splits.test)} images): {test_accuracy:.4f}")
+        test_loader = _eval_loader(
+            splits.test[rank::world], preprocess, config, device, targets_size
+        )
+        _, test_accuracy, test_map = _evaluate(
+            best, test_loader, device, memory_format, amp=False, multi_label=multi_label
+        )
+        say(
+            f"test accuracy (best weights, {len(splits.test)} images): {test_accuracy:.4f}"
+            + (f", mAP {test_map:.4f}" if test_map is not None else "")
+        )
     if world > 1:
         dist.destroy_process_group()
     trust: dict[str, Any] = {}
     if master and splits.val:
         trust = _calibrate_network(best, out, config, splits, preprocess, device)
+    best_row = rows[best_epoch - 1] if splits.val and best_epoch else {}
+    prefix = "ema_val" if ema is not None else "val"
     return TrainResult(
         run_dir=str(out),
         epochs=epochs_done,
         best_epoch=best_epoch,
-        best_val_accuracy=best_score if splits.val else None,
+        best_val_accuracy=best_row.get(f"{prefix}_acc"),
         test_accuracy=test_accuracy,
         num_train=len(splits.train),
         num_val=len(splits.val),
         skipped=len(splits.skipped),
         seconds=round(time.perf_counter() - started, 3),
+        multi_label=multi_label,
+        best_val_map=best_row.get(f"{prefix}_map"),
+        test_map=test_map,
         **trust,
     )
 
@@ -329,7 +367,8 @@ def _train_epoch(
     progress: Callable[[torch.Tensor], None],
 ) -> torch.Tensor:
     """One pass over this process's share of the training set, an optimizer step a batch;
-    returns this process's (loss sum, correct, images)."""
+    returns this process's (loss sum, correct, images) (multi-label: correct per label, as
+    a share of the classes)."""
     # DDP's wrapper runs the forward pass (it averages gradients in backward); clipping and
     # the EMA take the bare model.
     raw_model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
@@ -355,8 +394,7 @@ def _train_epoch(
         if ema is not None:
             ema.update(raw_model, step=scheduler.last_epoch)
 
-        correct = (logits.argmax(1) == labels).sum().item()
-        totals += torch.tensor([loss.item() * len(labels), correct, len(labels)])
+        totals += torch.tensor([loss.item() * len(labels), _correct(logits, labels), len(labels)])
         progress(totals)
     return totals
 
@@ -414,7 +452,11 @@ def make_augmentation(
     config: TrainConfig, splits: DataSplits, preprocess: Preprocess
 ) -> Augmentation:
     """The preset fitted to the training images: see `transforms.choose_augmentation`."""
-    survey = survey_images(splits.train, config.seed) if config.augment != "none" else None
+    samples = splits.train
+    if splits.multi_label:  # the survey compares whole label sets: one number for each
+        numbers: dict[Any, int] = {}
+        samples = [(path, numbers.setdefault(label, len(numbers))) for path, label in samples]
+    survey = survey_images(samples, config.seed) if config.augment != "none" else None
     return choose_augmentation(config.augment, min(preprocess.size), config.hflip, survey)
 
 
@@ -457,6 +499,28 @@ def _warmup_cosine(step: int, warmup: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
+def read_splits(config: TrainConfig) -> DataSplits:
+    """The samples of `config.data`, a data folder or a label file."""
+    return find_splits(
+        config.data,
+        config.val_split,
+        config.seed,
+        multi_label=config.multi_label,
+        label_delim=config.label_delim,
+        skip_missing=config.skip_missing,
+    )
+
+
+def make_criterion(config: TrainConfig, splits: DataSplits) -> nn.Module:
+    """Cross-entropy (weighted by inverse class frequency with `balance`, smoothed with
+    `label_smoothing`), or for a multi-label run binary cross-entropy on every class's
+    logit, each class a yes/no question of its own."""
+    if splits.multi_label:
+        return nn.BCEWithLogitsLoss()
+    weights = _class_weights(splits) if config.balance else None
+    return nn.CrossEntropyLoss(weight=weights, label_smoothing=config.label_smoothing)
+
+
 def _class_weights(splits: DataSplits) -> torch.Tensor:
     counts = torch.tensor(splits.class_counts(), dtype=torch.float32)
     return counts.sum() / (len(counts) * counts)
@@ -495,8 +559,15 @@ def make_loader(
     )
 
 
-def _eval_loader(samples, preprocess: Preprocess, config: TrainConfig, device: torch.device):
-    dataset = ImageFolder(samples, functools.partial(preprocess_image, config=preprocess))
+def _eval_loader(
+    samples,
+    preprocess: Preprocess,
+    config: TrainConfig,
+    device: torch.device,
+    targets_size: int | None = None,
+):
+    transform = functools.partial(preprocess_image, config=preprocess)
+    dataset = ImageFolder(samples, transform, targets_size)
     return DataLoader(
         dataset,
         batch_size=config.batch_size,
@@ -528,6 +599,14 @@ def _reduce(totals: torch.Tensor, device: torch.device) -> tuple[float, float, f
     return loss_sum / max(count, 1), correct / max(count, 1), count
 
 
+def _correct(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    """Right answers in a batch: top-1 hits, or for multi-hot `labels` the share of right
+    per-class decisions (logit > 0, i.e. probability > 0.5) summed over the images."""
+    if labels.ndim == 2:
+        return ((logits > 0) == (labels > 0.5)).float().mean(dim=1).sum().item()
+    return (logits.argmax(1) == labels).sum().item()
+
+
 @torch.no_grad()
 def _evaluate(
     model: nn.Module,
@@ -535,23 +614,52 @@ def _evaluate(
     device: torch.device,
     memory_format: torch.memory_format,
     amp: bool,
-) -> tuple[float | None, float | None]:
-    """(loss, accuracy) of `model` on the validation shards of all processes."""
+    multi_label: bool = False,
+) -> tuple[float | None, float | None, float | None]:
+    """(loss, accuracy, mAP) of `model` on the validation shards of all processes. For a
+    multi-label model: binary cross-entropy, per-label accuracy and the mean average
+    precision; mAP is None for a single-label one."""
     was_training = model.training
     model.eval()
     totals = torch.zeros(3, dtype=torch.float64)
     amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+    probabilities, targets = [], []  # multi-label: what mAP needs
     for images, labels in loader:
         images = images.to(device, non_blocking=True, memory_format=memory_format)
         labels = labels.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
             logits = model(images)
-        loss = nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-        correct = (logits.argmax(1) == labels).sum()
-        totals += torch.tensor([loss.item(), correct.item(), len(labels)])
+        logits = logits.float()
+        if multi_label:
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, labels, reduction="none")
+            loss = loss.mean(dim=1).sum()  # per image, as BCEWithLogitsLoss averages
+            probabilities.append(torch.sigmoid(logits).cpu().numpy())
+            targets.append(labels.cpu().numpy())
+        else:
+            loss = nn.functional.cross_entropy(logits, labels, reduction="sum")
+        totals += torch.tensor([loss.item(), _correct(logits, labels), len(labels)])
     model.train(was_training)
     loss, accuracy, count = _reduce(totals, device)
-    return (loss, accuracy) if count else (None, None)
+    if not count:
+        return None, None, None
+    return loss, accuracy, _gathered_map(probabilities, targets) if multi_label else None
+
+
+def _gathered_map(probabilities: list, targets: list) -> float | None:
+    """Mean average precision over the validation shards of all processes (it does not
+    add up across shards, so every process gathers all the outputs)."""
+    import numpy as np
+
+    from imgcls.multilabel import mean_average_precision
+
+    shard = [(p, t) for p, t in zip(probabilities, targets, strict=True)]
+    if dist.is_initialized():
+        shards: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(shards, shard)
+        shard = [batch for part in shards for batch in part]
+    return mean_average_precision(
+        np.concatenate([t for _, t in shard]), np.concatenate([p for p, _ in shard])
+    )
 
 
 # -- calibration: the temperature and the "unknown" rule, fitted on the validation split -
@@ -570,12 +678,13 @@ def _calibrate_network(
     images)."""
     import numpy as np
 
-    with_features = config.reject_score == "knn"
+    with_features = config.reject_score == "knn" and not splits.multi_label
+    targets_size = len(splits.class_names) if splits.multi_label else None
 
     @torch.no_grad()
     def outputs(samples: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         logits, features, labels = [], [], []
-        for images, targets in _eval_loader(samples, preprocess, config, device):
+        for images, targets in _eval_loader(samples, preprocess, config, device, targets_size):
             pooled = pooled_features(model, images.to(device))
             logits.append(classifier_head(model)(pooled).float().cpu().numpy())
             if with_features:
@@ -603,7 +712,10 @@ def calibrate_run(
 ) -> dict[str, Any]:
     """Fit calibration and rejection on validation (logits, labels, features; training
     features for the k-NN score) of a network or a head; put them in `config_json` (and
-    the k-NN reference file in `out`) and return them for the TrainResult."""
+    the k-NN reference file in `out`) and return them for the TrainResult. A multi-label
+    run (labels: (N, C) 0/1) gets its per-class thresholds instead (docs/trust.md)."""
+    if config_json.get("multi_label"):
+        return _fit_thresholds(config_json, config, sigmoid(val_logits), val_y)
     calibration, reject, knn = fit_trust(
         val_logits,
         val_y,
@@ -627,6 +739,34 @@ def calibrate_run(
         f"(answers {reject['val_coverage']:.0%} of validation images)"
     )
     return {"calibration": calibration, "reject": reject}
+
+
+def _fit_thresholds(
+    config_json: dict[str, Any], config: TrainConfig, probabilities: Any, targets: Any
+) -> dict[str, Any]:
+    """Each class's threshold, chosen where its validation F1 is highest, into
+    `config_json` with what the thresholds achieve on validation."""
+    from imgcls.multilabel import choose_thresholds, multilabel_metrics
+
+    names = config_json["class_names"]
+    thresholds = choose_thresholds(targets, probabilities)
+    achieved = multilabel_metrics(
+        targets, probabilities, probabilities >= thresholds, names, thresholds
+    )
+    config_json.update(
+        thresholds=thresholds.tolist(),
+        threshold_fit={
+            "val_images": len(targets),
+            **{f"val_{key}": achieved[key] for key in ("mAP", "micro_f1", "subset_accuracy")},
+        },
+    )
+    reporter(config)(
+        f"thresholds per class on {len(targets)} validation images "
+        f"({', '.join(f'{n} {t:.2f}' for n, t in zip(names, thresholds, strict=True))}): "
+        f"micro-F1 {achieved['micro_f1']:.4f}, subset accuracy "
+        f"{achieved['subset_accuracy']:.4f}"
+    )
+    return {"thresholds": dict(zip(names, thresholds.tolist(), strict=True))}
 
 
 # -- progress -----------------------------------------------------------------------------
@@ -683,6 +823,8 @@ def _epoch_line(row: dict[str, Any], epochs: int, best: bool) -> str:
     ]
     if row["val_acc"] is not None:
         parts.append(f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}")
+    if row.get("val_map") is not None:
+        parts.append(f"mAP {row['val_map']:.4f}")
     if "ema_val_acc" in row:
         parts.append(f"ema acc {row['ema_val_acc']:.4f}")
     parts.append(f"lr {row['lr']:.2e}  {row['images_per_s']:.0f} img/s  {row['seconds']:.1f}s")

@@ -13,6 +13,7 @@ from pathlib import Path
 from imgcls.calibration import REJECT_SCORES
 from imgcls.errors import ConfigError
 from imgcls.heads import HEAD_KINDS
+from imgcls.label_files import is_label_file
 from imgcls.models import DEFAULT_MODEL
 from imgcls.transforms import AUGMENT_PRESETS
 
@@ -21,13 +22,14 @@ __all__ = ["CLASSIFIERS", "DEFAULT_LR", "OPTIMIZERS", "ConfigError", "TrainConfi
 OPTIMIZERS = ("adamw", "sgd")
 CLASSIFIERS = ("softmax", *HEAD_KINDS)
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}
+_SINGLE_LABEL_ONLY = ("mixup", "cutmix", "label_smoothing", "balance")
 
 
 @dataclass
 class TrainConfig:
     """Everything a training run depends on; saved in the run's config.json."""
 
-    data: str  # DATA/<class>/* or DATA/train/<class>/* (+ val/, test/)
+    data: str  # DATA/<class>/*, DATA/train/<class>/* (+ val/, test/), or LABELS.csv|.jsonl
     out: str  # the run directory to write
     model: str = DEFAULT_MODEL  # any registry name: timm architecture, alexnet, simple_cnn
     pretrained: bool = True  # start from ImageNet weights (False: random initialisation)
@@ -50,6 +52,13 @@ class TrainConfig:
     clip_grad: float | None = None  # max gradient norm (None: no clipping)
     patience: int | None = None  # stop after this many epochs without a better val accuracy
     val_split: float = 0.2  # fraction of each class held out when DATA has no val/ folder
+    # Label files (imgcls.label_files): the separator of several labels in one cell (None:
+    # whitespace), and whether rows whose file is missing are skipped (counted) or an error.
+    label_delim: str | None = None
+    skip_missing: bool = False
+    # Sigmoid outputs and per-class thresholds even when every image has one label (a data
+    # set where some image has several is multi-label anyway).
+    multi_label: bool = False
     seed: int = 0  # seeds the split, shuffling, augmentation, initialisation
     amp: bool = False  # autocast: bfloat16 on CPU, float16 (with loss scaling) on CUDA
     channels_last: bool = False  # NHWC memory format (faster convolutions on many devices)
@@ -68,8 +77,13 @@ class TrainConfig:
 
     def check(self) -> None:
         """Refuse values out of range with a ConfigError that names the field."""
-        if not Path(self.data).is_dir():
-            raise ConfigError(f"`data`: no such directory {self.data}", parameters=("data",))
+        if not (Path(self.data).is_dir() or is_label_file(self.data)):
+            raise ConfigError(
+                f"`data`: no such directory {self.data} (nor a .csv / .jsonl label file)",
+                parameters=("data",),
+            )
+        if self.label_delim == "":
+            raise ConfigError("`label_delim` must not be empty", parameters=("label_delim",))
         if self.weights is not None and not Path(self.weights).is_file():
             raise ConfigError(f"`weights`: no such file {self.weights}", parameters=("weights",))
         _check(self.epochs >= 1, "epochs", "at least 1", self.epochs)
@@ -102,6 +116,18 @@ class TrainConfig:
             raise ConfigError(
                 "`target_precision` and `target_coverage`: choose one",
                 parameters=("target_precision", "target_coverage"),
+            )
+
+    def check_multi_label(self) -> None:
+        """Refuse, for a multi-label data set, the options that assume one class per
+        image: mixing (MixUp and CutMix mix class indices), smoothing and balancing (both
+        are cross-entropy's)."""
+        used = [name for name in _SINGLE_LABEL_ONLY if getattr(self, name)]
+        if used:
+            raise ConfigError(
+                f"{', '.join(f'`{name}`' for name in used)}: not for a multi-label data set "
+                "(they mix, smooth or weigh one class per image); leave them off",
+                parameters=tuple(used),
             )
 
     @property

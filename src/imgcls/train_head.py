@@ -26,10 +26,17 @@ from imgcls.checkpoint import (
     write_skipped,
 )
 from imgcls.classifier import ImageClassifier
-from imgcls.data import find_splits
-from imgcls.heads import fit_head, head_log_probabilities, save_head_onnx
+from imgcls.data import multi_hot
+from imgcls.heads import fit_head, head_logits, save_head_onnx
 from imgcls.models import canonical_name
-from imgcls.train import ConfigError, TrainConfig, TrainResult, calibrate_run, reporter
+from imgcls.train import (
+    ConfigError,
+    TrainConfig,
+    TrainResult,
+    calibrate_run,
+    read_splits,
+    reporter,
+)
 
 __all__ = ["train_head"]
 
@@ -49,7 +56,9 @@ def train_head(config: TrainConfig) -> TrainResult:
             parameters=("classifier",),
         )
     say = reporter(config)
-    splits = find_splits(config.data, config.val_split, config.seed)
+    splits = read_splits(config)
+    multi_label = splits.multi_label
+    num_classes = len(splits.class_names)
     backbone = ImageClassifier(
         config.model,
         weights=config.weights,
@@ -58,11 +67,14 @@ def train_head(config: TrainConfig) -> TrainResult:
         backend="torch",
     )
 
-    def features(samples: list[tuple[Path, int]]) -> tuple[np.ndarray, np.ndarray]:
+    def features(samples: list[tuple[Path, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        """Features and targets: class indices, or (N, C) 0/1 for multi-label."""
+        labels = [label for _, label in samples]
+        targets = multi_hot(labels, num_classes) if multi_label else np.array(labels, int)
         if not samples:
-            return np.zeros((0, 0), np.float32), np.zeros(0, int)
+            return np.zeros((0, 0), np.float32), targets
         vectors = [f for _, f in backbone.features_paths([p for p, _ in samples])]
-        return np.stack(vectors), np.array([label for _, label in samples])
+        return np.stack(vectors), targets
 
     extracting = time.perf_counter()
     train_x, train_y = features(splits.train)
@@ -72,8 +84,10 @@ def train_head(config: TrainConfig) -> TrainResult:
     images_per_s = num_images / (time.perf_counter() - extracting)
     say(f"{config.model}: {train_x.shape[1]} features from {num_images} images "
         f"({images_per_s:.1f} images/s); fitting {config.classifier}")  # fmt: skip
+    if multi_label:
+        say(f"multi-label: one-vs-rest {config.classifier}, one per class")
     head = fit_head(config.classifier, train_x, train_y, val_x, val_y, seed=config.seed)
-    test_accuracy = float((head.pipeline.predict(test_x) == test_y).mean()) if len(test_y) else None
+    test_accuracy, test_map = _accuracy_and_map(head, test_x, test_y)
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -91,21 +105,23 @@ def train_head(config: TrainConfig) -> TrainResult:
     )
     trust: dict[str, Any] = {}
     if head.val_proba is not None:
-        val_logits = head_log_probabilities(head.val_proba)  # heads give probabilities
+        val_logits = head_logits(head.val_proba, multi_label)  # heads give probabilities
         trust = calibrate_run(out, config_json, config, val_logits, val_y, val_x, train_x)
     write_json(out / RUN_CONFIG, config_json)
     seconds = time.perf_counter() - started
     row = {
         "epoch": 1,
-        "train_acc": float((head.pipeline.predict(train_x) == train_y).mean()),
+        "train_acc": _accuracy_and_map(head, train_x, train_y)[0],
         "val_acc": head.val_accuracy,
         "seconds": seconds,
         "images_per_s": images_per_s,
+        **({"val_map": head.val_map} if multi_label else {}),
     }
-    write_metrics(out, [row], ema=False)
+    write_metrics(out, [row], ema=False, multi_label=multi_label)
     write_skipped(out, splits.skipped)
+    maps = f", val mAP {_fmt(head.val_map)}, test mAP {_fmt(test_map)}" if multi_label else ""
     say(f"{config.classifier} {head.params}: val accuracy {_fmt(head.val_accuracy)}, "
-        f"test accuracy {_fmt(test_accuracy)}; run directory {out}")  # fmt: skip
+        f"test accuracy {_fmt(test_accuracy)}{maps}; run directory {out}")  # fmt: skip
     return TrainResult(
         run_dir=str(out),
         epochs=1,
@@ -116,8 +132,24 @@ def train_head(config: TrainConfig) -> TrainResult:
         num_val=len(splits.val),
         skipped=len(splits.skipped),
         seconds=seconds,
+        multi_label=multi_label,
+        best_val_map=head.val_map,
+        test_map=test_map,
         **trust,
     )
+
+
+def _accuracy_and_map(head, x: np.ndarray, y: np.ndarray) -> tuple[float | None, float | None]:
+    """Accuracy of the fitted head on (x, y) and, for multi-label targets, per-label
+    accuracy at 0.5 and mAP (None, None without images)."""
+    if not len(y):
+        return None, None
+    if y.ndim == 1:
+        return float((head.pipeline.predict(x) == y).mean()), None
+    from imgcls.multilabel import label_accuracy, mean_average_precision
+
+    proba = head.pipeline.predict_proba(x)
+    return label_accuracy(y, proba), mean_average_precision(y, proba)
 
 
 def _fmt(accuracy: float | None) -> str:

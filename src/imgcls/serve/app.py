@@ -62,11 +62,20 @@ class PredictionOut(BaseModel):
         description="True when the model declines to name the image (the same on every "
         "prediction of one image): its rejection rule, or min_score, says it is not sure."
     )
+    present: bool = Field(
+        False,
+        description="The model asserts this class: a single-label model's top-1 (unless "
+        "unknown), a multi-label model's classes at or above their thresholds.",
+    )
 
 
 class FileResult(BaseModel):
     filename: str
     predictions: list[PredictionOut]
+    labels: list[str] = Field(
+        description="The classes the model asserts, best first (every present class, even "
+        "beyond top_k); empty when the image is unknown."
+    )
 
 
 class ClassifyResponse(BaseModel):
@@ -199,7 +208,7 @@ async def classify(
         {
             "model": served.name,
             "results": [
-                {"filename": name, "predictions": [p.to_dict() for p in preds]}
+                {"filename": name, **preds.to_dict()}
                 for (name, _), preds in zip(files, predictions, strict=True)
             ],
         }

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from imgcls.classifier import ImageClassifier, Prediction
+from imgcls.classifier import ImageClassifier, Predictions
 from imgcls.errors import ConfigError, StartupError, StorageFull
 from imgcls.explain import Explainer, Explanation, NotExplainable
 from imgcls.feedback import (
@@ -121,14 +121,14 @@ class ServedModel:
 
     async def classify(
         self, files: Sequence[tuple[str, bytes]], top_k: int, min_score: float | None = None
-    ) -> list[list[Prediction]]:
+    ) -> list[Predictions]:
         """Top-k predictions for each (filename, encoded bytes) pair, in order, each marked
         unknown by the model's rule (or by `min_score` when given)."""
         outputs = await self._outputs(await self._prepare_all(files))
         probabilities, scores = split_outputs(outputs)
         unknown = self.classifier.unknown(probabilities, scores, min_score)
         self.on_unknown(int(unknown.sum()))
-        return self.classifier.top_predictions(probabilities, top_k=top_k, unknown=unknown)
+        return self.classifier.top_predictions(probabilities, top_k, unknown, min_score)
 
     async def explain(self, name: str, data: bytes, label: str | None) -> Explanation:
         """Grad-CAM of one encoded image for `label` (default: the top-1 class)."""
@@ -408,7 +408,7 @@ class Service:
         files: Sequence[tuple[str, bytes]],
         top_k: int,
         min_score: float | None = None,
-    ) -> list[list[Prediction]]:
+    ) -> list[Predictions]:
         """`model.classify`, each image's top-1 then queued for the prediction log."""
         start = time.perf_counter()
         predictions = await model.classify(files, top_k=top_k, min_score=min_score)
