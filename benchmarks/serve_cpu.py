@@ -16,8 +16,10 @@ from __future__ import annotations
 import collections
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -39,7 +41,8 @@ def main() -> None:
     url = f"http://127.0.0.1:{PORT}"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "IMAGE": IMAGE}
     command = [sys.executable, "-m", "imgcls", "serve", "--port", str(PORT), *sys.argv[1:]]
-    server = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    scratch = tempfile.mkdtemp(prefix="imgcls-serve-cpu-")  # the log and feedback files
+    server = subprocess.Popen(command, env=env, cwd=scratch, stderr=subprocess.DEVNULL)
     try:
         wait_ready(url + "/healthz")
         lua = str(REPO / "benchmarks" / "serve_load.lua")
@@ -55,6 +58,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait()
+        shutil.rmtree(scratch, ignore_errors=True)
     requests = int(re.search(r"(\d+) requests in", report).group(1))
     groups: collections.Counter[str] = collections.Counter()
     for tid, seconds in after.items():
