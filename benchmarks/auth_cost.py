@@ -15,7 +15,7 @@ Three measurements, from the most precise to the most complete:
   time (user + system, /proc/PID/stat): core-ms per request, for `GET /v1/models` (the
   cheapest call that needs a key) and `POST /v1/classify` of a 48x48 JPEG as the body.
 
-Measured 2026-12-03 08:36 UTC on 2 cores of an AMD EPYC (Zen 4), Python 3.11, the machine
+Measured 2026-12-03 08:36 UTC on 2 cores of an Intel Xeon (AVX-512), Python 3.11, the machine
 shared with three other engineers' jobs (load average 3-6), efficientnet_lite0:
 
     $ benchmarks/auth_cost.py --call models --requests 5000 --rounds 6

@@ -10,7 +10,7 @@ after a checkpoint. Then it writes batches into a log held at `--cap` rows and r
 the milliseconds per 1,000-row batch with and without the cap (each batch then also
 deletes 1,000 rows).
 
-Measured 2026-12-03 08:16 UTC on 2 cores of an AMD EPYC (Zen 4), SQLite 3 of Python 3.11,
+Measured 2026-12-03 08:16 UTC on 2 cores of an Intel Xeon (AVX-512), SQLite 3 of Python 3.11,
 the machine shared with three other engineers' jobs (load average ~4):
 
     1,000,000 rows: 269.9 MB (270 MB per million, 270 bytes a row), written in 55.8 s

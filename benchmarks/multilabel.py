@@ -22,7 +22,7 @@ test rows:
 `--figures` copies a sample of the collages and the fine-tuned run's pr_curves.png and
 false_negatives.png there (the pictures of docs/train.md).
 
-Measured 2026-12-03 on the 2-core AMD EPYC (Zen 4) dev VM, no GPU, torch 2.14.1, shared
+Measured 2026-12-03 on the 2-core Intel Xeon (AVX-512) dev VM, no GPU, torch 2.14.1, shared
 with three other engineers' jobs (load average 2-4 on 2 cores): compare the scores, read
 the seconds as an order of magnitude. Results are in docs/train.md ("Multi-label").
 """
