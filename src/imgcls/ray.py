@@ -36,7 +36,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -122,9 +122,9 @@ def map_options(
     there why); `num_gpus` per actor on GPUs (1: one actor per GPU, which then runs
     ONNX Runtime's CUDA provider). `actors` fixes the pool's size instead."""
     resources = ray.cluster_resources()
-    if num_gpus:
+    if num_gpus:  # ONNX Runtime's CPU side takes a thread; decoding as on CPU actors
         size = actors or max(1, int(resources.get("GPU", 0) // num_gpus))
-        num_cpus = 1.0
+        num_cpus = 1 - LEFT_FOR_READS
     else:
         size = actors or max(1, int(resources.get("CPU", 1) // THREADS_PER_ACTOR))
         num_cpus = THREADS_PER_ACTOR - LEFT_FOR_READS
@@ -189,19 +189,14 @@ class Predictor(_ModelActor):
         min_score: float | None = None,
         **options: Any,
     ) -> None:
+        if top_k < 1:
+            raise ConfigError(f"`top_k` must be at least 1, got {top_k}", parameters=("top_k",))
         super().__init__(model, **options)
         self.top_k, self.min_score = top_k, min_score
 
     def __call__(self, batch: Mapping[str, Any]) -> pa.Table:
-        rows = []
         outcomes = self.classifier.classify_paths(self.files(batch), self.top_k, self.min_score)
-        for path, outcome in outcomes:
-            if isinstance(outcome, Exception):
-                rows.append({"path": path, "error": describe(outcome)})
-            else:
-                ranked = [p.to_dict() for p in outcome]
-                rows.append({"path": path, **ranked[0], "top_k": ranked})
-        return pa.Table.from_pylist(rows, schema=PREDICTIONS)
+        return _table(outcomes, _prediction_columns, PREDICTIONS)
 
 
 class Featurizer(_ModelActor):
@@ -211,16 +206,8 @@ class Featurizer(_ModelActor):
     decode) and `error`."""
 
     def __call__(self, batch: Mapping[str, Any]) -> pa.Table:
-        paths, vectors, errors = [], [], []
-        for path, outcome in self.classifier.features_paths(self.files(batch)):
-            failed = isinstance(outcome, Exception)
-            paths.append(path)
-            vectors.append(None if failed else outcome)
-            errors.append(describe(outcome) if failed else None)
-        return pa.table(
-            [pa.array(paths), pa.array(vectors, pa.list_(pa.float32())), pa.array(errors, ERROR)],
-            schema=FEATURES,
-        )
+        outcomes = self.classifier.features_paths(self.files(batch))
+        return _table(outcomes, lambda features: {"features": features}, FEATURES)
 
 
 class _Scorer(_ModelActor):
@@ -228,22 +215,34 @@ class _Scorer(_ModelActor):
     score of each file (`ImageClassifier.scored_paths`)."""
 
     def __call__(self, batch: Mapping[str, Any]) -> pa.Table:
-        rows = []
-        for path, outcome in self.classifier.scored_paths(self.files(batch)):
-            if isinstance(outcome, Exception):
-                rows.append({"path": path, "error": describe(outcome)})
-            else:
-                probabilities, score = outcome
-                rows.append({"path": path, "probabilities": probabilities, "score": score})
-        return pa.Table.from_pylist(rows, schema=SCORES)
+        outcomes = self.classifier.scored_paths(self.files(batch))
+        return _table(outcomes, lambda o: {"probabilities": o[0], "score": o[1]}, SCORES)
 
 
-def describe(exc: BaseException) -> dict[str, str]:
+def _table(
+    outcomes: Iterable[tuple[str, Any]], columns: Callable[[Any], dict], schema: pa.Schema
+) -> pa.Table:
+    """A batch's rows: `columns` of each file's outcome, or its `error`."""
+    rows = [
+        {"path": path, "error": _describe(outcome)}
+        if isinstance(outcome, Exception)
+        else {"path": path, **columns(outcome)}
+        for path, outcome in outcomes
+    ]
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _prediction_columns(predictions: list[Prediction]) -> dict[str, Any]:
+    ranked = [p.to_dict() for p in predictions]
+    return {**ranked[0], "top_k": ranked}
+
+
+def _describe(exc: BaseException) -> dict[str, str]:
     """A file's failure as the rows (and `imgcls predict --output`) give it."""
     return {"type": type(exc).__name__, "message": str(exc)}
 
 
-def failure(error: Mapping[str, str]) -> Exception:
+def _failure(error: Mapping[str, str]) -> Exception:
     """The exception a row's `error` describes, back as the type it was raised as."""
     return _FAILURES.get(error["type"], RuntimeError)(error["message"])
 
@@ -280,33 +279,33 @@ class RayClassifier:
     def classify_paths(
         self, paths: Iterable[str], top_k: int = 5, min_score: float | None = None
     ) -> Iterator[tuple[str, list[Prediction] | Exception]]:
-        rows = self._rows(Predictor, paths, top_k=top_k, min_score=min_score)
-        for path, row in rows:
-            yield (
-                path,
-                row if isinstance(row, Exception) else [Prediction(**p) for p in row["top_k"]],
-            )
+        def predictions(row: dict[str, Any]) -> list[Prediction]:
+            return [Prediction(**p) for p in row["top_k"]]
+
+        return self._outcomes(Predictor, paths, predictions, top_k=top_k, min_score=min_score)
 
     def features_paths(self, paths: Iterable[str]) -> Iterator[tuple[str, np.ndarray | Exception]]:
-        for path, row in self._rows(Featurizer, paths):
-            yield (
-                path,
-                row if isinstance(row, Exception) else np.asarray(row["features"], np.float32),
-            )
+        return self._outcomes(
+            Featurizer, paths, lambda row: np.asarray(row["features"], np.float32)
+        )
 
     def scored_paths(
         self, paths: Iterable[str]
     ) -> Iterator[tuple[str, tuple[np.ndarray, float] | Exception]]:
-        for path, row in self._rows(_Scorer, paths):
-            if isinstance(row, Exception):
-                yield path, row
-            else:
-                yield path, (np.asarray(row["probabilities"], np.float64), row["score"])
+        def scored(row: dict[str, Any]) -> tuple[np.ndarray, float]:
+            return np.asarray(row["probabilities"], np.float64), row["score"]
 
-    def _rows(
-        self, actor: type[_ModelActor], paths: Iterable[str], **kwargs: Any
-    ) -> Iterator[tuple[str, dict[str, Any] | Exception]]:
-        """(path as given, its row) in the order given; a failure in place of a row."""
+        return self._outcomes(_Scorer, paths, scored)
+
+    def _outcomes(
+        self,
+        actor: type[_ModelActor],
+        paths: Iterable[str],
+        outcome: Callable[[dict[str, Any]], Any],
+        **kwargs: Any,
+    ) -> Iterator[tuple[str, Any]]:
+        """(path as given, the `outcome` of its row) in the order given; a failure, as the
+        exception it was, in place of a row."""
         paths = [str(path) for path in paths]
         if not paths:
             return
@@ -321,7 +320,7 @@ class RayClassifier:
         for table in results.iter_batches(batch_size=None, batch_format="pyarrow"):
             for row in table.to_pylist():
                 name = names.get(row["path"], row["path"])
-                yield (name, failure(row["error"])) if row["error"] else (name, row)
+                yield name, _failure(row["error"]) if row["error"] else outcome(row)
 
 
 def list_uri(uri: str) -> list[str]:
