@@ -14,7 +14,7 @@ import csv
 import io
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,8 +171,12 @@ def evaluate(
     classifier: ImageClassifier,
     samples: list[tuple[Path, str]],
     progress: Callable[[int], None] | None = None,
+    scored: Iterable[tuple[str, tuple[np.ndarray, float] | Exception]] | None = None,
 ) -> Evaluation:
-    """Run `classifier` on labelled `samples` and collect what the metrics need."""
+    """Run `classifier` on labelled `samples` and collect what the metrics need.
+
+    `scored`: what `classifier.scored_paths` gives for the samples' paths, when something
+    else runs the model (`imgcls.ray.RayClassifier`); by default it is called here."""
     folder_to_index = _match_classes(classifier, sorted({name for _, name in samples}))
     classes = [classifier.labels.names[i] for i in folder_to_index.values()]
     model_to_data = {model_index: i for i, model_index in enumerate(folder_to_index.values())}
@@ -183,7 +187,9 @@ def evaluate(
         rule = classifier.rejection
         evaluation.reject = {"score": rule.score, "threshold": rule.threshold}
     start = time.perf_counter()
-    for path, outcome in classifier.scored_paths([p for p, _ in samples]):
+    if scored is None:
+        scored = classifier.scored_paths([p for p, _ in samples])
+    for path, outcome in scored:
         if progress is not None:
             progress(1)
         if isinstance(outcome, Exception):

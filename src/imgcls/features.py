@@ -4,7 +4,7 @@ clustering or a model of your own (what `imgcls features` writes)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +14,7 @@ from imgcls.errors import DataError
 from imgcls.images import list_images
 from imgcls.models import DEFAULT_MODEL
 
-__all__ = ["Features", "extract_features"]
+__all__ = ["Features", "collect_features", "extract_features"]
 
 
 @dataclass
@@ -22,17 +22,21 @@ class Features:
     """The features of the images under `root` that decoded."""
 
     root: str
-    paths: list[str]  # relative to `root`
+    paths: list[str]  # relative to `root` (as given, for a file elsewhere)
     labels: list[str]  # each image's folder name (its class, in a class-folder data set)
     vectors: np.ndarray  # (N, D) float32
     failures: list[Exception]  # the files that did not decode; each message names its file
 
     def save(self, path: str | os.PathLike) -> Path:
-        """An .npz file with `paths`, `labels` and `features`, written atomically; ".npz" is
-        added to a name without it, as numpy does. Returns the path written."""
+        """An .npz file with `paths`, `labels` and `features`, or a .parquet file with
+        columns `path`, `label` and `features`, written atomically; ".npz" is added to a
+        name with neither suffix, as numpy does. Returns the path written."""
         from imgcls.checkpoint import atomic_write
 
         path = Path(path)
+        if path.suffix.lower() == ".parquet":
+            atomic_write(path, self._write_parquet)
+            return path
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
 
@@ -47,6 +51,17 @@ class Features:
 
         atomic_write(path, write)
         return path
+
+    def _write_parquet(self, path: str) -> None:
+        from imgcls.results import require_pyarrow
+
+        pa = require_pyarrow()
+        import pyarrow.parquet as pq
+
+        width = self.vectors.shape[1] if len(self.vectors) else 0
+        features = pa.FixedSizeListArray.from_arrays(self.vectors.reshape(-1), width)
+        columns = {"path": self.paths, "label": self.labels, "features": features}
+        pq.write_table(pa.table(columns), path)
 
 
 def extract_features(
@@ -71,19 +86,38 @@ def extract_features(
     if on_total is not None:
         on_total(len(paths))
     classifier = ImageClassifier(model, weights=weights, batch_size=batch_size)
+    return collect_features(root, classifier.features_paths(paths), progress)
+
+
+def collect_features(
+    root: str | os.PathLike,
+    outcomes: Iterable[tuple[str, np.ndarray | Exception]],
+    progress: Callable[[int], None] | None = None,
+) -> Features:
+    """`Features` from (path, features or failure) pairs, as `features_paths` of an
+    `ImageClassifier` (or of `imgcls.ray.RayClassifier`) gives them for files under
+    `root`, a folder or a URI."""
     kept, vectors, failures = [], [], []
-    for path, outcome in classifier.features_paths(paths):
+    for path, outcome in outcomes:
         if progress is not None:
             progress(1)
         if isinstance(outcome, Exception):
             failures.append(outcome)
         else:
-            kept.append(Path(path))
+            kept.append(path)
             vectors.append(outcome)
     return Features(
         root=str(root),
-        paths=[str(p.relative_to(root)) for p in kept],
-        labels=[p.parent.name for p in kept],
+        paths=[_relative(path, str(root)) for path in kept],
+        labels=[Path(path).parent.name for path in kept],
         vectors=np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, 0), np.float32),
         failures=failures,
     )
+
+
+def _relative(path: str, root: str) -> str:
+    """`path` relative to `root` when it is under it (a folder or URI), else as it is."""
+    if "://" not in root:
+        return str(Path(path).relative_to(root)) if Path(path).is_relative_to(root) else path
+    prefix = root.rstrip("/") + "/"
+    return path[len(prefix) :] if path.startswith(prefix) else path
