@@ -138,6 +138,24 @@ def test_a_read_binary_files_pipeline_as_a_user_writes_it(on_ray, photos, classi
         assert abs(row["score"] - outcome[0].score) < 1e-5 and row["unknown"] is False
 
 
+def test_a_run_directory_given_as_a_string_is_loaded_by_each_actor(on_ray, tiny_run):
+    """The issue's own example: `fn_constructor_kwargs={"model": "runs/exp1"}`."""
+    from imgcls import ImageClassifier
+
+    photos = sorted(map(str, (tiny_run.parent / "data").rglob("*.jpg")))[::4]
+    dataset = ray.data.from_items([{"path": path} for path in photos])  # the actors read them
+    predictions = dataset.map_batches(
+        imgcls.ray.Predictor,
+        fn_constructor_kwargs={"model": str(tiny_run), "top_k": 2},
+        **imgcls.ray.map_options(),
+    )
+    rows = {row["path"]: row for row in predictions.take_all()}
+    local = ImageClassifier(str(tiny_run)).classify_paths(photos, top_k=2)
+    for path, outcome in local:
+        assert [p["index"] for p in rows[path]["top_k"]] == [p.index for p in outcome]
+        assert rows[path]["unknown"] == outcome[0].unknown
+
+
 def test_features_on_ray_write_parquet_equal_to_local_features(
     on_ray, photos, tmp_path, classifier
 ):
