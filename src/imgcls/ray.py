@@ -62,8 +62,9 @@ __all__ = [
 
 BATCH_SIZE = 64  # files per actor call: enough to keep the model's batches of 8 full
 # Cores per CPU actor: one ONNX Runtime thread each, as many actors as cores. On 2 cores
-# one actor of 2 threads did no better (docs/scale.md), and an actor per core is the rule
-# that holds on a node of any size.
+# two such actors streamed 108-121 images/s where one actor of 2 threads gave 83-97
+# (docs/scale.md): separate sessions and decoding pools overlap better than 2 threads
+# share one batch.
 THREADS_PER_ACTOR = 1
 # Ray's CPU count is bookkeeping: it limits what is scheduled, not what runs. An actor
 # runs THREADS_PER_ACTOR threads (and decodes beside them) but claims half a CPU less, so
