@@ -119,6 +119,37 @@ def test_classify_paths_keeps_order_and_isolates_failures(classifier, samples, t
     assert outcomes[3][1][0].class_id == ESPRESSO_ID
 
 
+def test_a_bundle_pickles_and_answers_as_its_classifier_with_no_file(tiny_run, tmp_path):
+    """What Ray ships to its actors: a run's model, temperature and k-NN "unknown" rule."""
+    import pickle
+    import shutil
+
+    from imgcls.classifier import ModelBundle
+    from imgcls.images import EncodedImage
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    original = ImageClassifier(str(run), backend="onnx")
+    bundle = pickle.loads(pickle.dumps(original.bundle()))
+    assert isinstance(bundle, ModelBundle) and bundle.rejection.score == "knn"
+    shutil.rmtree(run)  # the bundle needs none of the run's files
+    shipped = ImageClassifier(bundle, threads=1)
+    photos = sorted((tiny_run.parent / "data").rglob("*.jpg"))[::6]
+    files = [EncodedImage(str(p), p.read_bytes()) for p in photos]  # read elsewhere
+    expected = list(original.classify_paths(photos, top_k=3))
+    answers = list(shipped.classify_paths(files, top_k=3))
+    assert [path for path, _ in answers] == [path for path, _ in expected]
+    for (_, got), (_, want) in zip(answers, expected, strict=True):
+        assert [(p.index, p.unknown) for p in got] == [(p.index, p.unknown) for p in want]
+        assert np.allclose([p.score for p in got], [p.score for p in want], atol=1e-6)
+
+
+def test_a_classifier_on_pytorch_makes_no_bundle(tiny_run):
+    from imgcls.errors import ModelError
+
+    with pytest.raises(ModelError, match="only an ONNX Runtime classifier makes a bundle"):
+        ImageClassifier(str(tiny_run), backend="torch").bundle()
+
+
 def test_large_jpeg_reduced_decoding_keeps_the_answer(classifier, samples, tmp_path):
     photo = cv2.imread(str(samples / "espresso.jpg"))
     path = tmp_path / "large.jpg"

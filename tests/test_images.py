@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from imgcls.images import ImageError, list_images, load_image
+from imgcls.images import EncodedImage, ImageError, list_images, load_image
 
 # Mean absolute difference (0..255) allowed between a lossy re-encoding and the original.
 LOSSY_TOLERANCE = 4.0
@@ -95,6 +95,14 @@ def test_arrays_and_pil_images_are_accepted(reference):
 def test_bytes_are_accepted(samples, reference):
     data = (samples / "espresso.jpg").read_bytes()
     assert np.array_equal(load_image(data), load_image(samples / "espresso.jpg"))
+
+
+def test_named_bytes_decode_as_the_file_and_errors_give_its_name(samples):
+    data = (samples / "espresso.jpg").read_bytes()
+    named = EncodedImage("s3://photos/espresso.jpg", data)
+    assert np.array_equal(load_image(named), load_image(samples / "espresso.jpg"))
+    with pytest.raises(ImageError, match=r"^s3://photos/cut\.jpg: truncated JPEG"):
+        load_image(EncodedImage("s3://photos/cut.jpg", data[: len(data) // 2]))
 
 
 def test_non_ascii_path(tmp_path, samples):

@@ -11,16 +11,20 @@ import numpy as np
 
 from imgcls.calibration import Rejection, sigmoid, softmax
 from imgcls.checkpoint import is_run_dir, read_run_config
+from imgcls.errors import ModelError
 from imgcls.export_cache import BACKENDS, cache_key, cached_runtime, choose_runtime
 from imgcls.heads import OnnxHead
-from imgcls.images import DEFAULT_MAX_PIXELS, ImageSource, load_image
+from imgcls.images import DEFAULT_MAX_PIXELS, EncodedImage, ImageSource, load_image
 from imgcls.labels import Labels, labels_for
 from imgcls.models import DEFAULT_MODEL, build_model, canonical_name
 from imgcls.prefetch import Prefetcher, PreparedBatch
 from imgcls.runtime import HeadRuntime, OnnxMetadata, OnnxRuntime, TorchRuntime
-from imgcls.transforms import preprocess_image
+from imgcls.transforms import Preprocess, preprocess_image
 
-__all__ = ["BACKENDS", "ImageClassifier", "Prediction", "Predictions"]
+__all__ = ["BACKENDS", "ImageClassifier", "ModelBundle", "Prediction", "Predictions"]
+
+# A file to classify: its path, or its bytes read elsewhere (object storage, Ray).
+File = str | os.PathLike | EncodedImage
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,23 @@ class Predictions(list[Prediction]):
         return {"predictions": [p.to_dict() for p in self], "labels": list(self.labels)}
 
 
+@dataclass(frozen=True)
+class ModelBundle:
+    """An ONNX Runtime classifier whole, in memory: its ONNX file (and a classical head's)
+    as bytes, with what the files do not hold. It pickles, so Ray ships it to its actors
+    (`imgcls.ray`), where `ImageClassifier(bundle)` loads it with no file, no export cache
+    and no PyTorch — and answers as the classifier it was made from."""
+
+    name: str
+    labels: Labels
+    preprocess: Preprocess
+    model: bytes  # the ONNX export: `input` -> `logits`, `features` (imgcls.export)
+    head: bytes | None = None  # a classical head's ONNX file: features -> probabilities
+    temperature: float = 1.0  # a run's calibration (see ImageClassifier.predict_proba)
+    rejection: Rejection | None = None  # a run's "unknown" rule, k-NN reference included
+    thresholds: tuple[float, ...] | None = None  # a multi-label run's, per class
+
+
 class ImageClassifier:
     """A loaded model that classifies images.
 
@@ -74,7 +95,8 @@ class ImageClassifier:
     >>> clf.classify_image("cat.jpg")[0].label
     'tiger cat'
 
-    `model` is a registry name, a run directory or an exported `.onnx` file. `backend`
+    `model` is a registry name, a run directory, an exported `.onnx` file or a
+    `ModelBundle` (`device` "cuda" runs a bundle on ONNX Runtime's CUDA provider). `backend`
     "auto" runs ONNX Runtime on the CPU (the model is exported once into the cache of
     `imgcls.export_cache.cache_dir()`) and PyTorch elsewhere; "torch" and "onnx" force one.
     `threads` caps ONNX Runtime's threads (default: the cores this process may use).
@@ -87,7 +109,7 @@ class ImageClassifier:
 
     def __init__(
         self,
-        model: str = DEFAULT_MODEL,
+        model: str | ModelBundle = DEFAULT_MODEL,
         *,
         weights: str | os.PathLike | None = None,
         pretrained: bool = True,
@@ -104,10 +126,15 @@ class ImageClassifier:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if img_size is not None and img_size < 1:
             raise ValueError(f"img_size must be at least 1 pixel, got {img_size}")
-        self._source = None if str(model).endswith(".onnx") else (str(model), weights, pretrained)
+        exported = isinstance(model, ModelBundle) or str(model).endswith(".onnx")
+        self._source = None if exported else (str(model), weights, pretrained)
         self._module = None
         self.runtime: TorchRuntime | OnnxRuntime | HeadRuntime
-        if self._source is None:
+        if isinstance(model, ModelBundle):
+            if backend == "torch" or img_size is not None:
+                raise ValueError(f"{model.name}: a bundle runs on ONNX at its exported size")
+            self._load_bundle(model, threads, device)
+        elif self._source is None:
             if img_size is not None:
                 raise ValueError(f"{model}: an .onnx file keeps its exported size; no img_size")
             self._load_export(str(model), threads)
@@ -126,6 +153,35 @@ class ImageClassifier:
         self.thresholds = _as_array(metadata.thresholds)
         self.rejection = (
             None if metadata.threshold is None else Rejection("max_prob", metadata.threshold)
+        )
+
+    def _load_bundle(self, bundle: ModelBundle, threads: int | None, device: str) -> None:
+        self.name, self.labels, self.preprocess = bundle.name, bundle.labels, bundle.preprocess
+        self.temperature, self.rejection = bundle.temperature, bundle.rejection
+        self.thresholds = _as_array(bundle.thresholds)
+        self.runtime = OnnxRuntime(bundle.model, threads, device)
+        if bundle.head is not None:
+            self.runtime = HeadRuntime(self.runtime, OnnxHead(bundle.head), self.multi_label)
+
+    def bundle(self) -> ModelBundle:
+        """This classifier as a `ModelBundle` (ModelError when it runs on PyTorch)."""
+        runtime, head = self.runtime, None
+        if isinstance(runtime, HeadRuntime):
+            runtime, head = runtime.backbone, runtime.head.model_bytes()
+        if not isinstance(runtime, OnnxRuntime):
+            raise ModelError(
+                f"{self.name}: runs on PyTorch, and only an ONNX Runtime classifier makes a "
+                "bundle (load it with backend='onnx')"
+            )
+        return ModelBundle(
+            self.name,
+            self.labels,
+            self.preprocess,
+            runtime.model_bytes(),
+            head,
+            self.temperature,
+            self.rejection,
+            None if self.thresholds is None else tuple(self.thresholds.tolist()),
         )
 
     def _load(
@@ -233,15 +289,16 @@ class ImageClassifier:
     # -- files in, in order, decoded ahead of the model; a failed file yields its error ----
 
     def classify_paths(
-        self, paths: Iterable[str | os.PathLike], top_k: int = 5, min_score: float | None = None
+        self, paths: Iterable[File], top_k: int = 5, min_score: float | None = None
     ) -> Iterator[tuple[str, Predictions | Exception]]:
-        """Classify files in order, batching them; a file that fails yields its exception
-        (FileNotFoundError or ImageError) in its place while the others go on."""
+        """Classify files (paths, or `EncodedImage`s) in order, batching them; a file that
+        fails yields its exception (FileNotFoundError or ImageError) in its place while the
+        others go on."""
         for batch in self._prepared_batches(paths):
             yield from batch.apply(lambda inputs: self.predict_batch(inputs, top_k, min_score))
 
     def scored_paths(
-        self, paths: Iterable[str | os.PathLike]
+        self, paths: Iterable[File]
     ) -> Iterator[tuple[str, tuple[np.ndarray, float] | Exception]]:
         """(all class probabilities, rejection score) of each file, failures in place; the
         score is NaN when the model has no rejection rule."""
@@ -255,22 +312,18 @@ class ImageClassifier:
         for batch in self._prepared_batches(paths):
             yield from batch.apply(rows)
 
-    def features_paths(
-        self, paths: Iterable[str | os.PathLike]
-    ) -> Iterator[tuple[str, np.ndarray | Exception]]:
+    def features_paths(self, paths: Iterable[File]) -> Iterator[tuple[str, np.ndarray | Exception]]:
         """Pooled penultimate features of each file, in order, failures in place."""
         for batch in self._prepared_batches(paths):
             yield from batch.apply(self.runtime.features)
 
-    def prepared_paths(
-        self, paths: Iterable[str | os.PathLike]
-    ) -> Iterator[tuple[str, np.ndarray | Exception]]:
+    def prepared_paths(self, paths: Iterable[File]) -> Iterator[tuple[str, np.ndarray | Exception]]:
         """Each file decoded and preprocessed, in order; a failure (FileNotFoundError or
         ImageError) in its place."""
         for batch in self._prepared_batches(paths):
             yield from batch.apply(lambda inputs: inputs)
 
-    def _prepared_batches(self, paths: Iterable[str | os.PathLike]) -> Iterator[PreparedBatch]:
+    def _prepared_batches(self, paths: Iterable[File]) -> Iterator[PreparedBatch]:
         """The files in batches of model input, decoded ahead of the model."""
         prefetcher = Prefetcher(self.prepare, self.preprocess.input_size, self.batch_size)
         return prefetcher.batches(paths)

@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import glob
 import json
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -41,6 +43,7 @@ from imgcls.feedback import (
 )
 from imgcls.images import DEFAULT_MAX_PIXELS, list_images
 from imgcls.models import DEFAULT_MODEL
+from imgcls.results import ResultsFile, recorded_paths
 from imgcls.train_config import CLASSIFIERS, OPTIMIZERS, TrainConfig
 from imgcls.transforms import AUGMENT_PRESETS
 
@@ -65,11 +68,14 @@ _EXIT_CODES: tuple[tuple[type[Exception], int], ...] = (
 )
 # The library names a function's parameters; here they are flags, under these names when
 # not the parameter's with dashes.
-_FLAGS = {"data": "DATA", "calibration": "--calib", "api_keys": "--api-key"}
+_FLAGS = {"data": "DATA", "calibration": "--calib", "api_keys": "--api-key", "address": "--ray"}
 
 
 class _Commands(TyperGroup):
     """The `imgcls` command group: where every command's errors end (see the module)."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, _ray_default(args))
 
     def invoke(self, ctx: typer.Context) -> Any:
         try:
@@ -82,6 +88,16 @@ class _Commands(TyperGroup):
                 f"[red]error:[/red] {escape(_message(exc))}", highlight=False, soft_wrap=True
             )
             raise typer.Exit(code) from None
+
+
+def _ray_default(args: list[str]) -> list[str]:
+    """`--ray` with no ADDRESS after it means `--ray local` (typer has no options whose
+    value is optional)."""
+    args = list(args)
+    for i in reversed(range(len(args))):
+        if args[i] == "--ray" and (i + 1 == len(args) or args[i + 1].startswith("-")):
+            args.insert(i + 1, "local")
+    return args
 
 
 def _exit_code(exc: Exception) -> int | None:
@@ -263,6 +279,57 @@ class _progress:
         self.bar.update(self.task, total=total)
 
 
+# -- --ray: predict, features and evaluate on Ray Data -------------------------------------
+
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="[ADDRESS]",
+        help="Run on Ray Data: a local Ray on this machine's cores, or the cluster at "
+        "ADDRESS (auto, HOST:6379, ray://HOST:10001). See docs/scale.md.",
+    ),
+]
+_ADDRESS = re.compile(r"(local|auto|ray://\S+|[\w.-]+:\d+)")
+
+
+def _ray_address(address: str | None) -> str | None:
+    """--ray's ADDRESS, checked before anything is loaded (None: no --ray)."""
+    if address is not None and not _ADDRESS.fullmatch(address):
+        raise ConfigError(
+            f"--ray {address!r} is not a Ray address (auto, HOST:6379, ray://HOST:10001); "
+            "to start a local Ray, put --ray after the inputs or write --ray local"
+        )
+    if address is not None:
+        _imgcls_ray()  # installed?
+    return address
+
+
+def _ray_session(address: str | None) -> contextlib.AbstractContextManager:
+    """Ray for one command (imgcls.ray.session), or nothing without --ray."""
+    return contextlib.nullcontext() if address is None else _imgcls_ray().session(address)
+
+
+def _imgcls_ray():
+    """imgcls.ray, or a usage error that says how to install Ray."""
+    try:
+        import imgcls.ray
+    except ModuleNotFoundError as exc:
+        if exc.name is None or exc.name.partition(".")[0] not in ("ray", "pyarrow"):
+            raise
+        raise ConfigError("--ray needs Ray: pip install 'imgcls[ray]'") from None
+    return imgcls.ray
+
+
+def _ray_backend(address: str | None, backend: Enum) -> str:
+    """The backend a command runs: --ray ships an ONNX Runtime export to its actors."""
+    if address is None:
+        return backend.value
+    if backend.value == "torch":
+        raise ConfigError("--ray runs ONNX Runtime exports; --backend torch does not go with it")
+    return "onnx"
+
+
 # -- predict ------------------------------------------------------------------------------
 
 
@@ -270,8 +337,12 @@ class _progress:
 @_json_command
 def predict(
     inputs: Annotated[
-        list[Path],
-        typer.Argument(metavar="INPUT", help="Image files or directories (searched recursively)."),
+        list[str],
+        typer.Argument(
+            metavar="INPUT",
+            help="Image files or directories (searched recursively); with --ray also globs, "
+            ".txt files of paths and URIs (s3://, gs://, ...).",
+        ),
     ],
     model: Annotated[
         str, typer.Option("--model", "-m", help="Architecture name or run directory.")
@@ -290,7 +361,10 @@ def predict(
     ] = Backend.auto,
     output: Annotated[
         Path | None,
-        typer.Option(help="Stream results to this JSON Lines file; a rerun skips what it has."),
+        typer.Option(
+            help="Stream results to this .jsonl file (or .parquet folder); a rerun skips what "
+            "it has."
+        ),
     ] = None,
     shard: Annotated[
         str | None, typer.Option(help="K/N: only every N-th input from the K-th (0 ≤ K < N).")
@@ -303,31 +377,40 @@ def predict(
             help="Answer unknown when the top score is below this (replaces a run's own rule).",
         ),
     ] = None,
+    ray: RayAddress = None,
 ) -> None:
-    """Classify images: top-k labels and probabilities for each INPUT."""
+    """Classify images: top-k labels and probabilities for each INPUT.
+
+    With --ray, Ray Data's actors classify them, on this machine or a cluster; the
+    results are the same."""
     from imgcls.classifier import ImageClassifier
 
-    entries = _expand_inputs(inputs)
+    ray = _ray_address(ray)
+    if ray is not None and shard is not None:
+        raise ConfigError("--shard and --ray do not go together: Ray shares out the inputs")
+    entries = _expand_inputs(inputs, sources=ray is not None)
     if shard is not None:
         entries = entries[_parse_shard(shard)]
     if output is not None:
-        done = _recorded_paths(output)
-        entries = [e for e in entries if str(e if isinstance(e, Path) else e[0]) not in done]
-    paths = [entry for entry in entries if isinstance(entry, Path)]
+        done = recorded_paths(output)
+        entries = [e for e in entries if (e if isinstance(e, str) else e[0]) not in done]
+    paths = [entry for entry in entries if isinstance(entry, str)]
     classifier = ImageClassifier(
         model,
         weights=weights,
         batch_size=batch_size,
         max_pixels=max_pixels,
-        backend=backend.value,
+        backend=_ray_backend(ray, backend),
     )
 
     results: list[dict[str, Any]] = []
-    sink = open(output, "a", encoding="utf-8") if output is not None else None  # noqa: SIM115
-    if sink is not None and sink.tell() and not output.read_bytes().endswith(b"\n"):
-        sink.write("\n")  # end a line torn by a kill, so the next record stands alone
-    outcomes = classifier.classify_paths(paths, top_k=top_k, min_score=min_score)
-    with _progress(len(paths), "classifying", enabled=not json_output) as advance:
+    with (
+        _ray_session(ray),
+        ResultsFile(output) if output is not None else contextlib.nullcontext() as sink,
+        _progress(len(paths), "classifying", enabled=not json_output) as advance,
+    ):
+        runner = classifier if ray is None else _imgcls_ray().RayClassifier(classifier)
+        outcomes = runner.classify_paths(paths, top_k=top_k, min_score=min_score)
         for entry in entries:
             if isinstance(entry, tuple):  # an input with nothing to classify
                 record = _error_record(*entry)
@@ -339,12 +422,9 @@ def predict(
                     record = {"path": path, **outcome.to_dict()}
                 advance()
             results.append(record)
-            if sink is not None:  # one line per image as it is done: a kill loses none
-                sink.write(json.dumps(record, ensure_ascii=False) + "\n")
-                sink.flush()
+            if sink is not None:  # as each image is done: a kill loses (almost) none
+                sink.write(record)
     failed = sum("error" in r for r in results)
-    if sink is not None:
-        sink.close()
     if json_output:
         _print_json(results)
     elif sink is not None:
@@ -354,19 +434,40 @@ def predict(
     raise typer.Exit(EXIT_INPUT_FAILED if failed else EXIT_OK)
 
 
-def _expand_inputs(inputs: list[Path]) -> list[Path | tuple[Path, Exception]]:
-    """Image files from files and directories, in the order given; an input with nothing
-    to classify stays in its place as a (path, error) pair."""
-    entries: list[Path | tuple[Path, Exception]] = []
+def _expand_inputs(inputs: list[str], sources: bool = False) -> list[str | tuple[str, Exception]]:
+    """Image files from files and directories, in the order given; with `sources` (--ray)
+    also from globs, .txt files of paths (one a line, relative to the file's folder) and
+    URIs (a file, or the image files under a folder or prefix). An input with nothing to
+    classify stays in its place as a (path, error) pair."""
+    entries: list[str | tuple[str, Exception]] = []
     for item in inputs:
-        if item.is_dir():
-            found = list_images(item)
+        path = Path(item)
+        if sources and "://" in item:
+            try:
+                entries.extend(_imgcls_ray().list_uri(item))
+            except (OSError, ValueError) as exc:  # pyarrow's errors are of these kinds
+                entries.append((item, exc))
+        elif path.is_dir():
+            found = [str(p) for p in list_images(path)]
             entries.extend(
                 found or [(item, FileNotFoundError(f"{item}: no image files in this directory"))]
             )
+        elif sources and path.suffix.lower() == ".txt" and path.is_file():
+            entries.extend(_listed_paths(path))
+        elif sources and any(c in item for c in "*?[") and not path.exists():  # a glob
+            matches = sorted(p for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            entries.extend(matches or [(item, FileNotFoundError(f"{item}: no file matches"))])
         else:
             entries.append(item)  # a missing file is reported by the classifier, in place
     return entries
+
+
+def _listed_paths(listing: Path) -> list[str]:
+    """The paths or URIs of a text file, one a line (blank lines and # comments skipped);
+    relative paths are relative to the file's folder."""
+    lines = (line.strip() for line in listing.read_text(encoding="utf-8").splitlines())
+    listed = [line for line in lines if line and not line.startswith("#")]
+    return [line if "://" in line else str(listing.parent / line) for line in listed]
 
 
 def _parse_shard(shard: str) -> slice:
@@ -377,20 +478,7 @@ def _parse_shard(shard: str) -> slice:
     return slice(int(k), None, int(n))
 
 
-def _recorded_paths(output: Path) -> set[str]:
-    """Paths already in a JSON Lines output (a torn last line, from a kill, is ignored)."""
-    if not output.is_file():
-        return set()
-    done = set()
-    for line in output.read_text(encoding="utf-8").splitlines():
-        try:
-            done.add(json.loads(line)["path"])
-        except (ValueError, KeyError, TypeError):
-            continue
-    return done
-
-
-def _error_record(path: Path | str, exc: Exception) -> dict[str, Any]:
+def _error_record(path: str, exc: Exception) -> dict[str, Any]:
     return {"path": str(path), "error": {"type": type(exc).__name__, "message": str(exc)}}
 
 
@@ -460,31 +548,43 @@ def evaluate(
     ] = Backend.auto,
     label_delim: LabelDelim = None,
     skip_missing: SkipMissing = False,
+    ray: RayAddress = None,
 ) -> None:
     """Accuracy, per-class metrics and calibration of MODEL on DATA.
 
     With --out, also the confusion matrix, the most confident mistakes and calibration
     plots. A multi-label model: mAP, micro/macro F1, subset accuracy, Hamming loss, and
-    with --out precision-recall curves and its most confident false positives/negatives."""
+    with --out precision-recall curves and its most confident false positives/negatives.
+    With --ray, Ray Data's actors run the model; the metrics are the same."""
     from imgcls.classifier import ImageClassifier
     from imgcls.evaluate import evaluate, read_split, write_report
 
+    ray = _ray_address(ray)
     samples, skipped = read_split(data, split, label_delim=label_delim, skip_missing=skip_missing)
     names = [model, *(compare or [])]
     reports = []
-    for name in names:
-        classifier = ImageClassifier(
-            name,
-            weights=weights if name == model else None,
-            batch_size=batch_size,
-            backend=backend.value,
-        )
-        with _progress(len(samples), f"evaluating {name}", enabled=not json_output) as advance:
-            evaluation = evaluate(classifier, samples, progress=advance, skipped=skipped)
-        metrics = evaluation.metrics()
-        if out is not None:
-            write_report(evaluation, metrics, out if len(names) == 1 else out / _safe_name(name))
-        reports.append(metrics)
+    with _ray_session(ray):
+        for name in names:
+            classifier = ImageClassifier(
+                name,
+                weights=weights if name == model else None,
+                batch_size=batch_size,
+                backend=_ray_backend(ray, backend),
+            )
+            scored = None
+            if ray is not None:
+                runner = _imgcls_ray().RayClassifier(classifier)
+                scored = runner.scored_paths([str(path) for path, _ in samples])
+            bar = _progress(len(samples), f"evaluating {name}", enabled=not json_output)
+            with bar as advance:
+                evaluation = evaluate(
+                    classifier, samples, progress=advance, skipped=skipped, scored=scored
+                )
+            metrics = evaluation.metrics()
+            if out is not None:
+                report_dir = out if len(names) == 1 else out / _safe_name(name)
+                write_report(evaluation, metrics, report_dir)
+            reports.append(metrics)
 
     if json_output:
         _print_json(reports[0] if len(reports) == 1 else reports)
@@ -606,13 +706,14 @@ def _print_trust(report: dict[str, Any]) -> None:
 @app.command()
 def features(
     data: Annotated[
-        Path,
+        str,
         typer.Argument(
             metavar="DATA",
-            help="A folder of images (class folders give labels), or a LABELS.csv/.jsonl.",
+            help="A folder of images (class folders give labels), or a LABELS.csv/.jsonl; "
+            "with --ray also a glob, a .txt file of paths or a URI.",
         ),
     ],
-    out: Annotated[Path, typer.Option(help="The .npz file to write.")],
+    out: Annotated[Path, typer.Option(help="The .npz or .parquet file to write.")],
     model: Annotated[
         str, typer.Option("--model", "-m", help="Backbone name or run directory.")
     ] = DEFAULT_MODEL,
@@ -620,26 +721,32 @@ def features(
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 8,
     label_delim: LabelDelim = None,
     skip_missing: SkipMissing = False,
+    ray: RayAddress = None,
 ) -> None:
-    """Embeddings of every image under DATA, written to an .npz file.
+    """Embeddings of every image under DATA, written to a file.
 
-    DATA is a folder (searched recursively) or a label file. The file holds `paths`,
+    DATA is a folder (searched recursively) or a label file. An .npz file holds `paths`,
     `labels` (the parent folder names, or a label file's labels, several joined by the
-    label delimiter) and `features` (N x D float32, the pooled penultimate features)."""
+    label delimiter) and `features` (N x D float32, the pooled penultimate features); in
+    Parquet, one row per image with columns `path`, `label` and `features`."""
     from imgcls.features import extract_features
 
+    ray = _ray_address(ray)
     bar = _progress(0, "extracting features")
     with bar as advance:
-        found = extract_features(
-            data,
-            model,
-            weights,
-            batch_size,
-            progress=advance,
-            on_total=bar.set_total,
-            label_delim=label_delim,
-            skip_missing=skip_missing,
-        )
+        if ray is None:
+            found = extract_features(
+                data,
+                model,
+                weights,
+                batch_size,
+                progress=advance,
+                on_total=bar.set_total,
+                label_delim=label_delim,
+                skip_missing=skip_missing,
+            )
+        else:
+            found = _features_on_ray(data, model, weights, batch_size, ray, advance, bar)
     for failure in found.failures:
         stderr.print(f"[red]✗[/red] {escape(str(failure))}", highlight=False)
     if found.skipped:
@@ -648,6 +755,31 @@ def features(
     width = found.vectors.shape[1] if len(found.vectors) else 0
     stdout.print(f"{len(found.paths)} images → {written} ({width} features each)")
     raise typer.Exit(EXIT_INPUT_FAILED if found.failures else EXIT_OK)
+
+
+def _features_on_ray(
+    data: str,
+    model: str,
+    weights: Path | None,
+    batch_size: int,
+    address: str,
+    advance: Callable[[int], None],
+    bar: _progress,
+):
+    """`features --ray`: the files of DATA (any source --ray takes) through Ray's actors."""
+    from imgcls.classifier import ImageClassifier
+    from imgcls.errors import DataError
+    from imgcls.features import collect_features
+
+    entries = _expand_inputs([data], sources=True)
+    paths = [entry for entry in entries if isinstance(entry, str)]
+    if not paths:  # one DATA, and nothing in it
+        raise DataError(str(entries[0][1]))
+    bar.set_total(len(paths))
+    classifier = ImageClassifier(model, weights=weights, batch_size=batch_size, backend="onnx")
+    with _ray_session(address):
+        outcomes = _imgcls_ray().RayClassifier(classifier).features_paths(paths)
+        return collect_features(data, outcomes, advance)
 
 
 # -- export -------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import csv
 import io
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -254,12 +254,15 @@ def evaluate(
     samples: list[LabelledFile],
     progress: Callable[[int], None] | None = None,
     skipped: list[dict[str, str]] | None = None,
+    scored: Iterable[tuple[str, tuple[np.ndarray, float] | Exception]] | None = None,
 ) -> Evaluation | MultiLabelEvaluation:
     """Run `classifier` on labelled `samples` and collect what the metrics need (for a
     multi-label model, a `MultiLabelEvaluation`). `skipped`: rows of missing files, to
-    report beside the rest."""
+    report beside the rest. `scored`: what `classifier.scored_paths` gives for the
+    samples' paths, when something else runs the model (`imgcls.ray.RayClassifier`); by
+    default it is called here."""
     if classifier.multi_label:
-        evaluation = _evaluate_multilabel(classifier, samples, progress)
+        evaluation = _evaluate_multilabel(classifier, samples, progress, scored)
         evaluation.skipped = list(skipped or [])
         return evaluation
     several = [path for path, names in samples if len(names) > 1]
@@ -281,7 +284,7 @@ def evaluate(
     evaluation.skipped = list(skipped or [])
     start = time.perf_counter()
     for path, (probabilities, reject_score) in _scored(
-        classifier, samples, evaluation.failed, progress
+        classifier, samples, evaluation.failed, progress, scored
     ):
         unknown = classifier.unknown(probabilities[None], np.asarray([reject_score]))
         ranked = classifier.top_predictions(probabilities[None], top_k=TOP_K)[0]
@@ -314,6 +317,7 @@ def _evaluate_multilabel(
     classifier: ImageClassifier,
     samples: list[LabelledFile],
     progress: Callable[[int], None] | None,
+    scored: Iterable[tuple[str, tuple[np.ndarray, float] | Exception]] | None = None,
 ) -> MultiLabelEvaluation:
     """Probabilities and the model's decisions (its thresholds) for every image, beside
     the image's true classes, over the model's classes."""
@@ -324,7 +328,9 @@ def _evaluate_multilabel(
     )
     rows, targets = [], []
     start = time.perf_counter()
-    for path, (probabilities, _) in _scored(classifier, samples, evaluation.failed, progress):
+    for path, (probabilities, _) in _scored(
+        classifier, samples, evaluation.failed, progress, scored
+    ):
         evaluation.paths.append(path)
         rows.append(probabilities)
         targets.append(np.isin(np.arange(classifier.num_classes), truth[path]))
@@ -341,10 +347,13 @@ def _scored(
     samples: list,
     failed: list[dict[str, str]],
     progress: Callable[[int], None] | None,
+    scored: Iterable[tuple[str, tuple[np.ndarray, float] | Exception]] | None = None,
 ) -> Iterator[tuple[str, tuple[np.ndarray, float]]]:
     """(path, (probabilities, rejection score)) of each sample that decodes, in order; the
-    others go to `failed` as {"path", "error"}."""
-    for path, outcome in classifier.scored_paths([p for p, _ in samples]):
+    others go to `failed` as {"path", "error"}. `scored`: as `evaluate` takes it."""
+    if scored is None:
+        scored = classifier.scored_paths([p for p, _ in samples])
+    for path, outcome in scored:
         if progress is not None:
             progress(1)
         if isinstance(outcome, Exception):

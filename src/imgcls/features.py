@@ -4,7 +4,7 @@ for search, clustering or a model of your own (what `imgcls features` writes).""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,15 +16,15 @@ from imgcls.images import list_images
 from imgcls.label_files import is_label_file
 from imgcls.models import DEFAULT_MODEL
 
-__all__ = ["Features", "extract_features"]
+__all__ = ["Features", "collect_features", "extract_features"]
 
 
 @dataclass
 class Features:
     """The features of the images under `root` (or listed in a label file) that decoded."""
 
-    root: str  # the folder, or the label file
-    paths: list[str]  # relative to `root` (to a label file's folder), or absolute
+    root: str  # the folder, the label file, or a URI
+    paths: list[str]  # relative to `root` (to a label file's folder), or as given
     # Each image's folder name (its class, in a class-folder data set), or a label file's
     # labels, several joined by the label delimiter.
     labels: list[str]
@@ -33,11 +33,15 @@ class Features:
     skipped: list[str] = field(default_factory=list)  # listed files missing (skip_missing)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """An .npz file with `paths`, `labels` and `features`, written atomically; ".npz" is
-        added to a name without it, as numpy does. Returns the path written."""
+        """An .npz file with `paths`, `labels` and `features`, or a .parquet file with
+        columns `path`, `label` and `features`, written atomically; ".npz" is added to a
+        name with neither suffix, as numpy does. Returns the path written."""
         from imgcls.checkpoint import atomic_write
 
         path = Path(path)
+        if path.suffix.lower() == ".parquet":
+            atomic_write(path, self._write_parquet)
+            return path
         if path.suffix != ".npz":
             path = path.with_name(path.name + ".npz")
 
@@ -52,6 +56,17 @@ class Features:
 
         atomic_write(path, write)
         return path
+
+    def _write_parquet(self, path: str) -> None:
+        from imgcls.results import require_pyarrow
+
+        pa = require_pyarrow()
+        import pyarrow.parquet as pq
+
+        width = self.vectors.shape[1] if len(self.vectors) else 0
+        features = pa.FixedSizeListArray.from_arrays(self.vectors.reshape(-1), width)
+        columns = {"path": self.paths, "label": self.labels, "features": features}
+        pq.write_table(pa.table(columns), path)
 
 
 def extract_features(
@@ -76,33 +91,46 @@ def extract_features(
         layout = scan_dataset(root, label_delim=label_delim, skip_missing=skip_missing)
         rows = [row for rows in layout.splits.values() for row in rows]
         paths = [path for path, _ in rows]
-        given = {path: (label_delim or " ").join(names) for path, names in rows}
-        relative, label = layout.relative, given.__getitem__
+        # Outcomes name their files as strings.
+        given = {str(path): (label_delim or " ").join(names) for path, names in rows}
+        relative, label = (lambda path: layout.relative(Path(path))), given.__getitem__
         skipped = [layout.relative(path) for path, _ in layout.skipped]
     elif root.is_dir():
         paths = list_images(root)
         if not paths:
             raise DataError(f"{root}: no image files in this directory")
-
-        def relative(path: Path) -> str:
-            return str(path.relative_to(root))
-
-        def label(path: Path) -> str:
-            return path.parent.name
-
+        relative, label = None, None  # a folder's: see collect_features
     else:
         raise DataError(f"{root}: no such directory (nor a .csv / .jsonl label file)")
     if on_total is not None:
         on_total(len(paths))
     classifier = ImageClassifier(model, weights=weights, batch_size=batch_size)
+    outcomes = classifier.features_paths(paths)
+    return collect_features(root, outcomes, progress, relative, label, skipped)
+
+
+def collect_features(
+    root: str | os.PathLike,
+    outcomes: Iterable[tuple[str, np.ndarray | Exception]],
+    progress: Callable[[int], None] | None = None,
+    relative: Callable[[str], str] | None = None,
+    label: Callable[[str], str] | None = None,
+    skipped: list[str] | None = None,
+) -> Features:
+    """`Features` from (path, features or failure) pairs, as `features_paths` of an
+    `ImageClassifier` (or of `imgcls.ray.RayClassifier`) gives them for files under
+    `root`, a folder or a URI. `relative` and `label` name each kept path and give its
+    label (default: relative to `root`, and the parent folder's name)."""
+    relative = relative or (lambda path: _relative(str(path), str(root)))
+    label = label or (lambda path: Path(path).parent.name)
     kept, vectors, failures = [], [], []
-    for path, outcome in classifier.features_paths(paths):
+    for path, outcome in outcomes:
         if progress is not None:
             progress(1)
         if isinstance(outcome, Exception):
             failures.append(outcome)
         else:
-            kept.append(Path(path))
+            kept.append(path)
             vectors.append(outcome)
     return Features(
         root=str(root),
@@ -110,5 +138,13 @@ def extract_features(
         labels=[label(p) for p in kept],
         vectors=np.stack(vectors).astype(np.float32) if vectors else np.zeros((0, 0), np.float32),
         failures=failures,
-        skipped=skipped,
+        skipped=list(skipped or []),
     )
+
+
+def _relative(path: str, root: str) -> str:
+    """`path` relative to `root` when it is under it (a folder or URI), else as it is."""
+    if "://" not in root:
+        return str(Path(path).relative_to(root)) if Path(path).is_relative_to(root) else path
+    prefix = root.rstrip("/") + "/"
+    return path[len(prefix) :] if path.startswith(prefix) else path

@@ -203,16 +203,19 @@ def save_head_onnx(head: FittedHead, num_features: int, path: str | os.PathLike)
 
 
 class OnnxHead:
-    """A saved head, run by ONNX Runtime: features (N, D) → probabilities (N, classes)."""
+    """A saved head, run by ONNX Runtime: features (N, D) → probabilities (N, classes).
+    `path` is the head's file, or its bytes."""
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike | bytes) -> None:
         import onnxruntime as ort
 
         from imgcls.checkpoint import WeightsError
 
-        self.path = Path(path)
+        self._model = path
+        self.path = "<bytes>" if isinstance(path, bytes) else Path(path)
+        source = path if isinstance(path, bytes) else str(path)
         try:
-            self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
             reason = str(exc).splitlines()[0][:200]
             raise WeightsError(f"{path}: not an ONNX classifier head ({reason})") from None
@@ -220,6 +223,10 @@ class OnnxHead:
         self.output_name = next(
             o.name for o in self.session.get_outputs() if "prob" in o.name.lower()
         )
+
+    def model_bytes(self) -> bytes:
+        """The head file's content (what `imgcls.classifier.ModelBundle` carries)."""
+        return self._model if isinstance(self._model, bytes) else Path(self._model).read_bytes()
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         (probabilities,) = self.session.run(

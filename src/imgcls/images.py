@@ -1,6 +1,7 @@
 """Decode any real-world image into RGB uint8 HxWx3 with OpenCV.
 
-One entry point, `load_image`, takes a path, encoded bytes, a numpy array or a PIL image.
+One entry point, `load_image`, takes a path, encoded bytes (bare, or named: `EncodedImage`),
+a numpy array or a PIL image.
 The header is read first (with Pillow, which parses it without decoding pixels) so that a
 decompression bomb is refused before a single pixel is allocated. Pixels are decoded by
 OpenCV; Pillow is the fallback for what OpenCV cannot read (some GIFs, exotic TIFFs).
@@ -24,6 +25,7 @@ from imgcls.errors import ImageError
 __all__ = [
     "DEFAULT_MAX_PIXELS",
     "IMAGE_EXTENSIONS",
+    "EncodedImage",
     "ImageError",
     "ImageSource",
     "list_images",
@@ -52,8 +54,20 @@ IMAGE_EXTENSIONS = frozenset(
     }
 )
 
+
+@dataclass(frozen=True)
+class EncodedImage:
+    """A file's encoded bytes, read elsewhere (object storage, a Ray read task), with the
+    name its errors give: the file's path, as if `load_image` had read it."""
+
+    name: str
+    data: bytes
+
+
 # What `load_image` accepts: a file path, encoded file bytes, an RGB array or a PIL image.
-ImageSource = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray | Image.Image
+ImageSource = (
+    str | os.PathLike | bytes | bytearray | memoryview | EncodedImage | np.ndarray | Image.Image
+)
 
 _EXIF_ORIENTATION = 0x0112
 # Note: Pillow's format plugins raise whatever their parsing hits on a corrupt file, not only
@@ -91,6 +105,8 @@ def load_image(
         return _pil_to_rgb(source, _describe(source), max_pixels)
     if isinstance(source, bytes | bytearray | memoryview):
         data, name = bytes(source), "<bytes>"
+    elif isinstance(source, EncodedImage):
+        data, name = source.data, source.name
     elif isinstance(source, str | os.PathLike):
         data, name = _read_file(Path(source)), str(source)
     else:

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from imgcls.images import ImageError
+from imgcls.images import EncodedImage, ImageError
 
 __all__ = ["PreparedBatch", "Prefetcher"]
 
@@ -40,13 +40,14 @@ class Prefetcher:
     the batch afterwards). OpenCV and ONNX Runtime both release the GIL, so the pool's
     threads decode while the model runs.
 
-    `prepare(path, row)` writes one file's model input into `row`, a (3, H, W) float32
-    view, or raises FileNotFoundError or ImageError.
+    `prepare(file, row)` writes one file's model input into `row`, a (3, H, W) float32
+    view, or raises FileNotFoundError or ImageError. A file is a path, or an `EncodedImage`
+    (its bytes, read elsewhere) known by its name.
     """
 
     def __init__(
         self,
-        prepare: Callable[[str, np.ndarray], object],
+        prepare: Callable[[str | EncodedImage, np.ndarray], object],
         input_size: tuple[int, int, int],
         batch_size: int,
         ahead: int = 2,
@@ -56,25 +57,26 @@ class Prefetcher:
         self.batch_size = batch_size
         self.ahead = ahead
 
-    def batches(self, paths: Iterable[str | os.PathLike]) -> Iterator[PreparedBatch]:
+    def batches(self, paths: Iterable[str | os.PathLike | EncodedImage]) -> Iterator[PreparedBatch]:
         """`PreparedBatch`es of `batch_size` files (the last may be smaller), in order."""
         workers = min(4, len(os.sched_getaffinity(0)))
-        files = iter(paths)
+        files = (path if isinstance(path, EncodedImage) else str(path) for path in paths)
         with ThreadPoolExecutor(workers, thread_name_prefix="imgcls-decode") as pool:
             pending: deque[tuple[np.ndarray, list[str], list[Future]]] = deque()
-            while names := [str(path) for path in itertools.islice(files, self.batch_size)]:
-                batch = np.empty((len(names), *self.input_size), np.float32)
-                slots = zip(names, batch, strict=True)
-                rows = [pool.submit(self._prepare_into, name, row) for name, row in slots]
+            while chunk := list(itertools.islice(files, self.batch_size)):
+                names = [f.name if isinstance(f, EncodedImage) else f for f in chunk]
+                batch = np.empty((len(chunk), *self.input_size), np.float32)
+                slots = zip(chunk, batch, strict=True)
+                rows = [pool.submit(self._prepare_into, file, row) for file, row in slots]
                 pending.append((batch, names, rows))
                 if len(pending) > self.ahead:
                     yield _collect(*pending.popleft())
             while pending:
                 yield _collect(*pending.popleft())
 
-    def _prepare_into(self, path: str, row: np.ndarray) -> Exception | None:
+    def _prepare_into(self, file: str | EncodedImage, row: np.ndarray) -> Exception | None:
         try:
-            self.prepare(path, row)
+            self.prepare(file, row)
         except (FileNotFoundError, ImageError) as exc:
             return exc
         return None
