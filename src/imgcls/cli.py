@@ -43,7 +43,7 @@ from imgcls.feedback import (
 )
 from imgcls.images import DEFAULT_MAX_PIXELS, list_images
 from imgcls.models import DEFAULT_MODEL
-from imgcls.results import ResultsFile, recorded_paths
+from imgcls.results import ResultsFile, error_fields, recorded_paths
 from imgcls.train_config import CLASSIFIERS, OPTIMIZERS, TrainConfig
 from imgcls.transforms import AUGMENT_PRESETS
 
@@ -479,7 +479,7 @@ def _parse_shard(shard: str) -> slice:
 
 
 def _error_record(path: str, exc: Exception) -> dict[str, Any]:
-    return {"path": str(path), "error": {"type": type(exc).__name__, "message": str(exc)}}
+    return {"path": str(path), "error": error_fields(exc)}
 
 
 def _print_predictions(results: list[dict[str, Any]]) -> None:

@@ -48,7 +48,7 @@ from imgcls.classifier import File, ImageClassifier, ModelBundle, Prediction, Pr
 from imgcls.errors import ConfigError, ImageError
 from imgcls.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, EncodedImage
 from imgcls.models import DEFAULT_MODEL
-from imgcls.results import arrow_error, arrow_prediction
+from imgcls.results import arrow_error, arrow_prediction, error_fields
 
 __all__ = [
     "Featurizer",
@@ -226,7 +226,7 @@ def _table(
 ) -> pa.Table:
     """A batch's rows: `columns` of each file's outcome, or its `error`."""
     rows = [
-        {"path": path, "error": _describe(outcome)}
+        {"path": path, "error": error_fields(outcome)}
         if isinstance(outcome, Exception)
         else {"path": path, **columns(outcome)}
         for path, outcome in outcomes
@@ -237,11 +237,6 @@ def _table(
 def _prediction_columns(predictions: Predictions) -> dict[str, Any]:
     ranked = [p.to_dict() for p in predictions]
     return {**ranked[0], "top_k": ranked, "labels": list(predictions.labels)}
-
-
-def _describe(exc: BaseException) -> dict[str, str]:
-    """A file's failure as the rows (and `imgcls predict --output`) give it."""
-    return {"type": type(exc).__name__, "message": str(exc)}
 
 
 def _failure(error: Mapping[str, str]) -> Exception:

@@ -30,6 +30,7 @@ __all__ = [
     "ResultsFile",
     "arrow_error",
     "arrow_prediction",
+    "error_fields",
     "recorded_paths",
     "require_pyarrow",
 ]
@@ -50,6 +51,11 @@ def arrow_error() -> pa.DataType:
     """A failed input's `error` as an Arrow struct."""
     pa = require_pyarrow()
     return pa.struct([("type", pa.string()), ("message", pa.string())])
+
+
+def error_fields(exc: BaseException) -> dict[str, str]:
+    """A failed input's `error`, as records and rows give it (`arrow_error`'s fields)."""
+    return {"type": type(exc).__name__, "message": str(exc)}
 
 
 def recorded_paths(output: str | os.PathLike) -> set[str]:
