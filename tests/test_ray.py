@@ -9,6 +9,7 @@ the command line in its own process instead, where it starts and stops a Ray of 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -58,6 +59,17 @@ def same_answers(local: list[dict], on_ray: list[dict]) -> None:
             expected = [p["score"] for p in a["predictions"]]
             scores = [p["score"] for p in b["predictions"]]
             assert np.allclose(scores, expected, rtol=0, atol=1e-5), a["path"]
+
+
+def test_a_session_leaves_the_environment_as_it_found_it():
+    """ray.init sets PYTHONBREAKPOINT and RAY_* in os.environ, which every later subprocess
+    would inherit; the session takes them back. (First in this file: the module's shared
+    session, once started, would be reused.)"""
+    assert not ray.is_initialized()
+    before = dict(os.environ)
+    with imgcls.ray.session():
+        assert "PYTHONBREAKPOINT" in set(os.environ) - set(before)  # what is to be undone
+    assert dict(os.environ) == before
 
 
 def test_the_command_line_starts_its_own_ray_and_stdout_holds_only_json(photos):

@@ -361,6 +361,12 @@ def _dataset(paths: list[str]) -> tuple[ray.data.Dataset, dict[str, str]]:
     return dataset, names
 
 
+def _restore_environment(saved: dict[str, str]) -> None:
+    for name in set(os.environ) - set(saved):
+        del os.environ[name]
+    os.environ.update(saved)
+
+
 def _is_uri(path: str) -> bool:
     return "://" in path
 
@@ -399,20 +405,26 @@ def session(address: str | None = None) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
+    # ray.init sets process-wide variables (PYTHONBREAKPOINT, RAY_AUTH_MODE, ...)
+    # that every later subprocess of this process would inherit; put them back after.
+    environment = dict(os.environ)
     quiet: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
     quiet["logging_level"] = logging.ERROR
     try:
-        if address in (None, "local"):
-            ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)), **quiet)
-        else:
-            ray.init(address=address, **quiet)
-    except ConnectionError as exc:
-        raise ConfigError(
-            f"`address` {address!r}: no Ray cluster to join there ({exc})",
-            parameters=("address",),
-        ) from None
-    logging.getLogger("ray.data").setLevel(logging.ERROR)  # per-dataset plans and tips
-    try:
-        yield
+        try:
+            if address in (None, "local"):
+                ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)), **quiet)
+            else:
+                ray.init(address=address, **quiet)
+        except ConnectionError as exc:
+            raise ConfigError(
+                f"`address` {address!r}: no Ray cluster to join there ({exc})",
+                parameters=("address",),
+            ) from None
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # per-dataset plans and tips
+        try:
+            yield
+        finally:
+            ray.shutdown()
     finally:
-        ray.shutdown()
+        _restore_environment(environment)

@@ -328,9 +328,8 @@ def train(config: TrainConfig) -> TrainResult:
             + (f", mAP {test_map:.4f}" if test_map is not None else "")
         )
     if world > 1:
-        # Every rank out of its last collective before any tears the group down: a rank
-        # that closes its gloo connections while another still reads from them aborts it
-        # (SIGABRT, seen once in CI after the test pass's all-reduce).
+        # Every rank out of its last collective before any tears the group down (a rank
+        # that closes its gloo connections while another still reads from them fails it).
         dist.barrier()
         dist.destroy_process_group()
     trust: dict[str, Any] = {}
