@@ -286,7 +286,7 @@ def test_two_process_ddp_on_cpu_trains_a_usable_run(tmp_path, shapes):
 
     done = run_two()
     if done.returncode != 0 and "SIGABRT" in done.stderr:
-        # A rank has aborted a few times in CI's whole-suite runs and never in 110 runs of
+        # A rank has aborted twice in whole-suite CI runs, and never in 110 runs of
         # this command alone here: once more, the aborted rank's stacks kept in a warning.
         warning = f"two-process run aborted, run again:\n{ranks_stderr(done.stderr)}"
         warnings.warn(warning, stacklevel=1)
