@@ -4,9 +4,12 @@ address it binds and the backend it runs."""
 from __future__ import annotations
 
 import errno
+import re
 import signal
 import socket
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -14,8 +17,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import run_cli
-from serve_utils import CAT, CAT_LABELS, process_server
+from helpers import cli_env, run_cli
+from serve_utils import CAT, CAT_LABELS, process_server, wait_healthy
 
 MB = 1_000_000
 
@@ -97,6 +100,35 @@ def test_a_model_that_cannot_load_is_a_usage_error() -> None:
     run = run_cli("serve", "--model", "no_such_model_xyz", "--port", "0", "--no-log", timeout=120)
     assert run.returncode == 2
     assert "no_such_model_xyz" in run.stderr
+
+
+def test_a_taken_port_is_a_usage_error_before_any_model_loads() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        run = run_cli("serve", "--port", str(port), "--no-log", timeout=120)
+    assert run.returncode == 2, run.stderr
+    assert f"`--port` {port}" in run.stderr and "in use" in run.stderr
+    assert "Traceback" not in run.stderr
+    assert "serving" not in run.stderr  # it stopped before loading the model
+
+
+def test_port_0_serves_on_a_free_port_and_says_which(tiny_run: Path, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "imgcls", "serve", "--model", str(tiny_run), "--port", "0",
+               "--no-log", "--feedback-dir", str(tmp_path)]  # fmt: skip
+    process = subprocess.Popen(command, env=cli_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        found = None
+        for line in process.stderr:  # the log, until the server says where it listens
+            if found := re.search(r"serving .* on (http://127\.0\.0\.1:(\d+))", line):
+                break
+        assert found is not None and int(found.group(2)) > 0
+        wait_healthy(found.group(1), process)
+        assert _classify_cat(found.group(1))["results"][0]["predictions"]
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
 
 
 def _classify_cat(url: str) -> dict:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import base64
 import logging
 import signal
+import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import replace
 from importlib import resources
 from typing import Annotated, Any
 
@@ -374,6 +376,8 @@ def run(config: ServeConfig) -> None:
     """Serve until SIGTERM or Ctrl-C; in-flight requests finish first. Off loopback with
     no API key (and no `no_auth`), a key is generated first (auth.resolve_auth)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    listening = _bind(config.host, config.port)  # a taken port fails before models load
+    config = replace(config, port=listening.getsockname()[1])  # --port 0: the one given
     app = create_app(resolve_auth(config))
     server = uvicorn.Server(
         uvicorn.Config(
@@ -389,8 +393,8 @@ def run(config: ServeConfig) -> None:
     # handler in place that second delivery is a no-op, so a drained server exits 0.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
     try:
-        server.run()
-    except SystemExit:  # how uvicorn reports a failed start-up (model load, busy port)
+        server.run(sockets=[listening])
+    except SystemExit:  # how uvicorn reports a failed start-up (a model that cannot load)
         cause = app.state.startup_error
         if isinstance(cause, ModuleNotFoundError):  # the inference-only install: the CLI
             raise cause from None  # says which install has it
@@ -399,6 +403,22 @@ def run(config: ServeConfig) -> None:
         ) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
+        listening.close()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """The server's socket, bound (uvicorn listens on it once the models are loaded)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+    except OSError as exc:
+        listening.close()
+        raise StartupError(
+            f"`--host` {host} `--port` {port}: cannot listen there ({exc.strerror})"
+        ) from None
+    return listening
 
 
 async def _read_files(request: Request, max_files: int) -> list[tuple[str, bytes]]:
