@@ -909,7 +909,9 @@ def serve(
         ),
     ] = None,
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to bind.")] = 8000,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port to bind (0: a free one, named in the log).")
+    ] = 8000,
     max_batch: Annotated[
         int | None,
         typer.Option(
