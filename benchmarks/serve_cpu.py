@@ -46,12 +46,13 @@ def main() -> None:
     try:
         wait_ready(url + "/healthz")
         lua = str(REPO / "benchmarks" / "serve_load.lua")
-        subprocess.run(["wrk", "-t1", "-c4", "-d3s", "-s", lua, url], capture_output=True)
+        # wrk's script reads IMAGE too (from any working directory)
+        subprocess.run(["wrk", "-t1", "-c4", "-d3s", "-s", lua, url], capture_output=True, env=env)
         before = thread_cpu(server.pid)
         report = subprocess.run(
             ["wrk", f"-t{min(2, CONNECTIONS)}", f"-c{CONNECTIONS}", f"-d{SECONDS:g}s",
              "--latency", "-s", lua, url],
-            capture_output=True, text=True, check=True,
+            capture_output=True, text=True, check=True, env=env,
         ).stdout  # fmt: skip
         after = thread_cpu(server.pid)
         names = thread_names(py_spy, server.pid)
@@ -59,6 +60,8 @@ def main() -> None:
         server.terminate()
         server.wait()
         shutil.rmtree(scratch, ignore_errors=True)
+    if "Non-2xx" in report:  # timing refusals would say nothing about classifying
+        sys.exit(f"requests failed under load:\n{report}")
     requests = int(re.search(r"(\d+) requests in", report).group(1))
     groups: collections.Counter[str] = collections.Counter()
     for tid, seconds in after.items():
