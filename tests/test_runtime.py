@@ -30,11 +30,13 @@ def test_features_command_writes_paths_labels_and_vectors(tmp_path, samples):
     for folder, name in (("cats", "cat.jpg"), ("cups", "espresso.jpg")):
         (tmp_path / "data" / folder).mkdir(parents=True)
         (tmp_path / "data" / folder / name).write_bytes((samples / name).read_bytes())
+    # In no class folder: no label (not the data folder's own name).
+    (tmp_path / "data" / "rocket.jpg").write_bytes((samples / "rocket.jpg").read_bytes())
     out = tmp_path / "feats.npz"
     result = run_cli("features", str(tmp_path / "data"), "--out", str(out))
     assert result.returncode == 0, result.stderr
     saved = np.load(out)
-    assert list(saved["paths"]) == ["cats/cat.jpg", "cups/espresso.jpg"]
-    assert list(saved["labels"]) == ["cats", "cups"]
-    assert saved["features"].shape == (2, 1280) and np.isfinite(saved["features"]).all()
+    assert list(saved["paths"]) == ["cats/cat.jpg", "cups/espresso.jpg", "rocket.jpg"]
+    assert list(saved["labels"]) == ["cats", "cups", ""]
+    assert saved["features"].shape == (3, 1280) and np.isfinite(saved["features"]).all()
     assert not np.allclose(saved["features"][0], saved["features"][1])

@@ -120,9 +120,10 @@ def collect_features(
     """`Features` from (path, features or failure) pairs, as `features_paths` of an
     `ImageClassifier` (or of `imgcls.ray.RayClassifier`) gives them for files under
     `root`, a folder or a URI. `relative` and `label` name each kept path and give its
-    label (default: relative to `root`, and the parent folder's name)."""
+    label (default: relative to `root`, and its class folder's name; "" for a file
+    directly in `root`, which is in no class folder)."""
     relative = relative or (lambda path: _relative(str(path), str(root)))
-    label = label or (lambda path: Path(path).parent.name)
+    label = label or (lambda path: Path(relative(path)).parent.name)
     kept, vectors, failures = [], [], []
     for path, outcome in outcomes:
         if progress is not None:
