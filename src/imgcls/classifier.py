@@ -181,7 +181,7 @@ class ImageClassifier:
             head,
             self.temperature,
             self.rejection,
-            None if self.thresholds is None else tuple(self.thresholds.tolist()),
+            _as_tuple(self.thresholds),
         )
 
     def _load(
@@ -248,7 +248,7 @@ class ImageClassifier:
         threshold = None
         if self.rejection is not None and not self.rejection.needs_features:
             threshold = self.rejection.threshold
-        thresholds = None if self.thresholds is None else tuple(self.thresholds.tolist())
+        thresholds = _as_tuple(self.thresholds)
         return OnnxMetadata(
             self.name, self.labels, self.preprocess, self.temperature, threshold, thresholds
         )
@@ -433,6 +433,11 @@ class ImageClassifier:
 
 def _as_array(thresholds: Sequence[float] | None) -> np.ndarray | None:
     return None if thresholds is None else np.asarray(thresholds, np.float64)
+
+
+def _as_tuple(thresholds: np.ndarray | None) -> tuple[float, ...] | None:
+    """What a bundle and the ONNX metadata keep of `_as_array`'s array."""
+    return None if thresholds is None else tuple(thresholds.tolist())
 
 
 def _check_min_score(min_score: float | None) -> None:

@@ -726,9 +726,10 @@ def features(
     """Embeddings of every image under DATA, written to a file.
 
     DATA is a folder (searched recursively) or a label file. An .npz file holds `paths`,
-    `labels` (the parent folder names, or a label file's labels, several joined by the
-    label delimiter) and `features` (N x D float32, the pooled penultimate features); in
-    Parquet, one row per image with columns `path`, `label` and `features`."""
+    `labels` (each image's folder within DATA, "" for one directly in DATA; or a label
+    file's labels, several joined by the label delimiter) and `features` (N x D float32,
+    the pooled penultimate features); in Parquet, one row per image with columns `path`,
+    `label` and `features`."""
     from imgcls.features import extract_features
 
     ray = _ray_address(ray)

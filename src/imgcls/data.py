@@ -113,6 +113,12 @@ class DataSplits:
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
     multi_label: bool = False  # samples hold tuples of class indices
 
+    @property
+    def targets_size(self) -> int | None:
+        """The length of an image's multi-hot target (`ImageFolder`'s `num_classes`), or
+        None when targets are class indices."""
+        return len(self.class_names) if self.multi_label else None
+
     def class_counts(self) -> list[int]:
         """Training images per class, in class index order."""
         counts = [0] * len(self.class_names)

@@ -144,7 +144,7 @@ def _csv_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 
 def _jsonl_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) of each non-blank line; a line that is not a JSON object
-    yields {"": reason}, which `_parse` reports."""
+    yields {_UNREADABLE: reason}, which `_parse` reports."""
     with open(path, encoding="utf-8-sig") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():

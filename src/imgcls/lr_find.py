@@ -56,9 +56,8 @@ def find_lr(
     optimizer = make_optimizer(model, config)
     criterion = make_criterion(config, splits).to(device)
     augmentation = make_augmentation(config, splits, preprocess)
-    targets_size = len(splits.class_names) if splits.multi_label else None
     transform = train_transform(preprocess, augmentation, config.seed)
-    train_set = ImageFolder(splits.train, transform, targets_size)
+    train_set = ImageFolder(splits.train, transform, splits.targets_size)
     loader = make_loader(
         train_set, config, device, config.batch_size, shuffle=True, drop_last=False
     )

@@ -408,8 +408,11 @@ def session(address: str | None = None) -> Iterator[None]:
     # ray.init sets process-wide variables (PYTHONBREAKPOINT, RAY_AUTH_MODE, ...)
     # that every later subprocess of this process would inherit; put them back after.
     environment = dict(os.environ)
-    quiet: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-    quiet["logging_level"] = logging.ERROR
+    quiet: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "logging_level": logging.ERROR,
+    }
     try:
         try:
             if address in (None, "local"):

@@ -138,7 +138,7 @@ def train(config: TrainConfig) -> TrainResult:
     multi_label = splits.multi_label
     if multi_label:
         config.check_multi_label()
-    targets_size = num_classes if multi_label else None  # ImageFolder's multi-hot targets
+    targets_size = splits.targets_size  # ImageFolder's multi-hot targets, or None
 
     # -- model, optimizer, schedule ------------------------------------------------------
     resuming = config.resume and (out / RUN_STATE).is_file()
@@ -220,6 +220,10 @@ def train(config: TrainConfig) -> TrainResult:
         model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
     # -- the loop -------------------------------------------------------------------------
+    evaluate = functools.partial(  # on the validation set, the model's or the EMA's weights
+        _evaluate, loader=val_loader, device=device, memory_format=memory_format,
+        amp=config.amp, multi_label=multi_label,
+    )  # fmt: skip
     epochs_done, last_plot = start_epoch, time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         epoch_started = time.perf_counter()
@@ -240,10 +244,6 @@ def train(config: TrainConfig) -> TrainResult:
         train_loss, train_acc, train_images = _reduce(totals, device)
 
         # -- evaluate ---------------------------------------------------------------------
-        evaluate = functools.partial(
-            _evaluate, loader=val_loader, device=device, memory_format=memory_format,
-            amp=config.amp, multi_label=multi_label,
-        )  # fmt: skip
         val_loss, val_acc, val_map = evaluate(raw_model)
         row = {
             "epoch": epoch + 1,
@@ -682,12 +682,12 @@ def _calibrate_network(
     import numpy as np
 
     with_features = config.reject_score == "knn" and not splits.multi_label
-    targets_size = len(splits.class_names) if splits.multi_label else None
 
     @torch.no_grad()
     def outputs(samples: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         logits, features, labels = [], [], []
-        for images, targets in _eval_loader(samples, preprocess, config, device, targets_size):
+        loader = _eval_loader(samples, preprocess, config, device, splits.targets_size)
+        for images, targets in loader:
             pooled = pooled_features(model, images.to(device))
             logits.append(classifier_head(model)(pooled).float().cpu().numpy())
             if with_features:
