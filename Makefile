@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 
-.PHONY: demo test lint format clean
+.PHONY: demo test lint imports format clean
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,10 +14,14 @@ $(INSTALLED): pyproject.toml
 demo: $(INSTALLED)
 	$(VENV)/bin/imgcls predict samples/
 
-test: $(INSTALLED)
+test: imports
 	$(PY) -m pytest -q
 
-lint: $(INSTALLED)
+# The layers contract of pyproject.toml: the import graph is the flow (docs/architecture.md).
+imports: $(INSTALLED)
+	$(VENV)/bin/lint-imports
+
+lint: imports
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
 

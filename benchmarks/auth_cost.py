@@ -192,7 +192,8 @@ def whole_app(model: str, loops: int) -> None:
     """`GET /v1/models` through the whole app (middlewares, routing, FastAPI, JSON) in
     this process, without uvicorn or the network: the cost auth adds, free of the noise
     between two server processes."""
-    from imgcls.serve import ServeConfig, create_app
+    from imgcls.serve.app import create_app
+    from imgcls.serve.service import ServeConfig
 
     logging.disable(logging.INFO)  # the access log line costs both alike
     headers = [(name, value) for name, value in _BROWSER_HEADERS if name != b"content-type"]

@@ -23,7 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from imgcls.doctor import diagnose
+from imgcls.doctor.checks import diagnose
 
 CLASSES = 10
 PLANTED = 50  # of each kind of problem

@@ -24,7 +24,8 @@ from sklearn.model_selection import train_test_split
 
 from imgcls import ImageClassifier
 from imgcls.evaluate import evaluate, find_labelled_images
-from imgcls.train import TrainConfig, train
+from imgcls.training.config import TrainConfig
+from imgcls.training.loop import train
 
 
 def write_digits(root: Path, size: int = 64) -> Path:

@@ -36,8 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from imgcls.feedback import LoggedPrediction, PredictionLog
-from imgcls.labels import imagenet_labels
+from imgcls.models.labels import imagenet_labels
+from imgcls.serve.feedback import LoggedPrediction, PredictionLog
 
 BATCH = 1_000  # LogWriter's max_batch
 

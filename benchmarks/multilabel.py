@@ -88,7 +88,7 @@ def asymmetric_loss(gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float 
 
 def train_with_asl(labels: Path, out: Path, epochs: int, size: int) -> float:
     """The fine-tuning run with ASL for its loss; returns the seconds it took."""
-    import imgcls.train as training
+    import imgcls.training.loop as training
 
     training.make_criterion = lambda config, splits: asymmetric_loss()
     started = time.perf_counter()

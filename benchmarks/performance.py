@@ -29,8 +29,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "src"))
 
-from imgcls.images import load_image  # noqa: E402
-from imgcls.transforms import Preprocess, preprocess_image  # noqa: E402
+from imgcls.data.images import load_image  # noqa: E402
+from imgcls.data.preprocess import Preprocess, preprocess_image  # noqa: E402
 
 SECONDS = float(os.environ.get("SECONDS_PER_RUN", "10"))
 ROUNDS = int(os.environ.get("ROUNDS", "3"))

@@ -49,7 +49,7 @@ REPO = Path(__file__).resolve().parent.parent
 TIMELINE = """
 import sys, time
 from imgcls import ImageClassifier
-from imgcls.images import list_images
+from imgcls.data.images import list_images
 import imgcls.ray
 files = [str(p) for p in list_images(sys.argv[1])]
 actors, threads = int(sys.argv[2]), int(sys.argv[3])

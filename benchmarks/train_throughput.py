@@ -5,7 +5,7 @@ same data pipeline, same run; and whether decoding + augmentation keeps up.
 
 For each case the script writes a synthetic image folder (random JPEGs), then measures
 training images/s of
-  - imgcls:  `imgcls.train.train` (images_per_s of metrics.csv: the train phase of an epoch),
+  - imgcls:  `imgcls.training.loop.train` (images_per_s of metrics.csv: train phase of an epoch),
   - plain:   `for x, y in loader: zero_grad; cross_entropy(model(x), y).backward(); step`
              over the same DataLoader (ImageFolder + light augmentation, same workers),
   - data:    the DataLoader alone (decode + augment + collate, no model),
@@ -45,10 +45,11 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader
 
-from imgcls.data import ImageFolder, find_splits
-from imgcls.models import build_model
-from imgcls.train import TrainConfig, train
-from imgcls.transforms import train_transform
+from imgcls.data.augment import train_transform
+from imgcls.data.datasets import ImageFolder, find_splits
+from imgcls.models.registry import build_model
+from imgcls.training.config import TrainConfig
+from imgcls.training.loop import train
 
 CASES = [
     # (model, source image px, input px, images, batch size)

@@ -17,7 +17,7 @@ heads_vs_finetune.py. Nothing is downloaded.
    ECE before and after again. Step "heads": each classical head (logreg, svm, mlp, knn on
    EfficientNet-Lite0 features at 64 px) on all ten digits, test ECE before and after.
 3. label audit: all 1,797 images as DATA/<digit>/, 5% of them (90) moved to another digit's
-   folder at random; `imgcls.audit.audit_labels` (EfficientNet-Lite0 features at 64 px,
+   folder at random; `imgcls.doctor.audit.audit_labels` (EfficientNet-Lite0 features at 64 px,
    5-fold logistic regression): precision at k = 90 of the ranking, and how many of the 90
    are among the flagged images.
 
@@ -39,10 +39,11 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
 from imgcls import ImageClassifier
-from imgcls.audit import audit_labels
+from imgcls.data.images import list_images
+from imgcls.doctor.audit import audit_labels
 from imgcls.evaluate import evaluate, find_labelled_images
-from imgcls.images import list_images
-from imgcls.train import TrainConfig, train
+from imgcls.training.config import TrainConfig
+from imgcls.training.loop import train
 
 UNSEEN = ("8", "9")
 
@@ -128,8 +129,9 @@ def over_confident(run: Path, data: Path, scaled: Path, factor: float = 4.0) -> 
     """A copy of `run` whose logits are `factor` times larger, refitted and evaluated."""
     from safetensors.torch import load_file, save_file
 
-    from imgcls.calibration import fit_temperature
-    from imgcls.checkpoint import read_run_config, write_json
+    from imgcls.files import write_json
+    from imgcls.models.run_dir import read_run_config
+    from imgcls.trust.calibration import fit_temperature
 
     shutil.copytree(run, scaled, dirs_exist_ok=True)
     weights = load_file(str(run / "best.safetensors"))

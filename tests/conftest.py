@@ -57,7 +57,8 @@ def no_network(monkeypatch) -> list[str]:
 def tiny_run(tmp_path_factory) -> Path:
     """A simple_cnn run directory trained for a few seconds on 32 px photo crops: a real
     run to load, serve and tamper with, at a fraction of the default model's cost."""
-    from imgcls.train import TrainConfig, train
+    from imgcls.training.config import TrainConfig
+    from imgcls.training.loop import train
 
     root = tmp_path_factory.mktemp("tiny_run")
     write_photo_crops(root / "data", per_class=12, size=32)

@@ -18,7 +18,8 @@ import httpx
 import uvicorn
 from helpers import SAMPLES, cli_env
 
-from imgcls.serve import ServeConfig, create_app
+from imgcls.serve.app import create_app
+from imgcls.serve.service import ServeConfig
 
 CAT = (SAMPLES / "cat.jpg").read_bytes()
 ESPRESSO = (SAMPLES / "espresso.jpg").read_bytes()

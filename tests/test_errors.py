@@ -3,11 +3,15 @@ built-in type callers already catch, and names the parameters of the Python API.
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 
 import imgcls
 from imgcls import errors
-from imgcls.train_config import ConfigError, TrainConfig
+from imgcls.errors import ConfigError
+from imgcls.training.config import TrainConfig
 
 
 @pytest.mark.parametrize("name", errors.__all__)
@@ -31,18 +35,28 @@ def test_errors_stay_the_builtin_types_callers_catch(error, builtin):
     assert issubclass(error, builtin)
 
 
-def test_the_modules_that_raise_an_error_export_that_very_class():
-    from imgcls import checkpoint, data, doctor, evaluate, images, models, serve, train
-
-    assert imgcls.ImageError is images.ImageError is errors.ImageError
-    assert imgcls.ModelError is models.ModelError is errors.ModelError
-    assert checkpoint.WeightsError is errors.WeightsError
-    assert checkpoint.WriteError is errors.WriteError
-    assert data.DataError is errors.DataError
-    assert doctor.DoctorError is errors.DoctorError
-    assert evaluate.EvaluationError is errors.EvaluationError
-    assert train.ConfigError is errors.ConfigError and train.TrainConfig is TrainConfig
-    assert serve.StartupError is errors.StartupError
+def test_each_error_class_is_defined_once_in_imgcls_errors():
+    """No room defines or re-exports an error of its own: callers import them from one home."""
+    package = Path(imgcls.__file__).parent
+    families = {name for name in dir(errors) if isinstance(getattr(errors, name), type)}
+    elsewhere = []
+    for path in package.rglob("*.py"):
+        if path.name == "errors.py" and path.parent == package:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef) and node.name in families:
+                elsewhere.append(f"{path.relative_to(package)} defines {node.name}")
+            if isinstance(node, ast.Assign) and any(
+                getattr(t, "id", None) == "__all__" for t in node.targets
+            ):
+                names = {getattr(e, "value", None) for e in getattr(node.value, "elts", [])}
+                if path.name != "__init__.py" or path.parent != package:
+                    elsewhere += [
+                        f"{path.relative_to(package)} exports {n}" for n in names & families
+                    ]
+    assert not elsewhere, elsewhere
+    assert imgcls.ImageError is errors.ImageError and imgcls.ModelError is errors.ModelError
 
 
 def test_config_errors_name_the_parameter_as_python_spells_it(tmp_path):

@@ -14,13 +14,8 @@ from sklearn.metrics import classification_report
 from typer.testing import CliRunner
 
 from imgcls.cli import app
-from imgcls.evaluate import (
-    OTHER,
-    EvaluationError,
-    evaluate,
-    expected_calibration_error,
-    find_labelled_images,
-)
+from imgcls.errors import EvaluationError
+from imgcls.evaluate import OTHER, evaluate, expected_calibration_error, find_labelled_images
 
 # Five ImageNet classes, named by WordNet id or by label, filled with the sample photos
 # (and crops of them) so that some answers are right, some wrong, some outside the set.

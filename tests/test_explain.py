@@ -12,8 +12,9 @@ from helpers import SAMPLES
 from typer.testing import CliRunner
 
 from imgcls.cli import app
-from imgcls.explain import Explainer, NotExplainable, feature_map_layer
-from imgcls.simple_cnn import SimpleCNN
+from imgcls.errors import NotExplainable
+from imgcls.explain import Explainer, feature_map_layer
+from imgcls.models.simple_cnn import SimpleCNN
 
 CANVAS = (480, 640)  # height, width
 CUP = (slice(10, 390), slice(70, 490))  # the cup and saucer in samples/espresso.jpg

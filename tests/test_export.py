@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from imgcls import ImageClassifier
 from imgcls.cli import app
 from imgcls.errors import ConfigError
-from imgcls.export import export_model, read_metadata
-from imgcls.runtime import OnnxRuntime
+from imgcls.export import export_model
+from imgcls.inference.runtime import OnnxRuntime, read_metadata
 
 
 @pytest.fixture
@@ -142,7 +142,7 @@ def test_auto_backend_is_onnx_on_the_cpu_and_torch_when_export_fails(cache, monk
     def broken_export(*args, **kwargs):
         raise RuntimeError("unsupported operator")
 
-    monkeypatch.setattr("imgcls.export_cache.cached_export", broken_export)
+    monkeypatch.setattr("imgcls.inference.backends.cached_export", broken_export)
     with pytest.warns(RuntimeWarning, match="unsupported operator"):
         assert ImageClassifier("simple_cnn", pretrained=False).runtime.backend == "torch"
     with pytest.raises(RuntimeError, match="unsupported operator"):  # asked for by name

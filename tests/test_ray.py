@@ -114,7 +114,7 @@ def test_a_rerun_skips_what_the_output_holds(on_ray, photos, tmp_path, suffix):
 
 
 def imgcls_files(photos: Path) -> list[Path]:
-    from imgcls.images import list_images
+    from imgcls.data.images import list_images
 
     return list_images(photos)
 

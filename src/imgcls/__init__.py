@@ -1,9 +1,21 @@
-"""imgcls: image classification you can predict with, train, evaluate, serve and export."""
+"""imgcls: image classification you can predict with, train, evaluate, serve and export.
 
-from imgcls.classifier import ImageClassifier, Prediction
-from imgcls.errors import ImgclsError
-from imgcls.images import ImageError, load_image
-from imgcls.models import ModelError
+The package's rooms follow the flow of docs/architecture.md: `data` (decode, data sets,
+transforms) → `models` → `trust` → `inference` (`ImageClassifier`) → the consumers
+(`training`, `doctor`, `evaluate`, `export`, ...) → `serve` and `cli` on top.
+"""
 
-__all__ = ["ImageClassifier", "ImageError", "ImgclsError", "ModelError", "Prediction", "load_image"]
-__version__ = "0.1.0"
+from imgcls.data.images import load_image
+from imgcls.errors import ImageError, ImgclsError, ModelError
+from imgcls.inference.classifier import ImageClassifier, Prediction
+from imgcls.version import __version__
+
+__all__ = [
+    "ImageClassifier",
+    "ImageError",
+    "ImgclsError",
+    "ModelError",
+    "Prediction",
+    "__version__",
+    "load_image",
+]

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from imgcls.classifier import ImageClassifier
+from imgcls.inference.classifier import ImageClassifier
 
 __all__ = ["BenchmarkResult", "benchmark", "synthetic_photo", "time_calls"]
 

@@ -22,9 +22,13 @@ __all__ = [
     "LabelFileError",
     "ModelError",
     "NotExplainable",
+    "Overloaded",
     "QuantizationError",
+    "RequestError",
     "StartupError",
     "StorageFull",
+    "UnknownLabel",
+    "UnknownModel",
     "WeightsError",
     "WriteError",
 ]
@@ -86,12 +90,28 @@ class QuantizationError(ImgclsError, ValueError):
     """An int8 model that agrees too little with its fp32 original; it was not written."""
 
 
+class Overloaded(ImgclsError, RuntimeError):
+    """The server's queue has no room for these images now; the client may retry."""
+
+
+class RequestError(ImgclsError, ValueError):
+    """A request the service cannot take as sent (e.g. more images than its queue holds)."""
+
+
 class StorageFull(ImgclsError, OSError):
     """A store that takes no more: its size cap is reached (corrected images)."""
 
 
 class StartupError(ImgclsError, RuntimeError):
     """The server could not start (a model did not load, the port is taken, ...)."""
+
+
+class UnknownLabel(ImgclsError, ValueError):
+    """A label that is none of the model's classes (a correction, a Grad-CAM target)."""
+
+
+class UnknownModel(ImgclsError, LookupError):
+    """No served model has that name."""
 
 
 class WeightsError(ImgclsError, ValueError):

@@ -23,20 +23,20 @@ from typing import Any
 
 import numpy as np
 
-from imgcls.calibration import (
+from imgcls.data.datasets import SPLITS, UNSPLIT, LabelledFile, scan_dataset
+from imgcls.errors import DataError, EvaluationError
+from imgcls.files import make_dir, write_json, write_text
+from imgcls.inference.classifier import ImageClassifier
+from imgcls.trust.calibration import (
     ECE_BINS,
     expected_calibration_error,
     operating_points,
     uncalibrated,
 )
-from imgcls.checkpoint import make_dir, write_json, write_text
-from imgcls.classifier import ImageClassifier
-from imgcls.data import SPLITS, UNSPLIT, DataError, LabelledFile, scan_dataset
-from imgcls.errors import EvaluationError
+from imgcls.trust.multilabel import multilabel_metrics
 
 __all__ = [
     "Evaluation",
-    "EvaluationError",
     "ImageResult",
     "MultiLabelEvaluation",
     "evaluate",
@@ -172,7 +172,6 @@ class MultiLabelEvaluation:
 
     def metrics(self) -> dict[str, Any]:
         """The multi-label JSON object of INTERFACE.md (see `multilabel_metrics`)."""
-        from imgcls.multilabel import multilabel_metrics
 
         num_images = len(self.paths)
         return {
@@ -216,7 +215,7 @@ def read_split(
 ) -> tuple[list[LabelledFile], list[dict[str, str]]]:
     """(image, class names) rows from DATA/<split>/<class>/*, DATA/<class>/* when DATA
     holds class folders only, or a label file's `split` rows (all rows without a split
-    column); read as training reads them (`imgcls.data`). And the rows of missing files
+    column); read as training reads them (`imgcls.data.datasets`). And the rows of missing files
     that `skip_missing` set aside, as {"path", "reason"}."""
     try:
         layout = scan_dataset(
@@ -364,19 +363,14 @@ def _scored(
 
 def _match_classes(classifier: ImageClassifier, folders: list[str]) -> dict[str, int]:
     """Model output index of each class folder, by class id (WordNet id) or by name."""
-    lookup: dict[str, int] = {}
-    for i, (class_id, name) in enumerate(
-        zip(classifier.labels.class_ids, classifier.labels.names, strict=True)
-    ):
-        lookup.setdefault(name.lower(), i)
-        lookup[class_id.lower()] = i
-    unknown = [f for f in folders if f.lower() not in lookup]
+    labels = classifier.labels
+    unknown = [f for f in folders if labels.index_of(f, ignore_case=True) is None]
     if unknown:
         raise EvaluationError(
             f"class(es) {unknown[:5]} of the data are not classes of {classifier.name} "
             f"(its classes include {list(classifier.labels.names[:3])}...)"
         )
-    return {folder: lookup[folder.lower()] for folder in folders}
+    return {folder: labels.index_of(folder, ignore_case=True) for folder in folders}
 
 
 def write_report(
@@ -384,7 +378,7 @@ def write_report(
 ) -> None:
     """metrics.json, predictions.csv and the plots into `out`, each written atomically
     (WriteError when one cannot be)."""
-    from imgcls import plots
+    from imgcls.reports import plots
 
     out = make_dir(out)
     write_json(out / "metrics.json", metrics)
@@ -424,7 +418,7 @@ def write_report(
 def _write_multilabel_report(evaluation: MultiLabelEvaluation, out: Path) -> None:
     """predictions.csv (classes joined by "; "), pr_curves.png and the galleries of the
     most confident false positives and false negatives."""
-    from imgcls import plots
+    from imgcls.reports import plots
 
     rows = io.StringIO()
     writer = csv.writer(rows)

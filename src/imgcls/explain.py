@@ -18,18 +18,18 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
-from imgcls.classifier import ImageClassifier, Prediction
+from imgcls.data.images import DEFAULT_MAX_PIXELS, ImageSource, load_image
+from imgcls.data.preprocess import crop_geometry, preprocess_image
 from imgcls.errors import NotExplainable
-from imgcls.images import DEFAULT_MAX_PIXELS, ImageSource, load_image
-from imgcls.models import DEFAULT_MODEL
-from imgcls.runtime import HeadRuntime, TorchRuntime
-from imgcls.transforms import crop_geometry, preprocess_image
+from imgcls.inference.classifier import ImageClassifier, Prediction
+from imgcls.inference.runtime import HeadRuntime, TorchRuntime
+from imgcls.models.registry import DEFAULT_MODEL
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
 
-__all__ = ["Explainer", "Explanation", "NotExplainable", "feature_map_layer", "overlay"]
+__all__ = ["Explainer", "Explanation", "feature_map_layer", "overlay"]
 
 
 @dataclass(frozen=True)
@@ -129,9 +129,9 @@ class Explainer:
     def class_index(self, label: str) -> int:
         """The output index of a class given by label, class id or index."""
         labels = self.classifier.labels
-        for names in (labels.names, labels.class_ids):
-            if label in names:
-                return list(names).index(label)
+        index = labels.index_of(label)
+        if index is not None:
+            return index
         if label.isdigit() and int(label) < len(labels):
             return int(label)
         raise NotExplainable(

@@ -10,11 +10,14 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcls.data import scan_dataset
+from imgcls.data.datasets import scan_dataset
+from imgcls.data.images import list_images
+from imgcls.data.label_files import is_label_file
 from imgcls.errors import DataError
-from imgcls.images import list_images
-from imgcls.label_files import is_label_file
-from imgcls.models import DEFAULT_MODEL
+from imgcls.files import atomic_write
+from imgcls.inference.classifier import ImageClassifier
+from imgcls.models.registry import DEFAULT_MODEL
+from imgcls.results import require_pyarrow
 
 __all__ = ["Features", "collect_features", "extract_features"]
 
@@ -36,7 +39,6 @@ class Features:
         """An .npz file with `paths`, `labels` and `features`, or a .parquet file with
         columns `path`, `label` and `features`, written atomically; ".npz" is added to a
         name with neither suffix, as numpy does. Returns the path written."""
-        from imgcls.checkpoint import atomic_write
 
         path = Path(path)
         if path.suffix.lower() == ".parquet":
@@ -58,7 +60,6 @@ class Features:
         return path
 
     def _write_parquet(self, path: str) -> None:
-        from imgcls.results import require_pyarrow
 
         pa = require_pyarrow()
         import pyarrow.parquet as pq
@@ -80,10 +81,9 @@ def extract_features(
     skip_missing: bool = False,
 ) -> Features:
     """Features of every image under `data` (searched recursively), or of every image a
-    label file lists (`label_delim`, `skip_missing`: see `imgcls.label_files`), from
+    label file lists (`label_delim`, `skip_missing`: see `imgcls.data.label_files`), from
     `model` (a name or run directory; `weights` a weights file for it). `on_total` hears
     the number of images once they are listed, `progress` each image done."""
-    from imgcls.classifier import ImageClassifier
 
     root = Path(data)
     skipped: list[str] = []

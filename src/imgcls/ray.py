@@ -44,11 +44,13 @@ import pyarrow as pa
 import ray
 import ray.data
 
-from imgcls.classifier import File, ImageClassifier, ModelBundle, Prediction, Predictions
+from imgcls.data.images import DEFAULT_MAX_PIXELS, EncodedImage
+from imgcls.data.sources import is_uri, list_uri
 from imgcls.errors import ConfigError, ImageError
-from imgcls.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, EncodedImage
-from imgcls.models import DEFAULT_MODEL
+from imgcls.inference.classifier import File, ImageClassifier, ModelBundle, Prediction, Predictions
+from imgcls.models.registry import DEFAULT_MODEL
 from imgcls.results import arrow_error, arrow_prediction, error_fields
+from imgcls.validation import check_scalar
 
 __all__ = [
     "Featurizer",
@@ -61,21 +63,15 @@ __all__ = [
 ]
 
 BATCH_SIZE = 64  # files per actor call: enough to keep the model's batches of 8 full
-# Cores per CPU actor: one ONNX Runtime thread each, as many actors as cores. On 2 cores
-# two such actors streamed 108-121 images/s where one actor of 2 threads gave 83-97
-# (docs/scale.md): separate sessions and decoding pools overlap better than 2 threads
-# share one batch.
+# One ONNX Runtime thread per CPU actor, one actor per core: separate sessions and decoding
+# pools overlap better than two threads share a batch (docs/scale.md).
 THREADS_PER_ACTOR = 1
-# Ray's CPU count is bookkeeping: it limits what is scheduled, not what runs. An actor
-# runs THREADS_PER_ACTOR threads (and decodes beside them) but claims half a CPU less, so
-# that Ray can still schedule read tasks (`read_binary_files` asks 1 CPU for each, and
-# they mostly wait on storage): actors that claimed every CPU starved the reads, and on 2
-# cores the job stalled. The actor's threads are its claim, rounded up.
+# An actor claims half a CPU less than it runs, so that Ray can still schedule the read
+# tasks (1 CPU each, mostly waiting on storage); claiming every CPU stalled jobs on 2 cores.
 LEFT_FOR_READS = 0.5
 READ_CPUS = 0.25  # what our own read tasks claim (RayClassifier, for URIs)
 
-_EXTENSIONS = {extension.lstrip(".") for extension in IMAGE_EXTENSIONS}
-# The failures that leave the other files running (imgcls.prefetch): a row's error.
+# The failures that leave the other files running (imgcls.data.prefetch): a row's error.
 _FAILURES = {kind.__name__: kind for kind in (FileNotFoundError, ImageError)}
 
 # What the actors return: the fields of `Prediction` and a failure's `error` (null when
@@ -191,8 +187,7 @@ class Predictor(_ModelActor):
         min_score: float | None = None,
         **options: Any,
     ) -> None:
-        if top_k < 1:
-            raise ConfigError(f"`top_k` must be at least 1, got {top_k}", parameters=("top_k",))
+        check_scalar(top_k, "top_k", int, min_val=1)
         super().__init__(model, **options)
         self.top_k, self.min_score = top_k, min_score
 
@@ -320,42 +315,16 @@ class RayClassifier:
                 yield name, _failure(row["error"]) if row["error"] else outcome(row)
 
 
-def list_uri(uri: str) -> list[str]:
-    """The image files at a URI Ray reads (s3://, gs://, file://, ...): the file itself,
-    or those under a folder or prefix — recursively, by extension, hidden names skipped,
-    sorted, as `imgcls.images.list_images` finds them on a disk. FileNotFoundError when
-    there is none; pyarrow's OSError or ValueError when the storage cannot be listed."""
-    from pyarrow import fs
-
-    filesystem, root = fs.FileSystem.from_uri(uri)
-    info = filesystem.get_file_info(root)
-    if info.type == fs.FileType.File:
-        return [uri]
-    if info.type == fs.FileType.NotFound:
-        raise FileNotFoundError(f"{uri}: no such file or folder")
-    scheme = uri.partition("://")[0]
-    found = sorted(
-        f"{scheme}://{entry.path}"
-        for entry in filesystem.get_file_info(fs.FileSelector(root, recursive=True))
-        if entry.is_file
-        and entry.base_name.rpartition(".")[2].lower() in _EXTENSIONS
-        and not entry.base_name.startswith(".")
-    )
-    if not found:
-        raise FileNotFoundError(f"{uri}: no image files here")
-    return found
-
-
 def _dataset(paths: list[str]) -> tuple[ray.data.Dataset, dict[str, str]]:
     """The files as a Ray dataset, and the name of each path Ray gives back (object
     storage keys come back without their scheme) where it is not the same."""
-    if not any(_is_uri(path) for path in paths):  # the actors read the files
+    if not any(is_uri(path) for path in paths):  # the actors read the files
         return ray.data.from_items([{"path": path} for path in paths]), {}
     from pyarrow.fs import FileSystem
 
     names = {}
     for path in paths:
-        if _is_uri(path):
+        if is_uri(path):
             names[FileSystem.from_uri(path)[1]] = path
     dataset = ray.data.read_binary_files(paths, include_paths=True, num_cpus=READ_CPUS)
     return dataset, names
@@ -365,10 +334,6 @@ def _restore_environment(saved: dict[str, str]) -> None:
     for name in set(os.environ) - set(saved):
         del os.environ[name]
     os.environ.update(saved)
-
-
-def _is_uri(path: str) -> bool:
-    return "://" in path
 
 
 def _assigned_threads() -> int | None:

@@ -6,7 +6,7 @@ PART_ROWS results and written whole before it takes its name. Either way a kill 
 what was not yet written, and a rerun skips the paths the file holds.
 
 Parquet rows hold what the JSON objects hold: `path`, `predictions` (a list of structs, the
-fields of `imgcls.classifier.Prediction`), `labels` (the classes the model asserts) and
+fields of `imgcls.inference.classifier.Prediction`), `labels` (the classes the model asserts) and
 `error` (`type`, `message`; null when none).
 Parquet needs pyarrow, which `imgcls[ray]` brings.
 """
@@ -19,8 +19,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imgcls.classifier import Prediction
 from imgcls.errors import ConfigError
+from imgcls.files import atomic_write, make_dir
+from imgcls.inference.classifier import Prediction
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -89,8 +90,6 @@ class ResultsFile:
         self.parquet = _is_parquet(self.output)
         self.pending: list[dict[str, Any]] = []
         if self.parquet:
-            from imgcls.checkpoint import make_dir
-
             pa = require_pyarrow()
             self.schema = pa.schema(
                 [
@@ -130,8 +129,6 @@ class ResultsFile:
 
     def _write_part(self) -> None:
         import pyarrow.parquet as pq
-
-        from imgcls.checkpoint import atomic_write
 
         table = require_pyarrow().Table.from_pylist(self.pending, schema=self.schema)
         path = self.output / f"part-{self.next_part:05d}.parquet"

@@ -1,7 +1,4 @@
 """`imgcls serve`: an HTTP service — REST, the Open Inference Protocol v2, Prometheus
-metrics — with dynamic batching in front of each model."""
-
-from imgcls.serve.app import StartupError, create_app, run
-from imgcls.serve.service import ServeConfig
-
-__all__ = ["ServeConfig", "StartupError", "create_app", "run"]
+metrics — with dynamic batching in front of each model. `app.create_app(ServeConfig)`
+builds the app, `server.run(ServeConfig)` serves it. This package imports nothing itself,
+so that reading the feedback store (`serve.feedback`) does not load FastAPI."""

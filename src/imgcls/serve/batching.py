@@ -20,11 +20,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Batcher", "Overloaded"]
+from imgcls.errors import Overloaded
+from imgcls.validation import check_scalar
 
-
-class Overloaded(Exception):
-    """The queue has no room for a request's images; the client should retry later."""
+__all__ = ["Batcher"]
 
 
 @dataclass
@@ -51,12 +50,13 @@ class Batcher:
         name: str = "model",
         workers: int = 1,
     ) -> None:
-        if max_batch < 1 or max_queue < 1 or max_wait_ms < 0 or workers < 1:
-            raise ValueError(
-                "max_batch, max_queue and workers must be at least 1 and max_wait_ms at "
-                f"least 0, got max_batch={max_batch}, max_queue={max_queue}, "
-                f"workers={workers}, max_wait_ms={max_wait_ms}"
-            )
+        for count, value in (
+            ("max_batch", max_batch),
+            ("max_queue", max_queue),
+            ("workers", workers),
+        ):
+            check_scalar(value, count, int, min_val=1)
+        check_scalar(max_wait_ms, "max_wait_ms", min_val=0.0)
         self.predict = predict
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0

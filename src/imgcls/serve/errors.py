@@ -17,6 +17,15 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from imgcls.errors import (
+    ImageError,
+    NotExplainable,
+    Overloaded,
+    RequestError,
+    StorageFull,
+    UnknownLabel,
+    UnknownModel,
+)
 from imgcls.serve.request_id import HEADER as REQUEST_ID_HEADER
 from imgcls.serve.request_id import current_request_id
 
@@ -24,7 +33,9 @@ __all__ = [
     "ApiError",
     "ErrorDetail",
     "ErrorResponse",
+    "domain_error",
     "REQUEST_ID_DOC",
+    "RETRY_AFTER_S",
     "error_response",
     "install_error_handlers",
 ]
@@ -58,6 +69,29 @@ class ApiError(Exception):
         self.headers = headers
 
 
+RETRY_AFTER_S = 1  # what a 503 tells clients to wait
+
+# The service raises domain errors; this is the one place they meet HTTP status codes.
+_DOMAIN_STATUS: dict[type[Exception], tuple[int, str]] = {
+    RequestError: (400, "BadRequest"),
+    UnknownModel: (404, "ModelNotFound"),
+    ImageError: (422, "ImageError"),
+    UnknownLabel: (422, "UnknownLabel"),
+    NotExplainable: (422, "NotExplainable"),
+    Overloaded: (503, "Overloaded"),
+    StorageFull: (507, "InsufficientStorage"),
+}
+
+
+def domain_error(exc: Exception) -> ApiError:
+    """The HTTP answer to a domain error the service raised."""
+    status, kind = next(_DOMAIN_STATUS[c] for c in type(exc).__mro__ if c in _DOMAIN_STATUS)
+    if isinstance(exc, Overloaded):
+        message = f"server busy ({exc}); retry in {RETRY_AFTER_S}s"
+        return ApiError(status, kind, message, headers={"Retry-After": str(RETRY_AFTER_S)})
+    return ApiError(status, kind, str(exc))
+
+
 _STATUS_TYPES = {
     400: "BadRequest",
     404: "NotFound",
@@ -85,6 +119,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return error_response(request.url.path, exc)
+
+    async def _domain_error(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(request.url.path, domain_error(exc))
+
+    for kind in _DOMAIN_STATUS:
+        app.add_exception_handler(kind, _domain_error)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

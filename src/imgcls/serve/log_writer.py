@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 
-from imgcls.feedback import DELETE_CHUNK, LoggedPrediction, PredictionLog
+from imgcls.serve.feedback import DELETE_CHUNK, LoggedPrediction, PredictionLog
 
 __all__ = ["LogWriter"]
 

@@ -22,10 +22,23 @@ from dataclasses import dataclass, field
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from imgcls.classifier import ImageClassifier, Predictions
-from imgcls.errors import ConfigError, StartupError, StorageFull
-from imgcls.explain import Explainer, Explanation, NotExplainable
-from imgcls.feedback import (
+from imgcls.data.images import DEFAULT_MAX_PIXELS, decode_image_bytes
+from imgcls.data.preprocess import preprocess_image
+from imgcls.errors import (
+    NotExplainable,
+    Overloaded,
+    RequestError,
+    StartupError,
+    StorageFull,
+    UnknownLabel,
+    UnknownModel,
+)
+from imgcls.explain import Explainer, Explanation
+from imgcls.inference.classifier import ImageClassifier, Predictions
+from imgcls.inference.runtime import HeadRuntime
+from imgcls.models.registry import DEFAULT_MODEL
+from imgcls.serve.batching import Batcher
+from imgcls.serve.feedback import (
     DEFAULT_FEEDBACK_DIR,
     DEFAULT_FEEDBACK_MAX_MB,
     DEFAULT_LOG_MAX_ROWS,
@@ -34,20 +47,14 @@ from imgcls.feedback import (
     PredictionLog,
     sha256_hex,
 )
-from imgcls.images import DEFAULT_MAX_PIXELS, ImageError, decode_image_bytes
-from imgcls.models import DEFAULT_MODEL
-from imgcls.runtime import HeadRuntime
-from imgcls.serve.batching import Batcher, Overloaded
-from imgcls.serve.errors import ApiError
 from imgcls.serve.log_writer import LogWriter
 from imgcls.serve.metrics import Metrics
-from imgcls.transforms import preprocess_image
+from imgcls.validation import check_scalar
 
 __all__ = ["ServeConfig", "ServedModel", "Service"]
 
 log = logging.getLogger("imgcls.serve")
 
-RETRY_AFTER_S = 1  # what a 503 tells clients to wait
 ONNX_WORKERS = 2  # batches ONNX Runtime runs at once (see Service.load)
 ONNX_MAX_BATCH = 4  # the default --max-batch of those; 16 for PyTorch (one batch at a time)
 EXPLAIN_MAX_SIDE = 1024  # pixels; a heat map PNG of a 12-megapixel photo would be ~20 MB
@@ -87,11 +94,7 @@ class ServeConfig:
             ("log_max_days", self.log_max_days),
             ("feedback_max_mb", self.feedback_max_mb),
         ):
-            if value is not None and not value > 0:
-                raise ConfigError(
-                    f"`{name}` must be above 0, got {value}",
-                    parameters=(name,),
-                )
+            check_scalar(value, name, min_val=0, min_inclusive=False, allow_none=True)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -141,14 +144,10 @@ class ServedModel:
             try:
                 explainer = self._get_explainer()
                 return explainer.explain(image, label, max_side=EXPLAIN_MAX_SIDE)
-            except NotExplainable as exc:  # an ONNX file, a scikit-learn head, a ViT
-                raise ApiError(422, "NotExplainable", str(exc)) from None
             except ModuleNotFoundError as exc:  # the inference-only install
-                raise ApiError(
-                    422,
-                    "NotExplainable",
+                raise NotExplainable(
                     f"Grad-CAM needs PyTorch, not installed with this server ({exc}); "
-                    "pip install 'imgcls[train]'",
+                    "pip install 'imgcls[train]'"
                 ) from None
 
     def _get_explainer(self) -> Explainer:
@@ -181,14 +180,11 @@ class ServedModel:
     def check_label(self, label: str) -> str:
         """`label` if it is one of this model's class names (or ids, mapped to the name)."""
         labels = self.classifier.labels
-        if label in labels.names:
-            return label
-        if label in labels.class_ids:
-            return labels.names[list(labels.class_ids).index(label)]
-        raise ApiError(
-            422,
-            "UnknownLabel",
-            f"label {label!r} is not one of the {len(labels)} classes of {self.name}",
+        index = labels.index_of(label)
+        if index is not None:
+            return label if label in labels.names else labels.names[index]
+        raise UnknownLabel(
+            f"label {label!r} is not one of the {len(labels)} classes of {self.name}"
         )
 
     async def probabilities_for_images(self, files: Sequence[tuple[str, bytes]]) -> np.ndarray:
@@ -202,7 +198,7 @@ class ServedModel:
     async def _prepare_all(self, files: Sequence[tuple[str, bytes]]) -> list[np.ndarray]:
         self._check_count(len(files))
         if not self.batcher.has_room(len(files)):  # refuse before spending time decoding
-            raise _overloaded(f"{self.batcher.depth} images queued")
+            raise Overloaded(f"{self.batcher.depth} images queued")
         loop = asyncio.get_running_loop()
         return await asyncio.gather(
             *(
@@ -213,36 +209,28 @@ class ServedModel:
 
     async def _outputs(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         self._check_count(len(arrays))
-        try:
-            return await self.batcher.submit(arrays)
-        except Overloaded as exc:
-            raise _overloaded(str(exc)) from None
+        return await self.batcher.submit(arrays)
 
     def _check_count(self, count: int) -> None:
         if not 1 <= count <= self.batcher.max_queue:
-            raise ApiError(
-                400,
-                "BadRequest",
-                f"send 1 to {self.batcher.max_queue} images per request, got {count}",
+            raise RequestError(
+                f"send 1 to {self.batcher.max_queue} images per request, got {count}"
             )
 
     def _prepare(self, name: str, data: bytes) -> np.ndarray:
         return preprocess_image(self._decode(name, data), self.classifier.preprocess)
 
     def check_image(self, name: str, data: bytes) -> None:
-        """Raise 422 unless `data` decodes as an acceptable image."""
+        """Raise ImageError unless `data` decodes as an acceptable image."""
         self._decode(name, data)
 
     def _decode(self, name: str, data: bytes) -> np.ndarray:
-        try:
-            return decode_image_bytes(
-                data,
-                name=name or "request body",  # a raw-body upload has no file name
-                max_pixels=self.max_pixels,
-                min_side=self.classifier.preprocess.resize_size,
-            )
-        except ImageError as exc:
-            raise ApiError(422, "ImageError", str(exc)) from None
+        return decode_image_bytes(
+            data,
+            name=name or "request body",  # a raw-body upload has no file name
+            max_pixels=self.max_pixels,
+            min_side=self.classifier.preprocess.resize_size,
+        )
 
 
 def scored_rows(classifier: ImageClassifier) -> Callable[[np.ndarray], np.ndarray]:
@@ -262,15 +250,6 @@ def scored_rows(classifier: ImageClassifier) -> Callable[[np.ndarray], np.ndarra
 def split_outputs(outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, rejection scores) of the rows `scored_rows` makes."""
     return outputs[:, :-1], outputs[:, -1]
-
-
-def _overloaded(reason: str) -> ApiError:
-    return ApiError(
-        503,
-        "Overloaded",
-        f"server busy ({reason}); retry in {RETRY_AFTER_S}s",
-        headers={"Retry-After": str(RETRY_AFTER_S)},
-    )
 
 
 @dataclass
@@ -301,29 +280,17 @@ class Service:
             return next(iter(self.models.values()))
         model = self.models.get(name)
         if model is None:
-            raise ApiError(
-                404,
-                "ModelNotFound",
-                f"no model named {name!r}; served: {', '.join(self.models)}",
-            )
+            raise UnknownModel(f"no model named {name!r}; served: {', '.join(self.models)}")
         return model
 
     async def load(self, stack: AsyncExitStack) -> None:
         """Load every configured model and start its batcher (stopped when `stack` closes)."""
-        # ONNX Runtime runs two batches at once, each on its calling thread plus the
-        # session's shared pool of cores - 2 threads: one batch gathers while the other
-        # runs, and on 2 cores neither waits at an intra-op barrier for a thread that a
-        # decoding request has preempted. Single-threaded, 1 to 4 images per call cost the
-        # same per image, and small batches keep the two calls even (a call of 16 left the
-        # other worker idle, its requests waiting). Measured on 2 cores at 16 connections
-        # (docs/performance.md): one batch of up to 16 on 2 threads 196-200 requests/s, p99
-        # 94-105 ms; two of up to 4 on 1 thread each 223-226, p99 87-89 ms. Torch runs one
-        # batch and keeps one core free: its OpenMP threads beside 16 decoding requests
-        # waited on each other (13 → 5 requests/s, p99 1.6 s → 5.8 s).
+        # ONNX Runtime runs two small batches at once, so that neither waits at an
+        # intra-op barrier for a thread a decoding request preempted; torch runs one and
+        # leaves a core to the decoding (both measured: docs/performance.md).
         cores = len(os.sched_getaffinity(0))
         threads = self.config.threads or max(1, cores - 1)
-        # Uploads decode in a pool of their own, one thread per core (twice as many gave
-        # the same requests/s: they only take turns on the cores).
+        # Uploads decode in a pool of their own, one thread per core (docs/performance.md).
         decode_pool = ThreadPoolExecutor(cores, thread_name_prefix="imgcls-decode")
         stack.callback(decode_pool.shutdown)
         for spec in self.config.models:
@@ -441,21 +408,17 @@ class Service:
         try:
             path = await run_in_threadpool(self.feedback.add, data, name, label)
         except ValueError as exc:
-            raise ApiError(422, "UnknownLabel", str(exc)) from None
+            raise UnknownLabel(str(exc)) from None
         except StorageFull as exc:
             self.metrics.feedback_refused.inc()
-            raise ApiError(
-                507,
-                "InsufficientStorage",
+            raise StorageFull(
                 f"correction not stored: {exc} (the server's --feedback-max-mb); "
-                "export the corrections (imgcls feedback export) and clear the folder",
+                "export the corrections (imgcls feedback export) and clear the folder"
             ) from None
         except OSError as exc:  # disk full, read-only: said to the client, not a 500
             self.metrics.feedback_refused.inc()
-            raise ApiError(
-                507,
-                "InsufficientStorage",
-                f"correction not stored: the server could not write it ({exc.strerror or exc})",
+            raise StorageFull(
+                f"correction not stored: the server could not write it ({exc.strerror or exc})"
             ) from None
         digest = path.stem
         relative = path.relative_to(self.feedback.root).as_posix()

@@ -19,10 +19,10 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, Field, ValidationError
 
-from imgcls import __version__
 from imgcls.serve.deps import ServiceDep
 from imgcls.serve.errors import REQUEST_ID_DOC, ApiError
 from imgcls.serve.service import ServedModel
+from imgcls.version import __version__
 
 __all__ = ["router"]
 

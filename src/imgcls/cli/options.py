@@ -1,0 +1,52 @@
+"""Options more than one command takes: the choices typer lists in --help (and refuses
+others of), and how a label file is read."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from imgcls.data.augment import AUGMENT_PRESETS
+from imgcls.export import EXPORT_FORMATS
+from imgcls.inference.classifier import BACKENDS
+from imgcls.training.config import CLASSIFIERS, OPTIMIZERS
+from imgcls.trust.calibration import REJECT_SCORES
+
+__all__ = [
+    "Augment",
+    "Backend",
+    "BackendOption",
+    "Classifier",
+    "ExportFormat",
+    "LabelDelim",
+    "Optimizer",
+    "RejectScore",
+    "SkipMissing",
+]
+
+
+def _choices(name: str, values: Sequence[str]) -> type[StrEnum]:
+    return StrEnum(name, [(value, value) for value in values])
+
+
+Backend = _choices("Backend", BACKENDS)
+ExportFormat = _choices("ExportFormat", EXPORT_FORMATS)
+Optimizer = _choices("Optimizer", OPTIMIZERS)
+Augment = _choices("Augment", AUGMENT_PRESETS)
+Classifier = _choices("Classifier", CLASSIFIERS)
+RejectScore = _choices("RejectScore", REJECT_SCORES)
+
+# Reading a label file, the same options wherever DATA may be one.
+LabelDelim = Annotated[
+    str | None,
+    typer.Option(help="Label file: what separates several labels in a cell (default: spaces)."),
+]
+SkipMissing = Annotated[
+    bool, typer.Option(help="Label file: skip (and count) rows whose image file is missing.")
+]
+BackendOption = Annotated[
+    Backend, typer.Option(help="auto: ONNX Runtime on the CPU, PyTorch elsewhere.")
+]

@@ -1,0 +1,150 @@
+"""`imgcls serve`: the HTTP server (imgcls.serve) with the options of its ServeConfig."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from imgcls.cli.app import app
+from imgcls.cli.options import Backend, BackendOption
+from imgcls.data.images import DEFAULT_MAX_PIXELS
+from imgcls.models.registry import DEFAULT_MODEL
+from imgcls.serve.feedback import (
+    DEFAULT_FEEDBACK_DIR,
+    DEFAULT_FEEDBACK_MAX_MB,
+    DEFAULT_LOG_DB,
+    DEFAULT_LOG_MAX_ROWS,
+)
+
+# The options, named here so that the command reads as its list of settings.
+Models = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model name or run directory; repeat to serve several (the first is the default).",
+    ),
+]
+Host = Annotated[str, typer.Option(help="Address to bind.")]
+Port = Annotated[
+    int, typer.Option(min=0, max=65535, help="Port to bind (0: a free one, named in the log).")
+]
+MaxBatch = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Images per model call (default: 4 with ONNX Runtime, which runs two calls "
+        "at once; 16 with PyTorch).",
+    ),
+]
+MaxWaitMs = Annotated[
+    float,
+    typer.Option(
+        min=0,
+        help="How long a batch waits to fill, in milliseconds (default: not at all; "
+        "batches form while the model runs).",
+    ),
+]
+MaxQueue = Annotated[
+    int, typer.Option(min=1, help="Images waiting for the model; beyond it requests get 503.")
+]
+MaxUploadMb = Annotated[
+    float, typer.Option(min=0, help="Request body limit in MB; larger uploads get 413.")
+]
+MaxPixels = Annotated[
+    int, typer.Option(min=1, help="Refuse images with more pixels than this (422).")
+]
+Threads = Annotated[
+    int | None,
+    typer.Option(min=1, help="Threads per model call (default: all cores; one less for torch)."),
+]
+ApiKeys = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--api-key",
+        metavar="KEY",
+        envvar="IMGCLS_API_KEY",
+        help="Require this key (Authorization: Bearer KEY or X-API-Key: KEY) on every "
+        "endpoint but /healthz, /v2/health/* and /metrics; repeat for several (in the "
+        "variable: separated by spaces). Default: none on loopback, else a generated one.",
+    ),
+]
+ApiKeyFile = Annotated[
+    Path | None, typer.Option(help="File of API keys, one per line ('#' comments).")
+]
+NoAuth = Annotated[
+    bool, typer.Option("--no-auth", help="Require no key, even when bound off loopback.")
+]
+MetricsAuth = Annotated[
+    bool, typer.Option("--metrics-auth", help="Require the key on /metrics too.")
+]
+LogDb = Annotated[Path, typer.Option(help="SQLite file that logs every prediction (WAL mode).")]
+NoLog = Annotated[bool, typer.Option("--no-log", help="Do not log predictions.")]
+LogMaxRows = Annotated[
+    int, typer.Option(min=1, help="Keep at most this many predictions; the oldest go.")
+]
+LogMaxDays = Annotated[
+    float | None, typer.Option(help="Delete predictions older than this many days.")
+]
+FeedbackDir = Annotated[
+    Path, typer.Option(help="Where corrected images are kept, in class folders.")
+]
+FeedbackMaxMb = Annotated[
+    float, typer.Option(help="Refuse corrections (507) once their images take this many MB.")
+]
+
+
+@app.command()
+def serve(
+    model: Models = None,
+    host: Host = "127.0.0.1",
+    port: Port = 8000,
+    max_batch: MaxBatch = None,
+    max_wait_ms: MaxWaitMs = 0.0,
+    max_queue: MaxQueue = 256,
+    max_upload_mb: MaxUploadMb = 20.0,
+    max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
+    threads: Threads = None,
+    backend: BackendOption = Backend.auto,
+    api_key: ApiKeys = None,
+    api_key_file: ApiKeyFile = None,
+    no_auth: NoAuth = False,
+    metrics_auth: MetricsAuth = False,
+    log_db: LogDb = Path(DEFAULT_LOG_DB),
+    no_log: NoLog = False,
+    log_max_rows: LogMaxRows = DEFAULT_LOG_MAX_ROWS,
+    log_max_days: LogMaxDays = None,
+    feedback_dir: FeedbackDir = Path(DEFAULT_FEEDBACK_DIR),
+    feedback_max_mb: FeedbackMaxMb = DEFAULT_FEEDBACK_MAX_MB,
+) -> None:
+    """Serve models over HTTP: web page, REST, KServe v2, metrics."""
+    # deferred: the server (FastAPI, uvicorn) loads only to serve
+    from imgcls.serve.auth import read_key_file
+    from imgcls.serve.server import run
+    from imgcls.serve.service import ServeConfig
+
+    keys = (*(api_key or ()), *(read_key_file(api_key_file) if api_key_file else ()))
+    run(
+        ServeConfig(
+            models=tuple(model or [DEFAULT_MODEL]),
+            host=host,
+            port=port,
+            max_batch=max_batch,
+            max_wait_ms=max_wait_ms,
+            max_queue=max_queue,
+            max_upload_mb=max_upload_mb,
+            max_pixels=max_pixels,
+            threads=threads,
+            backend=backend.value,
+            api_keys=keys,
+            no_auth=no_auth,
+            metrics_auth=metrics_auth,
+            log_db=None if no_log else str(log_db),
+            log_max_rows=log_max_rows,
+            log_max_days=log_max_days,
+            feedback_dir=str(feedback_dir),
+            feedback_max_mb=feedback_max_mb,
+        )
+    )

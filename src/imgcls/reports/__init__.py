@@ -1,0 +1,1 @@
+"""Pictures of results: PNG plots (`plots`) and HTML image galleries (`gallery`)."""

@@ -1,0 +1,62 @@
+"""Classification: uploaded images in, top-k predictions out."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from imgcls.serve.deps import ServiceDep
+from imgcls.serve.schemas import (
+    CLASSIFY_BODY,
+    ClassifyResponse,
+    error_responses,
+)
+from imgcls.serve.uploads import is_raw_image, read_body, read_files
+
+router = APIRouter()
+
+
+@router.post(
+    "/v1/classify",
+    response_model=ClassifyResponse,
+    responses=error_responses(400, 404, 413, 422, 503),
+    openapi_extra=CLASSIFY_BODY,
+    tags=["v1"],
+)
+async def classify(
+    request: Request,
+    service: ServiceDep,
+    top_k: Annotated[int, Query(ge=1, description="Predictions per image.")] = 5,
+    model: Annotated[str | None, Query(description="Model name; default: the first.")] = None,
+    min_score: Annotated[
+        float | None,
+        Query(
+            ge=0.0,
+            le=1.0,
+            description="Mark an image unknown when its top score is below this "
+            "(replaces the model's own rule).",
+        ),
+    ] = None,
+) -> Response:
+    """Top-k labels for each uploaded `file` (multipart; several `file` fields: a batch),
+    or for one image sent as the raw body (`Content-Type: image/jpeg`, ...; its result's
+    filename is empty)."""
+    served = service.get(model)
+    if is_raw_image(request.headers.get("content-type", "")):
+        files = [("", await read_body(request))]
+    else:
+        files = await read_files(request, max_files=service.config.max_queue)
+    predictions = await service.classify_and_log(served, files, top_k=top_k, min_score=min_score)
+    # A ClassifyResponse, written directly: built as models and validated once more by
+    # FastAPI, a one-image answer took 41 µs of the event loop instead of 10.
+    return JSONResponse(
+        {
+            "model": served.name,
+            "results": [
+                {"filename": name, **preds.to_dict()}
+                for (name, _), preds in zip(files, predictions, strict=True)
+            ],
+        }
+    )
