@@ -389,11 +389,12 @@ def wrk(url: str, env: dict, work: Path, connections: int, seconds: float, group
 
 
 def group_cpu(group: int) -> dict[int, tuple[str, float]]:
-    """CPU seconds (user + system, all threads) of each process of the process group
-    `group`, by pid, with a name: "parent" for the group's leader, else its command name
-    (imgcls's workers: "worker")."""
+    """CPU seconds (user + system, all threads) of the server started as process `group`
+    and of every process under it (Ray's actors leave the process group), by pid, with a
+    name: "parent" for the server's first process, else its command name (imgcls's
+    workers: "worker")."""
     tick = os.sysconf("SC_CLK_TCK")
-    found = {}
+    seen: dict[int, tuple[int, int, str, float]] = {}  # pid: ppid, pgrp, name, seconds
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -403,12 +404,22 @@ def group_cpu(group: int) -> dict[int, tuple[str, float]]:
         except OSError:  # gone meanwhile
             continue
         comm, fields = stat[stat.index("(") + 1 : stat.rindex(")")], stat.rsplit(")", 1)[1].split()
-        if int(fields[2]) != group:  # fields after the name: state, ppid, pgrp, ...
-            continue
-        pid = int(entry.name)
-        name = "parent" if pid == group else "worker" if b"multiprocessing" in cmdline else comm
-        found[pid] = (name, (int(fields[11]) + int(fields[12])) / tick)
-    return found
+        name = "worker" if b"multiprocessing.spawn" in cmdline else comm  # fields: state,
+        seconds = (int(fields[11]) + int(fields[12])) / tick  # ppid, pgrp, ... utime, stime
+        seen[int(entry.name)] = (int(fields[1]), int(fields[2]), name, seconds)
+
+    def belongs(pid: int) -> bool:
+        while pid in seen:
+            if pid == group or seen[pid][1] == group:
+                return True
+            pid = seen[pid][0]
+        return False
+
+    return {
+        pid: ("parent" if pid == group else name, seconds)
+        for pid, (_, _, name, seconds) in seen.items()
+        if belongs(pid)
+    }
 
 
 def _ms(text: str) -> float:

@@ -58,7 +58,11 @@ MaxPixels = Annotated[
 ]
 Threads = Annotated[
     int | None,
-    typer.Option(min=1, help="Threads per model call (default: all cores; one less for torch)."),
+    typer.Option(
+        min=1,
+        help="Threads per model call (default: the cores shared among the workers, all of "
+        "them for a batch alone on the server; in one process, one core less).",
+    ),
 ]
 Workers = Annotated[
     int | None,
