@@ -16,6 +16,7 @@ from fastapi import FastAPI
 
 from imgcls.serve import v2
 from imgcls.serve.auth import ApiKeys, protect
+from imgcls.serve.balance import RebalanceMiddleware
 from imgcls.serve.errors import install_error_handlers
 from imgcls.serve.inflight import InFlight
 from imgcls.serve.limits import BodySizeLimitMiddleware
@@ -71,6 +72,8 @@ def create_app(config: ServeConfig | None = None, in_flight: InFlight | None = N
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.max_upload_bytes)
     if app.state.api_keys is not None:
         protect(app, app.state.api_keys, metrics_auth=config.metrics_auth)
+    if (config.workers or 1) > 1:
+        app.add_middleware(RebalanceMiddleware, in_flight=service.in_flight)
     app.add_middleware(RequestMetricsMiddleware, metrics=service.metrics)
     app.add_middleware(RequestIdMiddleware)
     return app

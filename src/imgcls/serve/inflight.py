@@ -48,6 +48,12 @@ class InFlight:
         """Images in flight in every worker."""
         return sum(self.slots)
 
+    def crowded(self, margin: int = 2) -> bool:
+        """Whether this worker has at least `margin` more images in flight than the least
+        busy other worker (never with one worker)."""
+        others = [count for index, count in enumerate(self.slots) if index != self.index]
+        return bool(others) and self.slots[self.index] >= min(others) + margin
+
     def alone(self, images: int) -> bool:
         """Whether a batch of `images` is all the server is working on."""
         return self.total <= images
