@@ -101,7 +101,7 @@ class Supervisor:
         handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
         try:
-            if self.config.log_db is not None:  # made once, before the workers race to
+            if self.config.log_db is not None:  # made here, before the workers race to open it
                 open_prediction_log(self.config.log_db).close()
             self.listening.listen(2048)  # uvicorn's backlog; connections wait for a worker
             self._workers = [self._start(index) for index in range(self.count)]
