@@ -72,14 +72,17 @@ def process_server(
 ) -> Iterator[tuple[subprocess.Popen, str]]:
     """`python -m imgcls serve --host HOST --port P ARGS` in a subprocess (with `env`
     added to its environment), once /healthz answers on HOST.
-    Without --log-db in ARGS it runs with --no-log, and without --feedback-dir it keeps
-    corrections in a temporary directory: tests leave no files behind. Its output is piped
+    Without --log-db in ARGS it runs with --no-log, without --workers in one process, and
+    without --feedback-dir it keeps corrections in a temporary directory: tests leave no
+    files behind. Its output is piped
     (read it after the process ends) or, for long runs that would fill the pipe and block
     the server on its request log, written to the file `log`. `launcher` replaces
     `-m imgcls` (e.g. `-c CODE` that runs the CLI in a prepared interpreter)."""
     with tempfile.TemporaryDirectory(prefix="imgcls-feedback-") as feedback_dir:
         if "--log-db" not in args:
             args = (*args, "--no-log")
+        if "--workers" not in args:
+            args = (*args, "--workers", "1")
         if "--feedback-dir" not in args:
             args = (*args, "--feedback-dir", feedback_dir)
         with _process_server(args, log, host, launcher, env or {}) as running:

@@ -10,6 +10,7 @@ import pytest
 
 from imgcls.errors import Overloaded
 from imgcls.serve.batching import Batcher
+from imgcls.serve.inflight import InFlight
 
 
 def _image(value: float) -> np.ndarray:
@@ -141,3 +142,28 @@ def test_stop_finishes_queued_images_first() -> None:
 def test_bad_settings_are_refused_with_their_names() -> None:
     with pytest.raises(ValueError, match="max_batch"):
         Batcher(lambda batch: batch, max_batch=0)
+
+
+def test_a_batch_alone_on_the_server_runs_on_the_alone_model() -> None:
+    in_flight = InFlight()
+    loaded, alone = _FakeModel(), _FakeModel()
+
+    async def scenario() -> None:
+        async with Batcher(loaded, predict_alone=alone, alone=in_flight.alone) as batcher:
+            with in_flight.holding(1):
+                await batcher.submit([_image(1)])
+            with in_flight.holding(3):  # two more images in flight elsewhere
+                await batcher.submit([_image(2)])
+
+    asyncio.run(scenario())
+    assert alone.batch_sizes == [1] and loaded.batch_sizes == [1]
+
+
+def test_images_in_flight_are_counted_across_workers() -> None:
+    slots = InFlight.shared(2)
+    first, second = InFlight(slots, 0), InFlight(slots, 1)
+    with first.holding(2):
+        assert first.alone(2) and second.total == 2
+        with second.holding(1):
+            assert not first.alone(2) and not second.alone(1)
+    assert first.total == second.total == 0

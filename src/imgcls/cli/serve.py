@@ -58,7 +58,19 @@ MaxPixels = Annotated[
 ]
 Threads = Annotated[
     int | None,
-    typer.Option(min=1, help="Threads per model call (default: all cores; one less for torch)."),
+    typer.Option(
+        min=1,
+        help="Threads per model call (default: the cores shared among the workers, all of "
+        "them for a batch alone on the server; in one process, one core less).",
+    ),
+]
+Workers = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Server processes sharing the port, each with its own copy of the models "
+        "(default: one per core on the CPU with ONNX Runtime, else 1).",
+    ),
 ]
 ApiKeys = Annotated[
     list[str] | None,
@@ -107,6 +119,7 @@ def serve(
     max_upload_mb: MaxUploadMb = 20.0,
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
     threads: Threads = None,
+    workers: Workers = None,
     backend: BackendOption = Backend.auto,
     api_key: ApiKeys = None,
     api_key_file: ApiKeyFile = None,
@@ -137,6 +150,7 @@ def serve(
             max_upload_mb=max_upload_mb,
             max_pixels=max_pixels,
             threads=threads,
+            workers=workers,
             backend=backend.value,
             api_keys=keys,
             no_auth=no_auth,

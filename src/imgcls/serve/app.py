@@ -1,11 +1,13 @@
 """The FastAPI app of `imgcls serve`: its routers (routes/, v2.py), middleware and errors.
 
 `create_app(config)` builds the app; the models load in its lifespan handler, so building
-an app is cheap and a server answers only once its models are ready. `server.run` serves it.
+an app is cheap and a server answers only once its models are ready. `server.run` serves it,
+in one process or in each worker process (serve/workers.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -14,9 +16,11 @@ from fastapi import FastAPI
 
 from imgcls.serve import v2
 from imgcls.serve.auth import ApiKeys, protect
+from imgcls.serve.balance import RebalanceMiddleware
 from imgcls.serve.errors import install_error_handlers
+from imgcls.serve.inflight import InFlight
 from imgcls.serve.limits import BodySizeLimitMiddleware
-from imgcls.serve.metrics import Metrics, RequestMetricsMiddleware
+from imgcls.serve.metrics import REFRESH_S, Metrics, RequestMetricsMiddleware
 from imgcls.serve.request_id import RequestIdMiddleware
 from imgcls.serve.routes import classify, explain, feedback, health, models, page
 from imgcls.serve.service import ServeConfig, Service
@@ -27,10 +31,11 @@ __all__ = ["create_app"]
 log = logging.getLogger("imgcls.serve")
 
 
-def create_app(config: ServeConfig | None = None) -> FastAPI:
-    """The service for `config`; its models load when the app starts (lifespan)."""
+def create_app(config: ServeConfig | None = None, in_flight: InFlight | None = None) -> FastAPI:
+    """The service for `config`; its models load when the app starts (lifespan).
+    `in_flight`: this worker's counter among the server's processes (default: alone)."""
     config = config or ServeConfig()
-    service = Service(config, Metrics())
+    service = Service(config, Metrics(), in_flight or InFlight())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -43,6 +48,9 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
             log.info(
                 "serving %s on http://%s:%d", ", ".join(service.models), config.host, config.port
             )
+            if service.metrics.multiprocess:
+                refreshing = asyncio.create_task(_refresh(service.metrics))
+                stack.callback(refreshing.cancel)
             yield  # batchers finish their queues when the stack closes
 
     app = FastAPI(
@@ -64,6 +72,15 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.max_upload_bytes)
     if app.state.api_keys is not None:
         protect(app, app.state.api_keys, metrics_auth=config.metrics_auth)
+    if (config.workers or 1) > 1:
+        app.add_middleware(RebalanceMiddleware, in_flight=service.in_flight)
     app.add_middleware(RequestMetricsMiddleware, metrics=service.metrics)
     app.add_middleware(RequestIdMiddleware)
     return app
+
+
+async def _refresh(metrics: Metrics) -> None:
+    """Write this worker's function gauges for the other workers' `/metrics`, for ever."""
+    while True:
+        await asyncio.sleep(REFRESH_S)
+        metrics.refresh()

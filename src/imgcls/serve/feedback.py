@@ -113,9 +113,11 @@ class PredictionLog:
         # each insert a few microseconds with no connection set-up.
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        # The busy timeout first: server workers open the file at once, and switching it
+        # to WAL or making its tables takes the write lock.
+        self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
         self._db.executescript(_SCHEMA)
 
     def record_predictions(

@@ -2,11 +2,18 @@
 
 Each app has its own `CollectorRegistry`, so several apps in one process (tests) do not
 share counters.
+
+Under `imgcls serve --workers N` (serve/workers.py) the worker processes share their
+metrics through prometheus_client's multiprocess mode: PROMETHEUS_MULTIPROC_DIR, set by
+the parent, holds each process's values, and whichever worker answers `/metrics` renders
+the totals. A gauge read from a function (queue depths, feedback bytes) is written there
+by each worker every `REFRESH_S` seconds and before it renders.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +26,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -31,6 +39,7 @@ log = logging.getLogger("imgcls.serve")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 _CONFIDENCE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+REFRESH_S = 1.0  # how often a worker writes its function gauges for the others to read
 
 
 class Metrics:
@@ -38,6 +47,10 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        # prometheus_client keeps values in that directory when it is set (the variable is
+        # its own); a gauge then sums the values of the live workers.
+        self.multiprocess = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+        self._watched: list[tuple[Gauge, Callable[[], float]]] = []
         self.requests = Counter(
             "imgcls_http_requests",
             "HTTP requests by route, method and status.",
@@ -63,6 +76,7 @@ class Metrics:
             "Images waiting for the model.",
             ["model"],
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.predictions = Counter(
             "imgcls_predictions",
@@ -98,6 +112,7 @@ class Metrics:
             "imgcls_prediction_log_queue_depth",
             "Prediction-log rows waiting for the writer.",
             registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.log_deleted = Counter(
             "imgcls_prediction_log_deleted",
@@ -113,13 +128,29 @@ class Metrics:
             "imgcls_feedback_bytes",
             "Bytes of corrected images kept in the feedback directory.",
             registry=self.registry,
+            multiprocess_mode="livemax",  # one directory: every worker counts the same files
         )
 
     def count_unknown(self, model: str, count: int) -> None:
         self.unknown.labels(model).inc(count)
 
     def track_queue(self, model: str, depth: Callable[[], int]) -> None:
-        self.queue_depth.labels(model).set_function(depth)
+        self.watch(self.queue_depth.labels(model), depth)
+
+    def watch(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        """Let `gauge` show `read()`: read when rendered, or in multiprocess mode written
+        by `refresh`."""
+        if self.multiprocess:
+            self._watched.append((gauge, read))
+            gauge.set(read())
+        else:
+            gauge.set_function(read)
+
+    def refresh(self) -> None:
+        """Write the watched gauges' values (multiprocess mode; the app calls it every
+        REFRESH_S seconds)."""
+        for gauge, read in self._watched:
+            gauge.set(read())
 
     def observe_batch(self, model: str, labels: Sequence[str], probabilities: np.ndarray) -> None:
         """Batch size, top-1 class and top-1 confidence of a batch of (N, C) probabilities."""
@@ -130,7 +161,12 @@ class Metrics:
             self.confidence.labels(model).observe(float(row[index]))
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if not self.multiprocess:
+            return generate_latest(self.registry)
+        self.refresh()
+        totals = CollectorRegistry()
+        multiprocess.MultiProcessCollector(totals)
+        return generate_latest(totals)
 
 
 # The web page's address may carry the API key (`/?key=...`, as the server prints it); the

@@ -1,10 +1,14 @@
-"""Running the app: bind the socket first, then uvicorn until SIGTERM or Ctrl-C."""
+"""Running the app: bind the socket first, then uvicorn until SIGTERM or Ctrl-C, in this
+process or in worker processes that share the socket (serve/workers.py)."""
 
 from __future__ import annotations
 
 import logging
 import signal
 import socket
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import uvicorn
@@ -12,16 +16,41 @@ import uvicorn
 from imgcls.errors import StartupError
 from imgcls.serve.app import create_app
 from imgcls.serve.auth import resolve_auth
+from imgcls.serve.inflight import InFlight
 from imgcls.serve.service import ServeConfig
+from imgcls.serve.workers import LOG_FORMAT, Supervisor, default_workers
 
 
 def run(config: ServeConfig) -> None:
     """Serve until SIGTERM or Ctrl-C; in-flight requests finish first. Off loopback with
-    no API key (and no `no_auth`), a key is generated first (auth.resolve_auth)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    no API key (and no `no_auth`), a key is generated first (auth.resolve_auth), one for
+    every worker. `config.workers` processes serve (None: `default_workers`)."""
+    workers = config.workers or default_workers(config)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s" if workers == 1 else LOG_FORMAT,
+    )
     listening = bind_socket(config.host, config.port)  # a taken port fails before models load
-    config = replace(config, port=listening.getsockname()[1])  # --port 0: the one given
-    app = create_app(resolve_auth(config))
+    config = replace(config, port=listening.getsockname()[1], workers=workers)  # --port 0
+    try:
+        config = resolve_auth(config)
+        if workers == 1:
+            serve_socket(config, listening)
+        else:
+            Supervisor(config, listening, serve_socket).run()
+    finally:
+        listening.close()
+
+
+def serve_socket(
+    config: ServeConfig,
+    listening: socket.socket,
+    in_flight: InFlight | None = None,
+    on_started: Callable[[], None] | None = None,
+) -> None:
+    """The app for `config` under uvicorn on `listening`, until SIGTERM; `on_started()`
+    once it accepts requests (its models loaded)."""
+    app = create_app(config, in_flight)
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -32,6 +61,8 @@ def run(config: ServeConfig) -> None:
             timeout_graceful_shutdown=None,
         )
     )
+    if on_started is not None:
+        threading.Thread(target=_tell_started, args=(server, on_started), daemon=True).start()
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again; with this
     # handler in place that second delivery is a no-op, so a drained server exits 0.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
@@ -46,7 +77,14 @@ def run(config: ServeConfig) -> None:
         ) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
-        listening.close()
+
+
+def _tell_started(server: uvicorn.Server, on_started: Callable[[], None]) -> None:
+    while not server.started:  # uvicorn's flag: set once the app's lifespan has started
+        if server.should_exit:
+            return
+        time.sleep(0.05)
+    on_started()
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

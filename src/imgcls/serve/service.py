@@ -47,15 +47,16 @@ from imgcls.serve.feedback import (
     PredictionLog,
     sha256_hex,
 )
+from imgcls.serve.inflight import InFlight
 from imgcls.serve.log_writer import LogWriter
 from imgcls.serve.metrics import Metrics
 from imgcls.validation import check_scalar
 
-__all__ = ["ServeConfig", "ServedModel", "Service"]
+__all__ = ["ServeConfig", "ServedModel", "Service", "open_prediction_log"]
 
 log = logging.getLogger("imgcls.serve")
 
-ONNX_WORKERS = 2  # batches ONNX Runtime runs at once (see Service.load)
+ONNX_WORKERS = 2  # batches ONNX Runtime runs at once in a server of one process (Service.load)
 ONNX_MAX_BATCH = 4  # the default --max-batch of those; 16 for PyTorch (one batch at a time)
 EXPLAIN_MAX_SIDE = 1024  # pixels; a heat map PNG of a 12-megapixel photo would be ~20 MB
 
@@ -75,6 +76,7 @@ class ServeConfig:
     device: str = "cpu"
     backend: str = "auto"  # auto (ONNX Runtime on the CPU) | torch | onnx
     threads: int | None = None  # threads per model call; None: see Service.load
+    workers: int | None = None  # processes (serve/workers.py); None: by device
     # API keys a request must carry (auth.py); kept out of repr so that no log shows them.
     # None given: `run` requires none on loopback and generates one elsewhere.
     api_keys: tuple[str, ...] = field(default=(), repr=False)
@@ -89,6 +91,7 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         # The limits that keep the disk bounded (a 0 would mean "keep nothing").
+        check_scalar(self.workers, "workers", int, min_val=1, allow_none=True)
         for name, value in (
             ("log_max_rows", self.log_max_rows),
             ("log_max_days", self.log_max_days),
@@ -109,6 +112,7 @@ class ServedModel:
     batcher: Batcher  # rows: probabilities, then the rejection score (see `scored_rows`)
     max_pixels: int
     decode_pool: Executor | None = None  # decodes and preprocesses uploads (None: asyncio's)
+    in_flight: InFlight = field(default_factory=InFlight)  # the server's images in flight
     on_unknown: Callable[[int], None] = lambda count: None  # counts "unknown" answers
     torch_threads: int = 1  # PyTorch's threads once Grad-CAM loads it (see Service.load)
     _explainer: Explainer | None = field(default=None, init=False, repr=False)
@@ -127,7 +131,8 @@ class ServedModel:
     ) -> list[Predictions]:
         """Top-k predictions for each (filename, encoded bytes) pair, in order, each marked
         unknown by the model's rule (or by `min_score` when given)."""
-        outputs = await self._outputs(await self._prepare_all(files))
+        with self.in_flight.holding(len(files)):
+            outputs = await self._outputs(await self._prepare_all(files))
         probabilities, scores = split_outputs(outputs)
         unknown = self.classifier.unknown(probabilities, scores, min_score)
         self.on_unknown(int(unknown.sum()))
@@ -189,11 +194,13 @@ class ServedModel:
 
     async def probabilities_for_images(self, files: Sequence[tuple[str, bytes]]) -> np.ndarray:
         """(N, C) probabilities for encoded images; undecodable ones raise 422."""
-        return await self.probabilities(await self._prepare_all(files))
+        with self.in_flight.holding(len(files)):
+            return split_outputs(await self._outputs(await self._prepare_all(files)))[0]
 
     async def probabilities(self, arrays: Sequence[np.ndarray]) -> np.ndarray:
         """(N, C) probabilities for preprocessed (3, H, W) arrays, through the batcher."""
-        return split_outputs(await self._outputs(arrays))[0]
+        with self.in_flight.holding(len(arrays)):
+            return split_outputs(await self._outputs(arrays))[0]
 
     async def _prepare_all(self, files: Sequence[tuple[str, bytes]]) -> list[np.ndarray]:
         self._check_count(len(files))
@@ -233,6 +240,16 @@ class ServedModel:
         )
 
 
+def open_prediction_log(path: str) -> PredictionLog:
+    """The prediction log at `path` (made if new), or StartupError saying why not."""
+    try:
+        return PredictionLog(path)
+    except (OSError, sqlite3.Error) as exc:  # a read-only or missing directory
+        raise StartupError(
+            f"{path}: cannot open the prediction log ({exc}); give another --log-db, or --no-log"
+        ) from None
+
+
 def scored_rows(classifier: ImageClassifier) -> Callable[[np.ndarray], np.ndarray]:
     """The batcher's model call: one row per image, its C probabilities and then the
     score the model's "unknown" rule reads (NaN without a rule), so that the rule's
@@ -258,6 +275,7 @@ class Service:
 
     config: ServeConfig
     metrics: Metrics
+    in_flight: InFlight = field(default_factory=InFlight)  # of this process among the workers
     models: dict[str, ServedModel] = field(default_factory=dict)
     log: PredictionLog | None = None  # open while the service runs, when logging is on
     log_writer: LogWriter | None = None  # writes `log`'s prediction rows, off the request path
@@ -285,11 +303,18 @@ class Service:
 
     async def load(self, stack: AsyncExitStack) -> None:
         """Load every configured model and start its batcher (stopped when `stack` closes)."""
-        # ONNX Runtime runs two small batches at once, so that neither waits at an
-        # intra-op barrier for a thread a decoding request preempted; torch runs one and
-        # leaves a core to the decoding (both measured: docs/performance.md).
+        # In one process, ONNX Runtime runs two small batches at once, so that neither
+        # waits at an intra-op barrier for a thread a decoding request preempted; torch
+        # runs one and leaves a core to the decoding. With worker processes, the processes
+        # run in parallel: each runs one batch at a time on its share of the cores. A batch
+        # with nothing beside it runs on every core (all measured: docs/performance.md).
         cores = len(os.sched_getaffinity(0))
-        threads = self.config.threads or max(1, cores - 1)
+        processes = self.config.workers or 1
+        if processes > 1:
+            threads = self.config.threads or max(1, cores // processes)
+        else:
+            threads = self.config.threads or max(1, cores - 1)
+        alone_threads = self.config.threads or cores
         # Uploads decode in a pool of their own, one thread per core (docs/performance.md).
         decode_pool = ThreadPoolExecutor(cores, thread_name_prefix="imgcls-decode")
         stack.callback(decode_pool.shutdown)
@@ -306,6 +331,16 @@ class Service:
             if name in self.models:
                 raise ValueError(f"two models are both called {name!r}; serve each once")
             onnx = classifier.runtime.backend == "onnx"
+            alone = None  # the same model on every core, for a batch with nothing beside it
+            if onnx and alone_threads > threads:
+                alone = await run_in_threadpool(
+                    ImageClassifier,
+                    spec,
+                    device=self.config.device,
+                    backend=self.config.backend,
+                    max_pixels=self.config.max_pixels,
+                    threads=alone_threads,
+                )
             batcher = Batcher(
                 scored_rows(classifier),
                 max_batch=self.config.max_batch or (ONNX_MAX_BATCH if onnx else 16),
@@ -313,7 +348,9 @@ class Service:
                 max_queue=self.config.max_queue,
                 on_batch=self._observer(name, classifier.labels.names),
                 name=name,
-                workers=ONNX_WORKERS if onnx else 1,
+                workers=ONNX_WORKERS if onnx and processes == 1 else 1,
+                predict_alone=None if alone is None else scored_rows(alone),
+                alone=self.in_flight.alone,
             )
             await stack.enter_async_context(batcher)
             self.metrics.track_queue(name, lambda b=batcher: b.depth)
@@ -322,6 +359,7 @@ class Service:
                 batcher,
                 self.config.max_pixels,
                 decode_pool,
+                self.in_flight,
                 on_unknown=lambda count, n=name: self.metrics.count_unknown(n, count),
                 torch_threads=threads,
             )
@@ -331,15 +369,9 @@ class Service:
             torch.set_num_threads(threads)
         stack.push_async_callback(self._finish_warm_up)
         await run_in_threadpool(lambda: self.feedback.used_bytes)  # counted once, off the loop
-        self.metrics.feedback_bytes.set_function(lambda: self.feedback.used_bytes)
+        self.metrics.watch(self.metrics.feedback_bytes, lambda: self.feedback.used_bytes)
         if self.config.log_db is not None:  # opened once the models load: no file on failure
-            try:
-                self.log = PredictionLog(self.config.log_db)
-            except (OSError, sqlite3.Error) as exc:  # a read-only or missing directory
-                raise StartupError(
-                    f"{self.config.log_db}: cannot open the prediction log ({exc}); give "
-                    "another --log-db, or --no-log"
-                ) from None
+            self.log = open_prediction_log(self.config.log_db)
             stack.callback(self.log.close)
             self.log_writer = LogWriter(
                 self.log,
@@ -350,7 +382,7 @@ class Service:
                 on_write_error=self.metrics.log_write_errors.inc,
                 on_deleted=self.metrics.log_deleted.inc,
             )
-            self.metrics.log_queue_depth.set_function(lambda: self.log_writer.depth)
+            self.metrics.watch(self.metrics.log_queue_depth, lambda: self.log_writer.depth)
             # Closed before the log: the rows still queued are written first.
             stack.push_async_callback(run_in_threadpool, self.log_writer.close)
 
