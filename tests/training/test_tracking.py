@@ -190,7 +190,7 @@ def test_a_tracking_server_gone_mid_run_costs_one_warning_and_the_run_completes(
     proxy = Proxy(mlflow_server)
     out = tmp_path / "orphan"
     command = [sys.executable, "-m", "imgcls", "train", str(photos), "--out", str(out), *TINY,
-               "--epochs", "4", "--mlflow", f"http://127.0.0.1:{proxy.port}", "--no-tensorboard",
+               "--epochs", "3", "--mlflow", f"http://127.0.0.1:{proxy.port}", "--no-tensorboard",
                ]  # fmt: skip
     training = subprocess.Popen(command, env=cli_env(), stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
@@ -202,7 +202,7 @@ def test_a_tracking_server_gone_mid_run_costs_one_warning_and_the_run_completes(
     stdout, stderr = training.communicate(timeout=300)
     assert training.returncode == 0, stderr[-3000:]
     assert stderr.count("warning: MLflow") == 1, stderr[-3000:]
-    assert [int(r["epoch"]) for r in read_rows(out)] == [1, 2, 3, 4]
+    assert [int(r["epoch"]) for r in read_rows(out)] == [1, 2, 3]
     assert ImageClassifier(str(out)).classify_image(next((photos / "cat").iterdir()))
 
 
