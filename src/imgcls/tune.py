@@ -115,7 +115,10 @@ def tune(
 ) -> TuneResult:
     """Search `space` (default `default_space(base)`) around `base` until the study holds
     `trials` finished trials or `timeout` seconds pass; write DIR/best, the table, the plot."""
-    import optuna  # function-local: a heavy optional dependency ([track])
+    try:
+        import optuna  # function-local: a heavy optional dependency ([track])
+    except ImportError:
+        raise ConfigError("imgcls tune needs Optuna: pip install 'imgcls[track]'") from None
 
     space = default_space(base) if space is None else space
     _check_space(space, "space")

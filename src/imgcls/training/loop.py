@@ -116,6 +116,7 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainRe
     rank, world, device = init_distributed(config.device)  # DDP: joins the process group
     master = rank == 0
     say = reporter(config, master)
+    tracking = open_tracking(config, master)  # MLflow, TensorBoard: rank 0 reports
     splits = read_splits(config)
     multi_label = splits.multi_label
     if multi_label:
@@ -136,7 +137,6 @@ def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainRe
     if master:
         _start_run_dir(out, config, splits, run, world, history)
     _announce(config, splits, run, device, world, master)
-    tracking = open_tracking(config, master)  # MLflow, TensorBoard: rank 0 reports
     tracking.start(config, splits)
     model = run.model
     if world > 1:  # DDP: the wrapper runs the forward pass and averages gradients

@@ -15,6 +15,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import asdict
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -106,7 +107,17 @@ class Tracking:
 
 
 def open_tracking(config: TrainConfig, master: bool) -> Tracking:
-    """The trackers `config` asks for, on rank 0 (DDP: the other ranks report nothing)."""
+    """The trackers `config` asks for, on rank 0 (DDP: the other ranks report nothing);
+    a ConfigError on every rank when one asked for is not installed."""
+    for wanted, package in (
+        (config.mlflow is not None, "mlflow"),
+        (config.tensorboard, "tensorboard"),
+    ):
+        if wanted and find_spec(package) is None:
+            raise ConfigError(
+                f"`{package}`: not installed; pip install 'imgcls[track]' (or leave it off)",
+                parameters=(package,),
+            )
     if not master:
         return Tracking([])
     trackers: list[Tracker] = []
@@ -338,8 +349,6 @@ def log_model(run_dir: Path, register: str | None = None) -> str:
 
 def tensorboard_available() -> bool:
     """Whether `tensorboard` is installed (TensorBoard's event files are on by default then)."""
-    from importlib.util import find_spec
-
     return find_spec("tensorboard") is not None
 
 
