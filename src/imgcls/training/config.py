@@ -85,7 +85,7 @@ class TrainConfig:
     # Distillation (imgcls.training.distill): a run directory on the same classes teaches;
     # the loss is (1 - weight) * labels' loss + weight * T² * KL at temperature T.
     teacher: str | None = None
-    distill_temperature: float = 4.0  # T (docs/train.md has the measurement)
+    distill_temperature: float = 4.0  # T (Hinton et al.'s range; benchmarks/distill.py)
     distill_weight: float = 0.5
 
     def check(self) -> None:
