@@ -11,7 +11,7 @@ from imgcls.cli.app import app, main
 # Each module registers its command with `app`; the order here is the order of --help.
 # isort: off
 from imgcls.cli import predict, evaluate, features, export, benchmark, serve  # noqa: F401
-from imgcls.cli import explain, feedback, train, doctor  # noqa: F401
+from imgcls.cli import explain, feedback, train, tune, doctor  # noqa: F401
 # isort: on
 
 __all__ = ["app", "main"]

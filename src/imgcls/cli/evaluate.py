@@ -47,6 +47,9 @@ def evaluate(
     label_delim: LabelDelim = None,
     skip_missing: SkipMissing = False,
     ray: RayAddress = None,
+    mlflow: Annotated[
+        bool, typer.Option("--mlflow", help="Log to the MLflow run that trained MODEL.")
+    ] = False,
 ) -> None:
     """Accuracy, per-class metrics and calibration of MODEL on DATA.
 
@@ -82,6 +85,8 @@ def evaluate(
             if out is not None:
                 report_dir = out if len(names) == 1 else out / safe_filename(name)
                 write_report(evaluation, metrics, report_dir)
+            if mlflow and name == model:
+                _log_to_mlflow(model, split, evaluation, metrics, write_report)
             reports.append(metrics)
 
     if json_output:
@@ -89,6 +94,21 @@ def evaluate(
     else:
         _print_evaluations(reports)
     raise typer.Exit(EXIT_INPUT_FAILED if any(r["failed"] for r in reports) else EXIT_OK)
+
+
+def _log_to_mlflow(
+    model: str, split: str, evaluation, metrics: dict[str, Any], write_report
+) -> None:
+    """The evaluation's metrics and report files, into the MLflow run of `model`'s run
+    directory (its mlflow.json)."""
+    import tempfile
+
+    from imgcls.training.tracking import log_evaluation  # deferred: imports MLflow
+
+    with tempfile.TemporaryDirectory() as report:
+        write_report(evaluation, metrics, Path(report))
+        run_id = log_evaluation(model, f"eval_{split}", metrics, Path(report))
+    stderr.print(f"logged the evaluation to MLflow run {run_id}")
 
 
 def _print_evaluations(reports: list[dict[str, Any]]) -> None:

@@ -91,6 +91,28 @@ TargetCoverage = Annotated[
     float | None,
     typer.Option(help="'unknown' threshold: share of images answered (default 0.95)."),
 ]
+Mlflow = Annotated[
+    str | None,
+    typer.Option(
+        envvar="MLFLOW_TRACKING_URI",
+        help="Log the run to MLflow at this tracking URI (http://HOST:PORT, or a folder).",
+    ),
+]
+Register = Annotated[
+    str | None, typer.Option(help="Register the model under this name (needs --mlflow).")
+]
+Tensorboard = Annotated[
+    bool | None,
+    typer.Option(
+        "--tensorboard/--no-tensorboard",
+        help="Event files in RUN/tb/ (default: when tensorboard is installed).",
+    ),
+]
+TeacherOption = Annotated[
+    Path | None, typer.Option("--teacher", help="Distil from this run (same classes).")
+]
+DistillTemperature = Annotated[float, typer.Option(help="Distillation temperature.")]
+DistillWeight = Annotated[float, typer.Option(help="Weight of the teacher's soft targets.")]
 FindLr = Annotated[bool, typer.Option(help="Run an LR range test instead.")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print a final JSON object.")]
 
@@ -136,6 +158,12 @@ def train(
     reject_score: RejectScoreOption = _TRAIN.reject_score,
     target_precision: TargetPrecision = _TRAIN.target_precision,
     target_coverage: TargetCoverage = _TRAIN.target_coverage,
+    mlflow: Mlflow = _TRAIN.mlflow,
+    register: Register = _TRAIN.register,
+    tensorboard: Tensorboard = _TRAIN.tensorboard,
+    teacher: TeacherOption = _TRAIN.teacher,
+    distill_temperature: DistillTemperature = _TRAIN.distill_temperature,
+    distill_weight: DistillWeight = _TRAIN.distill_weight,
     find_lr: FindLr = False,
     json_output: JsonOutput = False,
 ) -> None:
@@ -172,9 +200,9 @@ def _train_config(params: dict[str, Any], progress: bool) -> TrainConfig:
         for name, value in params.items()
         if name in TrainConfig.__dataclass_fields__
     }
-    weights = params["weights"]
     options.update(data=str(params["data"]), out=str(params["out"] or "."), progress=progress)
-    options.update(weights=None if weights is None else str(weights))
+    for name in ("weights", "teacher"):
+        options[name] = None if params[name] is None else str(params[name])
     return TrainConfig(**options)
 
 

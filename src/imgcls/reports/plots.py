@@ -25,6 +25,7 @@ __all__ = [
     "curves",
     "lr_find",
     "mistakes",
+    "param_importance",
     "pr_curves",
     "reliability",
 ]
@@ -245,6 +246,19 @@ def lr_find(lrs: list[float], losses: list[float], suggested: int, path: str | o
     ax.set_ylabel("loss (smoothed)")
     ax.legend()
     ax.grid(alpha=0.3)
+    _save(fig, path)
+
+
+def param_importance(importances: dict[str, float], path: str | os.PathLike) -> None:
+    """A hyper-parameter search's parameters by importance (shares of the score's
+    variance, as Optuna's fANOVA estimates them), the most important on top."""
+    names = list(importances)[::-1]
+    fig = Figure(figsize=(6, 1 + 0.4 * len(names)))
+    ax = fig.subplots()
+    ax.barh(names, [importances[name] for name in names])
+    ax.set_xlabel("importance for the validation score")
+    ax.set_xlim(0, 1)
+    ax.grid(alpha=0.3, axis="x")
     _save(fig, path)
 
 

@@ -24,7 +24,7 @@ __all__ = ["CLASSIFIERS", "DEFAULT_LR", "OPTIMIZERS", "TrainConfig", "TrainResul
 OPTIMIZERS = ("adamw", "sgd")
 CLASSIFIERS = ("softmax", *HEAD_KINDS)
 DEFAULT_LR = {"adamw": 1e-3, "sgd": 0.05}
-_SINGLE_LABEL_ONLY = ("mixup", "cutmix", "label_smoothing", "balance")
+_SINGLE_LABEL_ONLY = ("mixup", "cutmix", "label_smoothing", "balance", "teacher")
 
 
 @dataclass
@@ -76,6 +76,17 @@ class TrainConfig:
     reject_score: str = "knn"  # knn | max_prob (docs/trust.md has the measurement)
     target_precision: float | None = None  # accuracy wanted on the images answered
     target_coverage: float | None = None  # share of images answered
+    # Tracking (imgcls.training.tracking): an MLflow run at this tracking URI (None: off;
+    # "": MLflow's default, ./mlruns or MLFLOW_TRACKING_URI), its model registered under
+    # `register`; TensorBoard event files in RUN/tb/ (None: when tensorboard is installed).
+    mlflow: str | None = None
+    register: str | None = None
+    tensorboard: bool | None = None
+    # Distillation (imgcls.training.distill): a run directory on the same classes teaches;
+    # the loss is (1 - weight) * labels' loss + weight * T² * KL at temperature T.
+    teacher: str | None = None
+    distill_temperature: float = 4.0  # T (Hinton et al.'s range; benchmarks/distill.py)
+    distill_weight: float = 0.5
 
     def check(self) -> None:
         """Refuse values out of range with a ConfigError that names the field."""
@@ -114,6 +125,19 @@ class TrainConfig:
         for name in ("target_precision", "target_coverage"):
             value = getattr(self, name)
             _check(value is None or 0 < value <= 1, name, "in (0, 1]", value)
+        if self.register is not None and self.mlflow is None:
+            raise ConfigError(
+                "`register` needs `mlflow`: the tracking server whose registry takes the model",
+                parameters=("register", "mlflow"),
+            )
+        if self.teacher is not None and self.classifier != "softmax":
+            raise ConfigError(
+                f"`teacher`: a {self.classifier} head is fitted, not trained; distil into "
+                "a network (classifier softmax)",
+                parameters=("teacher", "classifier"),
+            )
+        _check(self.distill_temperature > 0, "distill_temperature", "> 0", self.distill_temperature)
+        _check(0 <= self.distill_weight <= 1, "distill_weight", "in [0, 1]", self.distill_weight)
         if self.target_precision is not None and self.target_coverage is not None:
             raise ConfigError(
                 "`target_precision` and `target_coverage`: choose one",
@@ -122,8 +146,8 @@ class TrainConfig:
 
     def check_multi_label(self) -> None:
         """Refuse, for a multi-label data set, the options that assume one class per
-        image: mixing (MixUp and CutMix mix class indices), smoothing and balancing (both
-        are cross-entropy's)."""
+        image: mixing (MixUp and CutMix mix class indices), smoothing, balancing and
+        distillation (all are cross-entropy's)."""
         used = [name for name in _SINGLE_LABEL_ONLY if getattr(self, name)]
         if used:
             raise ConfigError(

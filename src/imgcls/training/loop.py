@@ -61,6 +61,7 @@ from imgcls.models.weights import save_weights
 from imgcls.reports import plots
 from imgcls.training.calibrate import calibrate_network
 from imgcls.training.config import TrainConfig, TrainResult
+from imgcls.training.distill import Teacher
 from imgcls.training.heads import train_head
 from imgcls.training.report import console, epoch_line, epoch_progress, reporter
 from imgcls.training.run_writer import (
@@ -86,13 +87,20 @@ from imgcls.training.setup import (
     read_splits,
     set_train_mode,
 )
+from imgcls.training.tracking import open_tracking
 from imgcls.trust.multilabel import mean_average_precision
 
-__all__ = ["train"]
+__all__ = ["EpochCallback", "train"]
+
+# Called after every epoch with (epoch, 1-based; validation score that picks the best:
+# accuracy, or mAP for a multi-label run; None without a validation set). `imgcls tune`
+# prunes a trial from here: an exception it raises ends the training.
+EpochCallback = Callable[[int, float | None], None]
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Train `config.model` on `config.data` and write the run directory `config.out`."""
+def train(config: TrainConfig, on_epoch: EpochCallback | None = None) -> TrainResult:
+    """Train `config.model` on `config.data` and write the run directory `config.out`;
+    `on_epoch` hears each epoch's validation score."""
     started = time.perf_counter()
     config.check()
     out = Path(config.out)
@@ -108,6 +116,7 @@ def train(config: TrainConfig) -> TrainResult:
     rank, world, device = init_distributed(config.device)  # DDP: joins the process group
     master = rank == 0
     say = reporter(config, master)
+    tracking = open_tracking(config, master)  # MLflow, TensorBoard: rank 0 reports
     splits = read_splits(config)
     multi_label = splits.multi_label
     if multi_label:
@@ -128,6 +137,7 @@ def train(config: TrainConfig) -> TrainResult:
     if master:
         _start_run_dir(out, config, splits, run, world, history)
     _announce(config, splits, run, device, world, master)
+    tracking.start(config, splits)
     model = run.model
     if world > 1:  # DDP: the wrapper runs the forward pass and averages gradients
         device_ids = [device.index] if device.type == "cuda" else None
@@ -162,9 +172,17 @@ def train(config: TrainConfig) -> TrainResult:
             row.update(_ema_columns(evaluate(run.ema.module), multi_label))
             best_module, prefix = run.ema.module, "ema_val"
         # Multi-label: mean average precision, which no threshold choice sways, picks.
-        improved = history.record(row, row[f"{prefix}_map" if multi_label else f"{prefix}_acc"])
+        score = row[f"{prefix}_map" if multi_label else f"{prefix}_acc"]
+        improved = history.record(row, score)
         epochs_done = epoch + 1
         say(epoch_line(row, config.epochs, improved and bool(splits.val)))
+        tracking.log_epoch(row)
+        if on_epoch is not None:
+            try:
+                on_epoch(epochs_done, score)
+            except BaseException:
+                tracking.finish(None)  # the caller ends the run here (a pruned trial)
+                raise
 
         # -- checkpoint (rank 0; state.pt last: it commits the epoch) ---------------------
         if master:
@@ -195,9 +213,12 @@ def train(config: TrainConfig) -> TrainResult:
     trust: dict[str, Any] = {}
     if master and splits.val:
         trust = calibrate_network(best, out, config, splits, run.preprocess, device)
-    return _result(
+    result = _result(
         out, splits, history, epochs_done, run, (test_accuracy, test_map), trust, started
     )
+    tracking.log_artifacts(out, splits)
+    tracking.finish(result)
+    return result
 
 
 # -- what set-up builds, and the run's history -------------------------------------------
@@ -223,6 +244,7 @@ class _Run:
     criterion: nn.Module
     mix: nn.Module | None  # MixUp and/or CutMix, or None
     memory_format: torch.memory_format
+    teacher: Teacher | None  # distillation: the run that teaches, or None
 
 
 @dataclass
@@ -282,6 +304,10 @@ def _set_up(
         criterion=make_criterion(config, splits).to(device),
         mix=make_mix(config.mixup, config.cutmix, len(splits.class_names)),
         memory_format=memory_format,
+        teacher=Teacher(
+            config.teacher, splits.class_names, preprocess, device,
+            config.distill_temperature, config.distill_weight,
+        ) if config.teacher else None,
     )  # fmt: skip
 
 
@@ -378,6 +404,8 @@ def _train_epoch(
         with torch.autocast(device.type, dtype=amp_dtype, enabled=config.amp):
             logits = model(images)
             loss = run.criterion(logits, targets)
+            if run.teacher is not None:  # distillation: the teacher's softened outputs too
+                loss = run.teacher.loss(loss, logits, images)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         if config.clip_grad is not None:
