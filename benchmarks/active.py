@@ -8,7 +8,7 @@ test set (seed 0). A second pool, "near-copies", is 600 of those letters five ti
 each, every copy shifted by a pixel or two with fresh noise: a served-image sample where
 one confusing photo comes back again and again.
 
-Loop, per pool, strategy and repeat (3 seeds): 2 labelled images a class to start; then 5
+Loop, per pool, strategy and repeat (8 seeds): 2 labelled images a class to start; then 5
 rounds, each labels N = 40 more chosen by the strategy from the model of the round
 before; a logistic-regression head (scikit-learn, C=1) on EfficientNet-Lite0 features at
 64 px is retrained each round, and its test accuracy recorded. Features are extracted
@@ -42,7 +42,7 @@ FONTS = (
 )  # fmt: skip
 SIZE = 96
 POOL_PER_CLASS, TEST_PER_CLASS = 150, 40
-SEED_PER_CLASS, ROUNDS, PER_ROUND, REPEATS = 2, 5, 40, 3
+SEED_PER_CLASS, ROUNDS, PER_ROUND, REPEATS = 2, 5, 40, 8
 BASES, COPIES = 600, 5  # the near-copies pool
 
 

@@ -56,7 +56,7 @@ def test_a_folder_that_is_no_index_is_refused_by_name(tmp_path):
 
 
 def test_embeddings_of_another_width_are_refused(index_dir):
-    with pytest.raises(DataError, match="features"):
+    with pytest.raises(DataError, match="256-feature embeddings, got 3"):
         EmbeddingIndex(index_dir).search_vector(np.ones(3), k=2)
 
 
@@ -86,3 +86,34 @@ def test_cli_search_of_a_missing_image_is_one_clear_line(index_dir, tmp_path):
 
     assert result.returncode != 0
     assert "nope.jpg" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_server_with_an_index_answers_similar_images(photos, tiny_run, index_dir):
+    import httpx
+    from serve_utils import thread_server
+
+    query = (photos / "espresso" / "4.jpg").read_bytes()
+    with (
+        thread_server(models=(str(tiny_run),), index=str(index_dir)) as url,
+        httpx.Client(base_url=url, timeout=60) as client,
+    ):
+        multipart = client.post("/v1/similar?k=3", files={"file": ("q.jpg", query)})
+        raw = client.post("/v1/similar", content=query, headers={"Content-Type": "image/jpeg"})
+        broken = client.post("/v1/similar", files={"file": ("bad.jpg", b"not an image")})
+
+    assert multipart.status_code == 200, multipart.text
+    [result] = multipart.json()["results"]
+    assert result["filename"] == "q.jpg" and len(result["neighbours"]) == 3
+    assert result["neighbours"][0]["path"] == "espresso/4.jpg"
+    assert raw.status_code == 200 and len(raw.json()["results"][0]["neighbours"]) == 10
+    assert broken.status_code == 422 and "bad.jpg" in broken.json()["error"]["message"]
+
+
+def test_server_without_an_index_says_how_to_get_one(tiny_run):
+    import httpx
+    from serve_utils import CAT, thread_server
+
+    with thread_server(models=(str(tiny_run),)) as url:
+        answer = httpx.post(f"{url}/v1/similar", files={"file": ("cat.jpg", CAT)}, timeout=60)
+
+    assert answer.status_code == 404 and "--index" in answer.json()["error"]["message"]

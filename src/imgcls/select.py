@@ -161,7 +161,7 @@ def cluster_margin(
 
     with warnings.catch_warnings():  # said when copies leave clusters empty: handled below
         warnings.simplefilter("ignore", ConvergenceWarning)
-        clusters = KMeans(budget, n_init=1, random_state=seed).fit_predict(_normalised(features))
+        clusters = KMeans(budget, n_init=3, random_state=seed).fit_predict(_normalised(features))
     members = (np.flatnonzero(clusters == c) for c in range(budget))
     picks = {int(m[np.argmin(margins[m])]) for m in members if len(m)}
     rest = (i for i in np.argsort(margins, kind="stable").tolist() if i not in picks)

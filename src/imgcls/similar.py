@@ -74,7 +74,8 @@ def build_index(features: Features, model: str, out: str | os.PathLike) -> Path:
         faiss.write_index(index, str(staging / INDEX_FILE))
         root = Path(features.root)
         items = {
-            "model": model,
+            # A run directory by its absolute path: the index is searched from anywhere.
+            "model": str(Path(model).resolve()) if Path(model).exists() else model,
             "dimensions": int(vectors.shape[1]),
             "root": str(root.resolve() if "://" not in features.root else features.root),
             "paths": features.paths,
@@ -119,9 +120,14 @@ class EmbeddingIndex:
 
     @property
     def classifier(self) -> ImageClassifier:
+        """The index's model, loaded on first use unless given."""
         if self._classifier is None:
             self._classifier = ImageClassifier(self.model)
         return self._classifier
+
+    @classifier.setter
+    def classifier(self, classifier: ImageClassifier) -> None:
+        self._classifier = classifier
 
     def embed(self, image: ImageSource) -> np.ndarray:
         """The query image's features, (D,), from the index's model."""

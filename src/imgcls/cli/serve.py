@@ -95,6 +95,11 @@ FeedbackMaxMb = Annotated[
     float, typer.Option(help="Refuse corrections (507) once their images take this many MB.")
 ]
 
+Index = Annotated[
+    Path | None,
+    typer.Option(help="An `imgcls index` folder: POST /v1/similar finds images like an upload."),
+]
+
 
 @app.command()
 def serve(
@@ -118,6 +123,7 @@ def serve(
     log_max_days: LogMaxDays = None,
     feedback_dir: FeedbackDir = Path(DEFAULT_FEEDBACK_DIR),
     feedback_max_mb: FeedbackMaxMb = DEFAULT_FEEDBACK_MAX_MB,
+    index: Index = None,
 ) -> None:
     """Serve models over HTTP: web page, REST, KServe v2, metrics."""
     # deferred: the server (FastAPI, uvicorn) loads only to serve
@@ -146,5 +152,6 @@ def serve(
             log_max_days=log_max_days,
             feedback_dir=str(feedback_dir),
             feedback_max_mb=feedback_max_mb,
+            index=None if index is None else str(index),
         )
     )

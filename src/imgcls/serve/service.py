@@ -86,6 +86,7 @@ class ServeConfig:
     log_max_days: float | None = None  # rows older than this deleted; None: no age limit
     feedback_dir: str = DEFAULT_FEEDBACK_DIR  # corrected images, in class folders
     feedback_max_mb: float | None = DEFAULT_FEEDBACK_MAX_MB  # beyond it, 507; None: no cap
+    index: str | None = None  # an `imgcls index` folder for /v1/similar; None: no search
 
     def __post_init__(self) -> None:
         # The limits that keep the disk bounded (a 0 would mean "keep nothing").
