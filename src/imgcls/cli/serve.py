@@ -17,6 +17,7 @@ from imgcls.serve.feedback import (
     DEFAULT_LOG_DB,
     DEFAULT_LOG_MAX_ROWS,
 )
+from imgcls.serve.keep import DEFAULT_KEEP_DIR
 
 # The options, named here so that the command reads as its list of settings.
 Models = Annotated[
@@ -100,6 +101,16 @@ Index = Annotated[
     typer.Option(help="An `imgcls index` folder: POST /v1/similar finds images like an upload."),
 ]
 
+KeepImagesMb = Annotated[
+    float | None,
+    typer.Option(
+        min=0.001,
+        help="Keep up to this many MB of served images worth labelling (unknown, lowest "
+        "margin, a random 1%%) for `imgcls select`; off by default: uploads may be private.",
+    ),
+]
+KeepDir = Annotated[Path, typer.Option(help="Where --keep-images-mb keeps them.")]
+
 
 @app.command()
 def serve(
@@ -124,6 +135,8 @@ def serve(
     feedback_dir: FeedbackDir = Path(DEFAULT_FEEDBACK_DIR),
     feedback_max_mb: FeedbackMaxMb = DEFAULT_FEEDBACK_MAX_MB,
     index: Index = None,
+    keep_images_mb: KeepImagesMb = None,
+    keep_dir: KeepDir = Path(DEFAULT_KEEP_DIR),
 ) -> None:
     """Serve models over HTTP: web page, REST, KServe v2, metrics."""
     # deferred: the server (FastAPI, uvicorn) loads only to serve
@@ -153,5 +166,7 @@ def serve(
             feedback_dir=str(feedback_dir),
             feedback_max_mb=feedback_max_mb,
             index=None if index is None else str(index),
+            keep_images_mb=keep_images_mb,
+            keep_dir=str(keep_dir),
         )
     )

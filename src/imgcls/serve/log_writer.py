@@ -81,6 +81,15 @@ class LogWriter:
                 return
         self._dropping = False
 
+    def put_task(self, task: Callable[[], object]) -> bool:
+        """Queue `task` to run on the writer thread after the rows before it (another
+        store's write, e.g. a kept image); never blocks. False when the queue is full."""
+        try:
+            self._queue.put_nowait(task)
+        except queue.Full:
+            return False
+        return True
+
     def record_feedback(self, model: str, sha256: str, label: str, path: str) -> None:
         """Log a correction now, in the caller's thread (a request waits for it); a failed
         write is counted and said like the writer's own, and not raised."""
@@ -106,7 +115,7 @@ class LogWriter:
     def _run(self) -> None:
         stop = False
         while not stop:
-            batch = []
+            batch, tasks = [], []
             try:
                 item = self._queue.get(timeout=self._sleep_s())  # sleep until there is work
             except queue.Empty:  # with an age limit: time to look for old rows
@@ -115,7 +124,10 @@ class LogWriter:
                 if item is _STOP:
                     stop = True  # put after every row it must write: the batch is the rest
                     break
-                batch.append(item)
+                if callable(item):
+                    tasks.append(item)
+                else:
+                    batch.append(item)
                 if len(batch) >= self.max_batch:
                     break
                 try:
@@ -129,6 +141,8 @@ class LogWriter:
                 )
                 if deleted:
                     self._on_deleted(deleted)
+            for task in tasks:
+                self._attempt(task, "a queued write")
             if self.max_age is not None and time.monotonic() >= self._next_age_check:
                 self._delete_old()
 
