@@ -110,6 +110,10 @@ KeepImagesMb = Annotated[
     ),
 ]
 KeepDir = Annotated[Path, typer.Option(help="Where --keep-images-mb keeps them.")]
+LabelQueueFile = Annotated[
+    Path | None,
+    typer.Option(help="A label file to work through on the page (/#label): imgcls select's."),
+]
 
 
 @app.command()
@@ -137,6 +141,7 @@ def serve(
     index: Index = None,
     keep_images_mb: KeepImagesMb = None,
     keep_dir: KeepDir = Path(DEFAULT_KEEP_DIR),
+    label_queue: LabelQueueFile = None,
 ) -> None:
     """Serve models over HTTP: web page, REST, KServe v2, metrics."""
     # deferred: the server (FastAPI, uvicorn) loads only to serve
@@ -168,5 +173,6 @@ def serve(
             index=None if index is None else str(index),
             keep_images_mb=keep_images_mb,
             keep_dir=str(keep_dir),
+            label_queue=None if label_queue is None else str(label_queue),
         )
     )

@@ -90,6 +90,7 @@ class ServeConfig:
     index: str | None = None  # an `imgcls index` folder for /v1/similar; None: no search
     keep_images_mb: float | None = None  # served images kept for labelling; None: none
     keep_dir: str = DEFAULT_KEEP_DIR  # where (serve/keep.py)
+    label_queue: str | None = None  # a label file of images to label on the page
 
     def __post_init__(self) -> None:
         # The limits that keep the disk bounded (a 0 would mean "keep nothing").
