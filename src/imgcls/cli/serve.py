@@ -81,7 +81,13 @@ NoAuth = Annotated[
 MetricsAuth = Annotated[
     bool, typer.Option("--metrics-auth", help="Require the key on /metrics too.")
 ]
-LogDb = Annotated[Path, typer.Option(help="SQLite file that logs every prediction (WAL mode).")]
+LogDb = Annotated[
+    str,
+    typer.Option(
+        help="SQLite file that logs every prediction (WAL mode), or a postgresql:// URL that "
+        "several servers share (pip install 'imgcls[postgres]')."
+    ),
+]
 NoLog = Annotated[bool, typer.Option("--no-log", help="Do not log predictions.")]
 LogMaxRows = Annotated[
     int, typer.Option(min=1, help="Keep at most this many predictions; the oldest go.")
@@ -132,7 +138,7 @@ def serve(
     api_key_file: ApiKeyFile = None,
     no_auth: NoAuth = False,
     metrics_auth: MetricsAuth = False,
-    log_db: LogDb = Path(DEFAULT_LOG_DB),
+    log_db: LogDb = DEFAULT_LOG_DB,
     no_log: NoLog = False,
     log_max_rows: LogMaxRows = DEFAULT_LOG_MAX_ROWS,
     log_max_days: LogMaxDays = None,

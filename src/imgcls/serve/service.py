@@ -50,6 +50,7 @@ from imgcls.serve.feedback import (
 from imgcls.serve.keep import DEFAULT_KEEP_DIR, KeptSample
 from imgcls.serve.log_writer import LogWriter
 from imgcls.serve.metrics import Metrics
+from imgcls.serve.postgres_log import PostgresLog, is_postgres_url
 from imgcls.validation import check_scalar
 
 __all__ = ["ServeConfig", "ServedModel", "Service"]
@@ -81,7 +82,9 @@ class ServeConfig:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     no_auth: bool = False  # no keys even off loopback (said in the log)
     metrics_auth: bool = False  # /metrics needs a key too (by default scrapers need none)
-    log_db: str | None = None  # SQLite prediction log; None: off (the CLI turns it on)
+    # The prediction log: a SQLite file or a postgresql:// URL; None: off (the CLI turns
+    # it on).
+    log_db: str | None = None
     log_queue: int = 10_000  # log rows waiting for the disk; beyond it, dropped and counted
     log_max_rows: int | None = DEFAULT_LOG_MAX_ROWS  # older rows deleted; None: all kept
     log_max_days: float | None = None  # rows older than this deleted; None: no age limit
@@ -271,7 +274,7 @@ class Service:
     config: ServeConfig
     metrics: Metrics
     models: dict[str, ServedModel] = field(default_factory=dict)
-    log: PredictionLog | None = None  # open while the service runs, when logging is on
+    log: PredictionLog | PostgresLog | None = None  # open while serving, when logging is on
     log_writer: LogWriter | None = None  # writes `log`'s prediction rows, off the request path
     feedback: FeedbackStore = field(init=False)  # corrected images, under their size cap
     kept: KeptSample | None = None  # served images worth labelling (--keep-images-mb)
@@ -345,7 +348,10 @@ class Service:
         stack.push_async_callback(self._finish_warm_up)
         await run_in_threadpool(lambda: self.feedback.used_bytes)  # counted once, off the loop
         self.metrics.feedback_bytes.set_function(lambda: self.feedback.used_bytes)
-        if self.config.log_db is not None:  # opened once the models load: no file on failure
+        if self.config.log_db is not None and is_postgres_url(self.config.log_db):
+            self.log = await run_in_threadpool(PostgresLog, self.config.log_db)
+            stack.callback(self.log.close)
+        elif self.config.log_db is not None:  # opened once the models load: no file on failure
             try:
                 self.log = PredictionLog(self.config.log_db)
             except (OSError, sqlite3.Error) as exc:  # a read-only or missing directory
@@ -354,6 +360,7 @@ class Service:
                     "another --log-db, or --no-log"
                 ) from None
             stack.callback(self.log.close)
+        if self.log is not None:
             self.log_writer = LogWriter(
                 self.log,
                 max_queue=self.config.log_queue,
