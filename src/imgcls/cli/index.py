@@ -33,8 +33,9 @@ def index(
     skip_missing: SkipMissing = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Index the embeddings of every image of SOURCE, for `imgcls search` and the
-    server's /v1/similar (serve --index)."""
+    """An embedding index of SOURCE, for similar-image search.
+
+    `imgcls search` and the server's /v1/similar (serve --index) read it."""
     # deferred: feature extraction and faiss load for this command only
     from imgcls.features import extract_features
     from imgcls.similar import build_index
@@ -66,8 +67,9 @@ def search(
     k: Annotated[int, typer.Option("-k", "--k", min=1, help="How many images to return.")] = 10,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """The K indexed images most like IMAGE, most similar first (cosine similarity of
-    the embeddings of the index's model)."""
+    """The K indexed images most like IMAGE, most similar first.
+
+    Similarity is the cosine of the embeddings of the index's model."""
     from imgcls.similar import EmbeddingIndex  # deferred: faiss loads for this command only
 
     found = EmbeddingIndex(index_dir).search(image, k)

@@ -41,11 +41,12 @@ def select(
     seed: Annotated[int, typer.Option(help="Seed of the random strategy.")] = 0,
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Choose the BUDGET images of SOURCE whose labels would teach the model most.
+    """The images of SOURCE worth labelling next, as a label file.
 
-    The default ranks by the margin of the calibrated scores, then keeps the choice
-    diverse (k-center greedy over the model's embeddings), so near-copies of one
-    confusing image take one place. OUT is a label file: fill in `label` and train."""
+    Chooses the BUDGET images whose labels would teach the model most. The default
+    takes the least sure (margin of the calibrated scores), one per k-means cluster of
+    the model's embeddings, so near-copies of one confusing image take one place. OUT
+    is a label file: fill in `label` and train."""
     chosen = select_images(source, model, budget, str(strategy), batch_size=batch_size, seed=seed)
     written = write_queue(chosen, out)
     for failure in chosen.failures:

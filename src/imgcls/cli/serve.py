@@ -112,7 +112,7 @@ KeepImagesMb = Annotated[
     typer.Option(
         min=0.001,
         help="Keep up to this many MB of served images worth labelling (unknown, lowest "
-        "margin, a random 1%%) for `imgcls select`; off by default: uploads may be private.",
+        "margin, a random 1%) for `imgcls select`; off by default: uploads may be private.",
     ),
 ]
 KeepDir = Annotated[Path, typer.Option(help="Where --keep-images-mb keeps them.")]
