@@ -4,20 +4,26 @@ after a restart, and ranked by `imgcls select` as it lies."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
+from contextlib import AsyncExitStack
 from pathlib import Path
 
 import cv2
 import httpx
 import numpy as np
+import pytest
 from helpers import write_photo_crops
 from serve_utils import thread_server
 
 from imgcls.data.label_files import read_unlabelled
+from imgcls.errors import StartupError
 from imgcls.select import select_images
 from imgcls.serve.feedback import PredictionLog, sha256_hex
 from imgcls.serve.keep import CONTROL_SHARE, LISTING, KeptSample
 from imgcls.serve.log_writer import LogWriter
+from imgcls.serve.metrics import Metrics
+from imgcls.serve.service import ServeConfig, Service
 
 
 def _images(count: int, seed: int = 0) -> list[bytes]:
@@ -116,3 +122,15 @@ def test_a_server_keeps_what_it_served_and_select_ranks_it(tiny_run, tmp_path):
     assert len(listed) == len(_listing(keep_dir))
     chosen = select_images(keep_dir / LISTING, str(tiny_run), budget=2)
     assert len(chosen.paths) == 2 and chosen.considered == len(listed)
+
+
+def test_keeping_images_without_the_log_is_refused_at_start(tiny_run, tmp_path):
+    config = ServeConfig(models=(str(tiny_run),), keep_images_mb=1.0, log_db=None,
+                         feedback_dir=str(tmp_path / "feedback"))  # fmt: skip
+
+    async def start() -> None:
+        async with AsyncExitStack() as stack:
+            await Service(config, Metrics()).load(stack)
+
+    with pytest.raises(StartupError, match="drop --no-log"):
+        asyncio.run(start())
