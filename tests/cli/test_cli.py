@@ -292,6 +292,7 @@ def test_json_is_held_apart_under_clirunner_too(run_28px, monkeypatch):
 COMMANDS = [
     (), ("predict",), ("evaluate",), ("features",), ("export",), ("benchmark",), ("serve",),
     ("explain",), ("train",), ("doctor",), ("feedback",), ("feedback", "export"),
+    ("select",), ("index",), ("search",),
 ]  # fmt: skip
 
 

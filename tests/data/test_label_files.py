@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from imgcls.cli import app
 from imgcls.data.datasets import find_splits, scan_dataset
-from imgcls.data.label_files import read_label_file, split_labels
+from imgcls.data.label_files import read_label_file, read_unlabelled, split_labels
 from imgcls.doctor.checks import diagnose
 from imgcls.errors import LabelFileError
 from imgcls.evaluate import read_split
@@ -264,3 +264,18 @@ def test_features_of_a_label_file_carry_its_labels(tmp_path):
     assert found.paths == ["img/0.png", "img/1.png", "img/2.png"]
     assert found.labels == ["cat", "cat dog", "dog"]
     assert found.vectors.shape[0] == 3 and found.skipped == ["img/gone.png"]
+
+
+def test_unlabelled_rows_are_the_ones_with_an_empty_label(tmp_path):
+    for name in ("a.png", "b.png", "c.png"):
+        (tmp_path / name).write_bytes(b"")
+    listing = tmp_path / "queue.jsonl"
+    listing.write_text(
+        '{"path": "a.png", "label": "cat"}\n{"path": "b.png", "label": ""}\n'
+        '{"path": "c.png", "labels": []}\n'
+    )
+    assert read_unlabelled(listing) == [tmp_path / "b.png", tmp_path / "c.png"]
+
+    listing.write_text('{"path": "gone.png", "label": ""}\n')
+    with pytest.raises(LabelFileError, match="row 1: no such file"):
+        read_unlabelled(listing)

@@ -12,6 +12,7 @@ from imgcls.cli.app import app, main
 # isort: off
 from imgcls.cli import predict, evaluate, features, export, benchmark, serve  # noqa: F401
 from imgcls.cli import explain, feedback, train, tune, doctor  # noqa: F401
+from imgcls.cli import select, index  # noqa: F401
 # isort: on
 
 __all__ = ["app", "main"]

@@ -17,6 +17,7 @@ from imgcls.serve.feedback import (
     DEFAULT_LOG_DB,
     DEFAULT_LOG_MAX_ROWS,
 )
+from imgcls.serve.keep import DEFAULT_KEEP_DIR
 
 # The options, named here so that the command reads as its list of settings.
 Models = Annotated[
@@ -92,7 +93,13 @@ NoAuth = Annotated[
 MetricsAuth = Annotated[
     bool, typer.Option("--metrics-auth", help="Require the key on /metrics too.")
 ]
-LogDb = Annotated[Path, typer.Option(help="SQLite file that logs every prediction (WAL mode).")]
+LogDb = Annotated[
+    str,
+    typer.Option(
+        help="SQLite file that logs every prediction (WAL mode), or a postgresql:// URL that "
+        "several servers share (pip install 'imgcls[postgres]')."
+    ),
+]
 NoLog = Annotated[bool, typer.Option("--no-log", help="Do not log predictions.")]
 LogMaxRows = Annotated[
     int, typer.Option(min=1, help="Keep at most this many predictions; the oldest go.")
@@ -105,6 +112,25 @@ FeedbackDir = Annotated[
 ]
 FeedbackMaxMb = Annotated[
     float, typer.Option(help="Refuse corrections (507) once their images take this many MB.")
+]
+
+Index = Annotated[
+    Path | None,
+    typer.Option(help="An `imgcls index` folder: POST /v1/similar finds images like an upload."),
+]
+
+KeepImagesMb = Annotated[
+    float | None,
+    typer.Option(
+        min=0.001,
+        help="Keep up to this many MB of served images worth labelling (unknown, lowest "
+        "margin, a random 1%) for `imgcls select`; off by default: uploads may be private.",
+    ),
+]
+KeepDir = Annotated[Path, typer.Option(help="Where --keep-images-mb keeps them.")]
+LabelQueueFile = Annotated[
+    Path | None,
+    typer.Option(help="A label file to work through on the page (/#label): imgcls select's."),
 ]
 
 
@@ -125,12 +151,16 @@ def serve(
     api_key_file: ApiKeyFile = None,
     no_auth: NoAuth = False,
     metrics_auth: MetricsAuth = False,
-    log_db: LogDb = Path(DEFAULT_LOG_DB),
+    log_db: LogDb = DEFAULT_LOG_DB,
     no_log: NoLog = False,
     log_max_rows: LogMaxRows = DEFAULT_LOG_MAX_ROWS,
     log_max_days: LogMaxDays = None,
     feedback_dir: FeedbackDir = Path(DEFAULT_FEEDBACK_DIR),
     feedback_max_mb: FeedbackMaxMb = DEFAULT_FEEDBACK_MAX_MB,
+    index: Index = None,
+    keep_images_mb: KeepImagesMb = None,
+    keep_dir: KeepDir = Path(DEFAULT_KEEP_DIR),
+    label_queue: LabelQueueFile = None,
 ) -> None:
     """Serve models over HTTP: web page, REST, KServe v2, metrics."""
     # deferred: the server (FastAPI, uvicorn) loads only to serve
@@ -160,5 +190,9 @@ def serve(
             log_max_days=log_max_days,
             feedback_dir=str(feedback_dir),
             feedback_max_mb=feedback_max_mb,
+            index=None if index is None else str(index),
+            keep_images_mb=keep_images_mb,
+            keep_dir=str(keep_dir),
+            label_queue=None if label_queue is None else str(label_queue),
         )
     )

@@ -37,6 +37,7 @@ __all__ = [
     "LabelRow",
     "is_label_file",
     "read_label_file",
+    "read_unlabelled",
     "split_labels",
 ]
 
@@ -127,6 +128,38 @@ def read_label_file(
     if not rows and not missing:
         raise LabelFileError(f"{path}: no rows (expected a header, then one row per image)")
     return LabelFile(path, bool(has_split), rows, missing)
+
+
+def read_unlabelled(path: str | os.PathLike) -> list[Path]:
+    """The images of a label file's rows with an empty label (the rows `imgcls select`
+    ranks), in file order; rows with a label are left out. Raises LabelFileError naming
+    the rows whose file is missing or that give no path."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such label file")
+    records = _jsonl_records(path) if path.suffix.lower() == ".jsonl" else _csv_records(path)
+    problems: list[tuple[int, str]] = []
+    images: list[Path] = []
+    try:
+        for number, record in records:
+            if _UNREADABLE in record:
+                problems.append((number, record[_UNREADABLE]))
+                continue
+            if _labels(record, None):  # labelled (or not a string/list: not ours to judge)
+                continue
+            where = str(record.get("path") or "").strip()
+            image = Path(os.path.normpath(path.parent / where))
+            if not where:
+                problems.append((number, "no path"))
+            elif not image.is_file():
+                problems.append((number, f"no such file {image}"))
+            else:
+                images.append(image)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read the label file ({exc})") from None
+    if problems:
+        raise _bad_rows(path, problems, skip_missing=True)
+    return images
 
 
 def _csv_records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

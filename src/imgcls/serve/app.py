@@ -22,7 +22,7 @@ from imgcls.serve.inflight import InFlight
 from imgcls.serve.limits import BodySizeLimitMiddleware
 from imgcls.serve.metrics import REFRESH_S, Metrics, RequestMetricsMiddleware
 from imgcls.serve.request_id import RequestIdMiddleware
-from imgcls.serve.routes import classify, explain, feedback, health, models, page
+from imgcls.serve.routes import classify, explain, feedback, health, models, page, queue, similar
 from imgcls.serve.service import ServeConfig, Service
 from imgcls.version import __version__
 
@@ -42,6 +42,8 @@ def create_app(config: ServeConfig | None = None, in_flight: InFlight | None = N
         async with AsyncExitStack() as stack:
             try:
                 await service.load(stack)
+                await similar.load_index(app, config.index, config.max_pixels)
+                await queue.load_queue(app, config.label_queue, config.feedback_dir)
             except Exception as exc:
                 app.state.startup_error = exc
                 raise
@@ -63,7 +65,7 @@ def create_app(config: ServeConfig | None = None, in_flight: InFlight | None = N
     app.state.startup_error = None
     app.state.api_keys = ApiKeys(config.api_keys) if config.api_keys else None
     install_error_handlers(app)
-    for routes in (health, models, classify, explain, feedback, page):
+    for routes in (health, models, classify, explain, feedback, similar, queue, page):
         app.include_router(routes.router)
     app.include_router(v2.router)
     # Added last, runs first: every response has its request ID; requests are timed and

@@ -30,6 +30,7 @@ log = logging.getLogger("imgcls.serve")
 
 _STOP = object()  # queued by `close`: everything before it is written, then the thread ends
 AGE_CHECK_S = 60.0  # how often rows past the age limit are looked for
+RETRY_S = 0.5  # how often a log with `retry` (PostgreSQL) is tried again while it fails
 
 
 class LogWriter:
@@ -63,13 +64,18 @@ class LogWriter:
         self._dropping = False  # in a queue-full outage, already said in the log
         self._failing = False  # in a write-error outage, already said in the log
         self._next_age_check = 0.0  # time.monotonic() of the next deletion by age
+        # A log whose failures pass (a database server restarting) keeps a failed batch
+        # and writes it again, holding at most max_queue rows; SQLite's failures (a full
+        # disk) do not pass in seconds, and its batches are dropped.
+        self._retry = bool(getattr(log, "retry", False))
+        self._held: list[LoggedPrediction] = []
         self._thread = threading.Thread(target=self._run, name="imgcls-log-writer", daemon=True)
         self._thread.start()
 
     @property
     def depth(self) -> int:
-        """Rows waiting to be written."""
-        return self._queue.qsize()
+        """Rows waiting to be written (a failed batch held for retry included)."""
+        return self._queue.qsize() + len(self._held)
 
     def put(self, rows: Sequence[LoggedPrediction]) -> None:
         """Queue `rows` for writing; never blocks. A row that does not fit is dropped."""
@@ -80,6 +86,15 @@ class LogWriter:
                 self._dropped(len(rows) - index)
                 return
         self._dropping = False
+
+    def put_task(self, task: Callable[[], object]) -> bool:
+        """Queue `task` to run on the writer thread after the rows before it (another
+        store's write, e.g. a kept image); never blocks. False when the queue is full."""
+        try:
+            self._queue.put_nowait(task)
+        except queue.Full:
+            return False
+        return True
 
     def record_feedback(self, model: str, sha256: str, label: str, path: str) -> None:
         """Log a correction now, in the caller's thread (a request waits for it); a failed
@@ -106,16 +121,21 @@ class LogWriter:
     def _run(self) -> None:
         stop = False
         while not stop:
-            batch = []
+            batch, tasks = self._held, []
+            self._held = []
             try:
-                item = self._queue.get(timeout=self._sleep_s())  # sleep until there is work
+                # Sleep until there is work (or, with rows held, until the next retry).
+                item = self._queue.get(timeout=RETRY_S if batch else self._sleep_s())
             except queue.Empty:  # with an age limit: time to look for old rows
                 item = None
             while item is not None:
                 if item is _STOP:
                     stop = True  # put after every row it must write: the batch is the rest
                     break
-                batch.append(item)
+                if callable(item):
+                    tasks.append(item)
+                else:
+                    batch.append(item)
                 if len(batch) >= self.max_batch:
                     break
                 try:
@@ -129,8 +149,19 @@ class LogWriter:
                 )
                 if deleted:
                     self._on_deleted(deleted)
+                if self._failing and self._retry:
+                    self._hold(batch, final=stop)
+            for task in tasks:
+                self._attempt(task, "a queued write")
             if self.max_age is not None and time.monotonic() >= self._next_age_check:
                 self._delete_old()
+
+    def _hold(self, batch: list[LoggedPrediction], final: bool) -> None:
+        """Keep a failed batch for the next try: its newest max_queue rows, the rest
+        dropped and counted (all of them when the writer is stopping)."""
+        self._held = [] if final else batch[-self._queue.maxsize :]
+        if len(batch) > len(self._held):
+            self._dropped(len(batch) - len(self._held))
 
     def _sleep_s(self) -> float | None:
         """How long the thread may wait for rows: with an age limit, until it next looks

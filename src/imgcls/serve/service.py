@@ -48,8 +48,10 @@ from imgcls.serve.feedback import (
     sha256_hex,
 )
 from imgcls.serve.inflight import InFlight
+from imgcls.serve.keep import DEFAULT_KEEP_DIR, KeptSample
 from imgcls.serve.log_writer import LogWriter
 from imgcls.serve.metrics import Metrics
+from imgcls.serve.postgres_log import PostgresLog, is_postgres_url
 from imgcls.validation import check_scalar
 
 __all__ = ["ServeConfig", "ServedModel", "Service", "open_prediction_log"]
@@ -82,12 +84,18 @@ class ServeConfig:
     api_keys: tuple[str, ...] = field(default=(), repr=False)
     no_auth: bool = False  # no keys even off loopback (said in the log)
     metrics_auth: bool = False  # /metrics needs a key too (by default scrapers need none)
-    log_db: str | None = None  # SQLite prediction log; None: off (the CLI turns it on)
+    # The prediction log: a SQLite file or a postgresql:// URL; None: off (the CLI turns
+    # it on).
+    log_db: str | None = None
     log_queue: int = 10_000  # log rows waiting for the disk; beyond it, dropped and counted
     log_max_rows: int | None = DEFAULT_LOG_MAX_ROWS  # older rows deleted; None: all kept
     log_max_days: float | None = None  # rows older than this deleted; None: no age limit
     feedback_dir: str = DEFAULT_FEEDBACK_DIR  # corrected images, in class folders
     feedback_max_mb: float | None = DEFAULT_FEEDBACK_MAX_MB  # beyond it, 507; None: no cap
+    index: str | None = None  # an `imgcls index` folder for /v1/similar; None: no search
+    keep_images_mb: float | None = None  # served images kept for labelling; None: none
+    keep_dir: str = DEFAULT_KEEP_DIR  # where (serve/keep.py)
+    label_queue: str | None = None  # a label file of images to label on the page
 
     def __post_init__(self) -> None:
         # The limits that keep the disk bounded (a 0 would mean "keep nothing").
@@ -96,6 +104,7 @@ class ServeConfig:
             ("log_max_rows", self.log_max_rows),
             ("log_max_days", self.log_max_days),
             ("feedback_max_mb", self.feedback_max_mb),
+            ("keep_images_mb", self.keep_images_mb),
         ):
             check_scalar(value, name, min_val=0, min_inclusive=False, allow_none=True)
 
@@ -264,6 +273,12 @@ def scored_rows(classifier: ImageClassifier) -> Callable[[np.ndarray], np.ndarra
     return run
 
 
+def _margin(top: Predictions) -> float:
+    """Top-1 minus top-2 score; with one prediction shown, the least it can be."""
+    second = top[1].score if len(top) > 1 else 1.0 - top[0].score
+    return top[0].score - second
+
+
 def split_outputs(outputs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(probabilities, rejection scores) of the rows `scored_rows` makes."""
     return outputs[:, :-1], outputs[:, -1]
@@ -277,9 +292,10 @@ class Service:
     metrics: Metrics
     in_flight: InFlight = field(default_factory=InFlight)  # of this process among the workers
     models: dict[str, ServedModel] = field(default_factory=dict)
-    log: PredictionLog | None = None  # open while the service runs, when logging is on
+    log: PredictionLog | PostgresLog | None = None  # open while serving, when logging is on
     log_writer: LogWriter | None = None  # writes `log`'s prediction rows, off the request path
     feedback: FeedbackStore = field(init=False)  # corrected images, under their size cap
+    kept: KeptSample | None = None  # served images worth labelling (--keep-images-mb)
     _warm_up: asyncio.Task | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -370,8 +386,11 @@ class Service:
         stack.push_async_callback(self._finish_warm_up)
         await run_in_threadpool(lambda: self.feedback.used_bytes)  # counted once, off the loop
         self.metrics.watch(self.metrics.feedback_bytes, lambda: self.feedback.used_bytes)
-        if self.config.log_db is not None:  # opened once the models load: no file on failure
+        if self.config.log_db is not None and is_postgres_url(self.config.log_db):
+            self.log = await run_in_threadpool(PostgresLog, self.config.log_db)
+        elif self.config.log_db is not None:  # opened once the models load: no file on failure
             self.log = open_prediction_log(self.config.log_db)
+        if self.log is not None:
             stack.callback(self.log.close)
             self.log_writer = LogWriter(
                 self.log,
@@ -385,6 +404,18 @@ class Service:
             self.metrics.watch(self.metrics.log_queue_depth, lambda: self.log_writer.depth)
             # Closed before the log: the rows still queued are written first.
             stack.push_async_callback(run_in_threadpool, self.log_writer.close)
+        if self.config.keep_images_mb is not None:
+            if self.log_writer is None:
+                raise StartupError(
+                    "--keep-images-mb writes through the prediction log's writer; "
+                    "drop --no-log to keep images"
+                )
+            self.kept = await run_in_threadpool(
+                KeptSample,
+                self.config.keep_dir,
+                int(self.config.keep_images_mb * 1_000_000),
+                self.log_writer.put_task,
+            )
 
     def warm_explainer(self) -> None:
         """Start warming Grad-CAM for the default model in the background, once (the web
@@ -429,6 +460,11 @@ class Service:
                     for (name, data), top in zip(files, predictions, strict=True)
                 ]
             )
+            if self.kept is not None:
+                for (name, data), top in zip(files, predictions, strict=True):
+                    self.kept.offer(
+                        data, sha256_hex(data), name, top[0].label, _margin(top), top[0].unknown
+                    )
         return predictions
 
     async def add_feedback(self, model: ServedModel, name: str, data: bytes, label: str) -> dict:

@@ -43,6 +43,7 @@ from prometheus_client import multiprocess
 
 from imgcls.errors import StartupError
 from imgcls.serve.inflight import InFlight
+from imgcls.serve.postgres_log import is_postgres_url
 from imgcls.serve.service import ServeConfig, open_prediction_log
 
 __all__ = ["LOG_FORMAT", "Supervisor", "Target", "default_workers"]
@@ -101,8 +102,9 @@ class Supervisor:
         handled = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
         previous = {sig: signal.signal(sig, self._on_signal) for sig in handled}
         try:
-            if self.config.log_db is not None:  # made here, before the workers race to open it
-                open_prediction_log(self.config.log_db).close()
+            log_db = self.config.log_db
+            if log_db is not None and not is_postgres_url(log_db):  # made before workers race
+                open_prediction_log(log_db).close()
             self.listening.listen(2048)  # uvicorn's backlog; connections wait for a worker
             self._workers = [self._start(index) for index in range(self.count)]
             self._supervise()
