@@ -333,7 +333,7 @@ class ImageClassifier:
         """Decode and preprocess one image to the model's (3, H, W) float32 input, into
         `out` when given (a row of a batch)."""
         decoded = load_image(
-            image, max_pixels=self.max_pixels, min_side=self.preprocess.resize_size
+            image, max_pixels=self.max_pixels, min_side=self.preprocess.decode_min_side
         )
         return preprocess_image(decoded, self.preprocess, out)
 

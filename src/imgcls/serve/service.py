@@ -229,7 +229,7 @@ class ServedModel:
             data,
             name=name or "request body",  # a raw-body upload has no file name
             max_pixels=self.max_pixels,
-            min_side=self.classifier.preprocess.resize_size,
+            min_side=self.classifier.preprocess.decode_min_side,
         )
 
 
