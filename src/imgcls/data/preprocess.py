@@ -3,8 +3,8 @@
 The settings come from the model's pretrained config (timm's `resolve_data_config`), so a
 model and the way to feed it travel together. The eval transform is timm's — resize the
 shorter side to size / crop_pct, center crop, normalize — with timm's own resize filter
-(Pillow's antialiased bicubic) and numpy on the decoded uint8 image. Training puts its augmentation in front of the same normalisation
-(`imgcls.data.augment`).
+(Pillow's antialiased bicubic) and numpy on the decoded uint8 image. Training puts its
+augmentation in front of the same normalisation (`imgcls.data.augment`).
 """
 
 from __future__ import annotations
