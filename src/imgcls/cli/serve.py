@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from imgcls.cli.app import app
-from imgcls.cli.options import Backend, BackendOption
+from imgcls.cli.options import Backend, BackendOption, Precision, PrecisionOption
 from imgcls.data.images import DEFAULT_MAX_PIXELS
 from imgcls.models.registry import DEFAULT_MODEL
 from imgcls.serve.feedback import (
@@ -108,6 +108,7 @@ def serve(
     max_pixels: MaxPixels = DEFAULT_MAX_PIXELS,
     threads: Threads = None,
     backend: BackendOption = Backend.auto,
+    precision: PrecisionOption = Precision.auto,
     api_key: ApiKeys = None,
     api_key_file: ApiKeyFile = None,
     no_auth: NoAuth = False,
@@ -138,6 +139,7 @@ def serve(
             max_pixels=max_pixels,
             threads=threads,
             backend=backend.value,
+            precision=precision.value,
             api_keys=keys,
             no_auth=no_auth,
             metrics_auth=metrics_auth,

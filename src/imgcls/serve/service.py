@@ -73,7 +73,8 @@ class ServeConfig:
     max_upload_mb: float = 20.0  # request body cap, MB (10^6 bytes)
     max_pixels: int = DEFAULT_MAX_PIXELS  # decoded image cap (width x height)
     device: str = "cpu"
-    backend: str = "auto"  # auto (ONNX Runtime on the CPU) | torch | onnx
+    backend: str = "auto"  # auto (an export on the CPU) | torch | onnx | openvino
+    precision: str = "auto"  # auto | fp32 | bf16 | int8 (imgcls.inference.precision)
     threads: int | None = None  # threads per model call; None: see Service.load
     # API keys a request must carry (auth.py); kept out of repr so that no log shows them.
     # None given: `run` requires none on loopback and generates one elsewhere.
@@ -299,13 +300,14 @@ class Service:
                 spec,
                 device=self.config.device,
                 backend=self.config.backend,
+                precision=self.config.precision,
                 max_pixels=self.config.max_pixels,
                 threads=threads,
             )
             name = classifier.name
             if name in self.models:
                 raise ValueError(f"two models are both called {name!r}; serve each once")
-            onnx = classifier.runtime.backend == "onnx"
+            onnx = classifier.runtime.backend in ("onnx", "openvino")  # an export
             batcher = Batcher(
                 scored_rows(classifier),
                 max_batch=self.config.max_batch or (ONNX_MAX_BATCH if onnx else 16),
