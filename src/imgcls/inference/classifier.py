@@ -100,6 +100,7 @@ class ModelBundle:
     temperature: float = 1.0  # a run's calibration (see ImageClassifier.predict_proba)
     rejection: Rejection | None = None  # a run's "unknown" rule, k-NN reference included
     thresholds: tuple[float, ...] | None = None  # a multi-label run's, per class
+    precision: str = "fp32"  # what it ran at: the loaded bundle runs so unless told otherwise
 
 
 class ImageClassifier:
@@ -184,6 +185,7 @@ class ImageClassifier:
         self.temperature, self.rejection = bundle.temperature, bundle.rejection
         self.thresholds = _as_array(bundle.thresholds)
         if device == "cpu":
+            precision = bundle.precision if precision == "auto" else precision
             self.runtime = export_runtime(bundle.model, backend, precision, threads)
         else:
             self.runtime = OnnxRuntime(bundle.model, threads, device)
@@ -209,6 +211,7 @@ class ImageClassifier:
             self.temperature,
             self.rejection,
             _as_tuple(self.thresholds),
+            runtime.precision,
         )
 
     def _load(

@@ -4,11 +4,13 @@
 arithmetic (AVX-512 BF16 or AMX), and on ONNX Runtime in fp32 elsewhere. bf16 is kept only
 when it answers as fp32 does: on the gate images its top-1 must agree with ONNX Runtime
 fp32's on all but `MAX_AGREEMENT_LOSS` of them, else the model runs in fp32 with one
-warning. An explicit `precision="bf16"` is run as asked, without the gate. A registry model has no validation split to check on, so the gate images are 48
-crops and mirror images of three photos shipped in the package (`parity/`: a cat, an
-espresso, a rocket): real photos, but few, so the gate catches a model that bf16 breaks,
-not a fraction of a percent. The verdict is cached per model file and OpenVINO version
-beside the export cache, so the check runs once per machine.
+warning. An explicit `precision="bf16"` is run as asked, without the gate.
+
+A registry model has no validation split to check on, so the gate images are 48 crops and
+mirror images of three photos shipped in the package (`parity/`: a cat, an espresso, a
+rocket): real photos, but few, so one flipped answer fails the gate; it catches a model
+that bf16 breaks, and near-ties too. The verdict is cached per model file and OpenVINO
+version beside the export cache, so the check runs once per machine.
 """
 
 from __future__ import annotations
