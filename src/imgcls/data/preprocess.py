@@ -99,11 +99,14 @@ def preprocess_image(
     answers are the reference's. `out` may be a preallocated (3, H, W) float32 slot of a batch.
     """
     crop_h, crop_w = config.size
-    resized_h, resized_w, top, left = crop_geometry(image.shape[:2], config)
-    scale_y, scale_x = image.shape[0] / resized_h, image.shape[1] / resized_w
+    height, width = image.shape[:2]
+    resized_h, resized_w, top, left = crop_geometry((height, width), config)
+    scale_y, scale_x = height / resized_h, width / resized_w
     # Only the crop's region is resized (Pillow's `box`): the pixels of resizing the whole
-    # image and cropping, without resizing what the crop throws away.
-    box = (left * scale_x, top * scale_y, (left + crop_w) * scale_x, (top + crop_h) * scale_y)
+    # image and cropping, without resizing what the crop throws away. min(): rounding may
+    # put the far edge a hair past the image, which Pillow refuses.
+    right, bottom = min((left + crop_w) * scale_x, width), min((top + crop_h) * scale_y, height)
+    box = (left * scale_x, top * scale_y, right, bottom)
     resample = _PIL_RESAMPLE[config.interpolation]
     crop = np.asarray(Image.fromarray(image).resize((crop_w, crop_h), resample, box=box))
 
