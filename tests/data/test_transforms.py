@@ -77,3 +77,11 @@ def test_output_goes_into_a_preallocated_slot():
 def test_config_round_trips_through_a_dict():
     config = Preprocess(input_size=(3, 240, 240), interpolation="bilinear", crop_pct=0.9)
     assert Preprocess.from_config(config.to_dict()) == config
+
+
+def test_every_image_size_gives_the_model_input_shape():
+    config = Preprocess(input_size=(3, 32, 32))
+    for height in (1, 2, 31, 37, 113):
+        for width in (1, 3, 36, 101, 997):
+            image = np.zeros((height, width, 3), np.uint8)
+            assert preprocess_image(image, config).shape == (3, 32, 32), (height, width)
