@@ -79,9 +79,10 @@ def test_config_round_trips_through_a_dict():
     assert Preprocess.from_config(config.to_dict()) == config
 
 
-def test_every_image_size_gives_the_model_input_shape():
-    config = Preprocess(input_size=(3, 32, 32))
-    for height in (1, 2, 31, 37, 113):
-        for width in (1, 3, 36, 101, 997):
+@pytest.mark.parametrize("crop_pct", [0.875, 1.0])  # 1.0: the crop's edge is the image's
+def test_every_image_size_gives_the_model_input_shape(crop_pct):
+    config = Preprocess(input_size=(3, 224, 224), crop_pct=crop_pct)
+    for height in (1, 2, 29, 58, 113):
+        for width in (1, 3, 29, 44, 59, 997):
             image = np.zeros((height, width, 3), np.uint8)
-            assert preprocess_image(image, config).shape == (3, 32, 32), (height, width)
+            assert preprocess_image(image, config).shape == (3, 224, 224), (height, width)
