@@ -75,13 +75,17 @@ def with_precision(
     if precision == "bf16" and not bf16:
         raise ModelError(_BF16_NEEDS)
     chosen = "int8" if quantized else ("fp32" if precision == "fp32" or not bf16 else "bf16")
-    candidate = OpenVinoRuntime(runtime.model_bytes(), runtime.metadata, threads, chosen)
     if chosen != "bf16" or precision == "bf16":
-        return candidate
-    if gate is not None:
-        agreement = top1_agreement(runtime, candidate, gate)
-    else:
-        agreement = _cached_agreement(runtime, candidate, cache)
+        return OpenVinoRuntime(runtime.model_bytes(), runtime.metadata, threads, chosen)
+    key, verdicts = _verdicts(runtime, None if gate is not None else cache)
+    agreement = verdicts.get(key)
+    candidate = None
+    if not isinstance(agreement, float):  # not checked yet: compile, compare, remember
+        candidate = OpenVinoRuntime(runtime.model_bytes(), runtime.metadata, threads, "bf16")
+        inputs = gate if gate is not None else gate_images(runtime.metadata.preprocess)
+        agreement = top1_agreement(runtime, candidate, inputs)
+        if gate is None and cache is not None:
+            _remember(cache / _VERDICTS, {**verdicts, key: agreement})
     if 1.0 - agreement > max_loss:
         warnings.warn(
             f"{runtime.metadata.name}: bf16 agrees with fp32 on {agreement:.1%} of the gate "
@@ -90,7 +94,7 @@ def with_precision(
             stacklevel=2,
         )
         return runtime
-    return candidate
+    return candidate or OpenVinoRuntime(runtime.model_bytes(), runtime.metadata, threads, "bf16")
 
 
 def gate_images(config: Preprocess) -> np.ndarray:
@@ -125,32 +129,24 @@ def top1_agreement(reference, candidate, inputs: np.ndarray, batch: int = 8) -> 
     return same / len(inputs)
 
 
-def _cached_agreement(
-    reference: OnnxRuntime, candidate: OpenVinoRuntime, cache: Path | None
-) -> float:
+def _verdicts(runtime: OnnxRuntime, cache: Path | None) -> tuple[str, dict]:
+    """The gate's key for this model file and OpenVINO version, and the cached verdicts
+    (none without a cache)."""
     import openvino as ov
 
-    model = reference.model_bytes()
-    key = f"{hashlib.sha256(model).hexdigest()[:20]}|openvino {ov.__version__}|bf16"
-    path = None if cache is None else cache / _VERDICTS
-    verdicts = _read_json(path)
-    if isinstance(verdicts.get(key), float):
-        return verdicts[key]
-    inputs = gate_images(reference.metadata.preprocess)
-    agreement = top1_agreement(reference, candidate, inputs)
-    if path is not None:
-        verdicts[key] = agreement
-        with contextlib.suppress(OSError):  # a read-only cache: the check runs next time too
-            atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(verdicts, indent=1)))
-    return agreement
-
-
-def _read_json(path: Path | None) -> dict:
+    key = f"{hashlib.sha256(runtime.model_bytes()).hexdigest()[:20]}|openvino {ov.__version__}"
+    if cache is None:
+        return key, {}
     try:
-        data = json.loads(path.read_text()) if path is not None else {}
+        verdicts = json.loads((cache / _VERDICTS).read_text())
     except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        return key, {}
+    return key, verdicts if isinstance(verdicts, dict) else {}
+
+
+def _remember(path: Path, verdicts: dict) -> None:
+    with contextlib.suppress(OSError):  # a read-only cache: the check runs next time too
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(verdicts, indent=1)))
 
 
 def _check_openvino_installed() -> None:
