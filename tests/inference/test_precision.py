@@ -12,9 +12,17 @@ from imgcls.data.preprocess import preprocess_image
 from imgcls.errors import ModelError
 from imgcls.inference.classifier import ImageClassifier
 from imgcls.inference.precision import gate_images, top1_agreement, with_precision
-from imgcls.inference.runtime import OnnxRuntime, OpenVinoRuntime, cpu_has_bf16
+from imgcls.inference.runtime import (
+    OnnxRuntime,
+    OpenVinoRuntime,
+    cpu_has_bf16,
+    import_openvino,
+)
 
-pytest.importorskip("openvino")
+try:
+    import_openvino()  # not pytest.importorskip: a plain import starts OpenVINO's telemetry
+except ImportError:
+    pytest.skip("needs OpenVINO (imgcls[openvino])", allow_module_level=True)
 needs_bf16 = pytest.mark.skipif(not cpu_has_bf16(), reason="this CPU has no bf16 arithmetic")
 
 

@@ -27,7 +27,12 @@ from imgcls.data.images import load_image
 from imgcls.data.preprocess import Preprocess, preprocess_image
 from imgcls.errors import ModelError
 from imgcls.files import atomic_write
-from imgcls.inference.runtime import OnnxRuntime, OpenVinoRuntime, cpu_has_bf16
+from imgcls.inference.runtime import (
+    OnnxRuntime,
+    OpenVinoRuntime,
+    cpu_has_bf16,
+    import_openvino,
+)
 
 __all__ = ["MAX_AGREEMENT_LOSS", "PRECISIONS", "gate_images", "top1_agreement", "with_precision"]
 
@@ -132,9 +137,8 @@ def top1_agreement(reference, candidate, inputs: np.ndarray, batch: int = 8) -> 
 def _verdicts(runtime: OnnxRuntime, cache: Path | None) -> tuple[str, dict]:
     """The gate's key for this model file and OpenVINO version, and the cached verdicts
     (none without a cache)."""
-    import openvino as ov
-
-    key = f"{hashlib.sha256(runtime.model_bytes()).hexdigest()[:20]}|openvino {ov.__version__}"
+    version = import_openvino().__version__
+    key = f"{hashlib.sha256(runtime.model_bytes()).hexdigest()[:20]}|openvino {version}"
     if cache is None:
         return key, {}
     try:
@@ -151,7 +155,7 @@ def _remember(path: Path, verdicts: dict) -> None:
 
 def _check_openvino_installed() -> None:
     try:
-        import openvino  # noqa: F401
+        import_openvino()
     except ImportError:
         raise ModelError(
             "backend openvino needs OpenVINO: pip install 'imgcls[openvino]'"

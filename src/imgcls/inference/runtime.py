@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ __all__ = [
     "OpenVinoRuntime",
     "TorchRuntime",
     "cpu_has_bf16",
+    "import_openvino",
     "read_metadata",
 ]
 
@@ -188,11 +190,23 @@ class OnnxRuntime:
         return logits, features
 
 
+def import_openvino():
+    """The openvino module, imported without its usage telemetry: `import openvino` starts
+    openvino-telemetry, which posts to Google Analytics from a thread unless a consent file
+    declines, and imgcls makes no network call. Where openvino-telemetry does not import,
+    OpenVINO uses its own no-op stand-in. ImportError when OpenVINO is not installed."""
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)  # None: `import` raises ImportError
+    import openvino
+
+    return openvino
+
+
 def cpu_has_bf16() -> bool:
     """Whether OpenVINO is installed and finds bf16 arithmetic (AVX-512 BF16 or AMX) on
     this CPU."""
     try:
-        import openvino as ov
+        ov = import_openvino()
     except ImportError:
         return False
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
@@ -212,9 +226,7 @@ class OpenVinoRuntime:
         threads: int | None = None,
         precision: str = "bf16",
     ) -> None:
-        import openvino as ov
-
-        core = ov.Core()
+        core = import_openvino().Core()
         config = {
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
             "INFERENCE_NUM_THREADS": threads or len(os.sched_getaffinity(0)),
