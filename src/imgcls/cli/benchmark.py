@@ -24,7 +24,8 @@ def benchmark(
         str, typer.Argument(metavar="MODEL", help="Architecture name, run directory or .onnx.")
     ],
     backend: Annotated[
-        list[Backend] | None, typer.Option(help="Repeat to compare (default: torch and onnx).")
+        list[Backend] | None,
+        typer.Option(help="Repeat to compare (default: torch and onnx; auto for bf16, int8)."),
     ] = None,
     batch_size: Annotated[
         list[int] | None, typer.Option(min=1, help="Batch size; repeat for several (default 1, 8).")
@@ -44,7 +45,8 @@ def benchmark(
     if model.endswith(".onnx"):
         backends = ["onnx"]
     else:
-        backends = [b.value for b in backend] if backend else ["torch", "onnx"]
+        default = ["torch", "onnx"] if precision.value in ("auto", "fp32") else ["auto"]
+        backends = [b.value for b in backend] if backend else default
     results = []
     for name in backends:
         classifier = ImageClassifier(model, backend=name, precision=precision.value)

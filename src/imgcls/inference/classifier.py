@@ -12,7 +12,7 @@ import numpy as np
 from imgcls.data.images import DEFAULT_MAX_PIXELS, EncodedImage, ImageSource, load_image
 from imgcls.data.prefetch import Prefetcher, PreparedBatch
 from imgcls.data.preprocess import Preprocess, preprocess_image
-from imgcls.errors import ModelError
+from imgcls.errors import ConfigError, ModelError
 from imgcls.inference.backends import (
     BACKENDS,
     cache_key,
@@ -145,7 +145,10 @@ class ImageClassifier:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         if backend == "torch" and precision not in ("auto", "fp32"):
-            raise ValueError(f"backend torch runs fp32; precision {precision} needs an export")
+            raise ConfigError(
+                f"backend torch runs fp32; precision {precision} runs on an export "
+                "(backend auto, onnx or openvino; bf16 on openvino)"
+            )
         check_scalar(img_size, "img_size", int, min_val=1, allow_none=True)
         exported = isinstance(model, ModelBundle) or str(model).endswith(".onnx")
         self._source = None if exported else (str(model), weights, pretrained)
