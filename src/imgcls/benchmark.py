@@ -22,6 +22,7 @@ __all__ = ["BenchmarkResult", "benchmark", "synthetic_photo", "time_calls"]
 class BenchmarkResult:
     model: str
     backend: str
+    precision: str  # fp32, bf16 or int8
     batch_size: int
     images_per_s: float
     p50_ms: float  # latency of one model call (one batch)
@@ -47,6 +48,7 @@ def benchmark(
     return BenchmarkResult(
         model=classifier.name,
         backend=classifier.runtime.backend,
+        precision=classifier.precision,
         batch_size=batch_size,
         images_per_s=batch_size * len(latencies) / latencies.sum(),
         p50_ms=float(p50),

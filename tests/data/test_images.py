@@ -228,6 +228,40 @@ def test_large_jpeg_decodes_reduced_but_never_below_min_side(large_jpeg, min_sid
     assert np.abs(image.astype(int) - expected).mean() < LOSSY_TOLERANCE
 
 
+def _opencv_decode(path, reduce_flag: int = 0) -> np.ndarray:
+    """What `load_image` gave before libjpeg-turbo's own decoder: OpenCV's (which turns the
+    image upright by its EXIF orientation itself)."""
+    return cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_COLOR_RGB | reduce_flag)
+
+
+@pytest.mark.parametrize("variant", ["jpeg", "cmyk", "progressive", "exif_rotated", "gray_jpeg"])
+def test_jpeg_decoder_gives_opencvs_pixels_on_every_jpeg_variant(
+    espresso_variants, tmp_path, variant
+):
+    if variant == "gray_jpeg":
+        path = tmp_path / "gray.jpg"
+        Image.open(espresso_variants["jpeg"]).convert("L").save(path, quality=90)
+    else:
+        path = espresso_variants[variant]
+    image = load_image(path)
+    assert np.abs(image.astype(int) - _opencv_decode(path)).max() <= 1
+
+
+@pytest.mark.parametrize(("min_side", "reduce_flag"), [(256, 64), (400, 32), (1500, 16), (2000, 0)])
+def test_dct_scaled_jpeg_decoding_gives_opencvs_reduced_pixels(large_jpeg, min_side, reduce_flag):
+    path, _ = large_jpeg
+    image = load_image(path, min_side=min_side)
+    assert np.abs(image.astype(int) - _opencv_decode(path, reduce_flag)).max() <= 1
+
+
+def test_jpeg_with_recoverable_damage_still_decodes_as_opencv_does(tmp_path, samples):
+    data = (samples / "espresso.jpg").read_bytes()
+    scan = data.find(b"\xff\xda")  # junk before a marker: libjpeg warns and decodes on
+    path = tmp_path / "damaged.jpg"
+    path.write_bytes(data[:scan] + b"\x00\x00\x00" + data[scan:])
+    assert np.array_equal(load_image(path), _opencv_decode(path))
+
+
 def test_reduced_decoding_is_only_for_jpeg(tmp_path, large_jpeg):
     _, big = large_jpeg
     cv2.imwrite(str(tmp_path / "large.png"), big[:1000, :1500])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -10,12 +12,14 @@ from timm.data import create_transform, resolve_data_config
 from imgcls.data.preprocess import Preprocess, preprocess_image
 from imgcls.inference.classifier import softmax
 
-# Tolerances, measured on the samples: OpenCV's INTER_AREA and Pillow's antialiased bicubic
-# differ by under one gray level on average (below uint8 quantization). The rocket photo is
-# a near-tie (missile 0.41, projectile 0.24) where that moves a probability by up to 0.10;
-# even resizing with OpenCV's own bicubic moves it by 0.03.
-MAX_MEAN_INPUT_DIFF_GRAY_LEVELS = 1.0
-MAX_PROBABILITY_DIFF = 0.12
+# Tolerances: the resize is timm's own filter (Pillow's bicubic) on the crop's region, so
+# inputs differ only by rounding, and a probability by far less than a near-tie's margin.
+MAX_MEAN_INPUT_DIFF_GRAY_LEVELS = 0.1
+MAX_PROBABILITY_DIFF = 0.01
+# A large JPEG is DCT-scaled while decoding (down to 1.5x the resize size): its inputs
+# drift from the reference's full decode by up to a few gray levels, its answers little
+# (top-1 agreement 97.5% on 400 held-out crops, benchmarks/preprocess_parity.py).
+MAX_REDUCED_PROBABILITY_DIFF = 0.05
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +42,25 @@ def test_preprocessing_matches_timm_eval_transform(classifier, timm_transform, s
     gray_levels = np.abs(ours - theirs) * std * 255.0
     assert gray_levels.mean() < MAX_MEAN_INPUT_DIFF_GRAY_LEVELS
     p_ours, p_theirs = softmax(classifier.runtime(np.stack([ours, theirs])))
-    if size is None:
-        assert p_ours.argmax() == p_theirs.argmax()
-    else:  # resampled copies of the cat are a tiger cat / Egyptian cat tie: allow either
-        assert p_theirs[p_ours.argmax()] > p_theirs.max() - MAX_PROBABILITY_DIFF
+    assert p_ours.argmax() == p_theirs.argmax()
     assert np.abs(p_ours - p_theirs).max() < MAX_PROBABILITY_DIFF
+
+
+@pytest.mark.parametrize("index", [0, 1])
+@pytest.mark.parametrize("longer_side", [500, 1600])
+def test_decoded_jpegs_answer_as_timms_pipeline(classifier, timm_transform, index, longer_side):
+    from sklearn.datasets import load_sample_images  # two photos no other test uses
+
+    photo = Image.fromarray(load_sample_images().images[index])
+    scale = longer_side / max(photo.size)
+    photo = photo.resize((round(photo.width * scale), round(photo.height * scale)))
+    encoded = io.BytesIO()
+    photo.save(encoded, "JPEG", quality=90)
+    ours = classifier.prepare(encoded.getvalue())
+    theirs = timm_transform(Image.open(encoded).convert("RGB")).numpy()
+    p_ours, p_theirs = softmax(classifier.runtime(np.stack([ours, theirs])))
+    assert p_ours.argmax() == p_theirs.argmax()
+    assert np.abs(p_ours - p_theirs).max() < MAX_REDUCED_PROBABILITY_DIFF
 
 
 def test_output_goes_into_a_preallocated_slot():
@@ -59,3 +77,12 @@ def test_output_goes_into_a_preallocated_slot():
 def test_config_round_trips_through_a_dict():
     config = Preprocess(input_size=(3, 240, 240), interpolation="bilinear", crop_pct=0.9)
     assert Preprocess.from_config(config.to_dict()) == config
+
+
+@pytest.mark.parametrize("crop_pct", [0.875, 1.0])  # 1.0: the crop's edge is the image's
+def test_every_image_size_gives_the_model_input_shape(crop_pct):
+    config = Preprocess(input_size=(3, 224, 224), crop_pct=crop_pct)
+    for height in (1, 2, 29, 58, 113):
+        for width in (1, 3, 29, 44, 59, 997):
+            image = np.zeros((height, width, 3), np.uint8)
+            assert preprocess_image(image, config).shape == (3, 224, 224), (height, width)

@@ -11,6 +11,7 @@ its exit code (`_exit_code`). The commands register themselves, one module each,
 from __future__ import annotations
 
 import sys
+import warnings
 from typing import Any
 
 import typer
@@ -110,6 +111,13 @@ app = typer.Typer(
 @app.callback()
 def _root() -> None:
     """Image classification: predict, train, evaluate, serve, export."""
+    warnings.formatwarning = _warning_line
+
+
+def _warning_line(message, category, filename, lineno, line=None) -> str:
+    """A warning as one line for the user (e.g. bf16 falling back to fp32), not Python's
+    file, line and source text."""
+    return f"warning: {message}\n"
 
 
 def main() -> None:

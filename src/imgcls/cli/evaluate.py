@@ -11,7 +11,14 @@ from rich.table import Table
 
 from imgcls.cli.app import EXIT_INPUT_FAILED, EXIT_OK, app
 from imgcls.cli.on_ray import RayAddress, imgcls_ray, ray_address, ray_backend, ray_session
-from imgcls.cli.options import Backend, BackendOption, LabelDelim, SkipMissing
+from imgcls.cli.options import (
+    Backend,
+    BackendOption,
+    LabelDelim,
+    Precision,
+    PrecisionOption,
+    SkipMissing,
+)
 from imgcls.cli.output import json_command, print_json, stderr, stdout
 from imgcls.files import safe_filename
 from imgcls.inference.classifier import ImageClassifier
@@ -44,6 +51,7 @@ def evaluate(
     json_output: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     batch_size: Annotated[int, typer.Option(min=1, help="Images per model call.")] = 8,
     backend: BackendOption = Backend.auto,
+    precision: PrecisionOption = Precision.auto,
     label_delim: LabelDelim = None,
     skip_missing: SkipMissing = False,
     ray: RayAddress = None,
@@ -71,6 +79,7 @@ def evaluate(
                 weights=weights if name == model else None,
                 batch_size=batch_size,
                 backend=ray_backend(ray, backend),
+                precision=precision.value,
             )
             scored = None
             if ray is not None:
@@ -82,6 +91,7 @@ def evaluate(
                     classifier, samples, progress=advance, skipped=skipped, scored=scored
                 )
             metrics = evaluation.metrics()
+            metrics.update(backend=classifier.runtime.backend, precision=classifier.precision)
             if out is not None:
                 report_dir = out if len(names) == 1 else out / safe_filename(name)
                 write_report(evaluation, metrics, report_dir)

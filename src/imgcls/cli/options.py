@@ -11,7 +11,7 @@ import typer
 
 from imgcls.data.augment import AUGMENT_PRESETS
 from imgcls.export import EXPORT_FORMATS
-from imgcls.inference.classifier import BACKENDS
+from imgcls.inference.classifier import BACKENDS, PRECISIONS
 from imgcls.training.config import CLASSIFIERS, OPTIMIZERS
 from imgcls.trust.calibration import REJECT_SCORES
 
@@ -23,6 +23,8 @@ __all__ = [
     "ExportFormat",
     "LabelDelim",
     "Optimizer",
+    "Precision",
+    "PrecisionOption",
     "RejectScore",
     "SkipMissing",
 ]
@@ -33,6 +35,7 @@ def _choices(name: str, values: Sequence[str]) -> type[StrEnum]:
 
 
 Backend = _choices("Backend", BACKENDS)
+Precision = _choices("Precision", PRECISIONS)
 ExportFormat = _choices("ExportFormat", EXPORT_FORMATS)
 Optimizer = _choices("Optimizer", OPTIMIZERS)
 Augment = _choices("Augment", AUGMENT_PRESETS)
@@ -48,5 +51,16 @@ SkipMissing = Annotated[
     bool, typer.Option(help="Label file: skip (and count) rows whose image file is missing.")
 ]
 BackendOption = Annotated[
-    Backend, typer.Option(help="auto: ONNX Runtime on the CPU, PyTorch elsewhere.")
+    Backend,
+    typer.Option(
+        help="auto: on the CPU OpenVINO where it is installed and the CPU has bf16, else ONNX "
+        "Runtime; PyTorch elsewhere."
+    ),
+]
+PrecisionOption = Annotated[
+    Precision,
+    typer.Option(
+        help="auto: bf16 on OpenVINO where the CPU has it and bf16 agrees with fp32 on the "
+        "gate images, else fp32; int8: an `imgcls export --int8` file."
+    ),
 ]

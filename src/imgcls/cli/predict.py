@@ -13,7 +13,7 @@ from rich.table import Table
 
 from imgcls.cli.app import EXIT_INPUT_FAILED, EXIT_OK, app
 from imgcls.cli.on_ray import RayAddress, imgcls_ray, ray_address, ray_backend, ray_session
-from imgcls.cli.options import Backend, BackendOption
+from imgcls.cli.options import Backend, BackendOption, Precision, PrecisionOption
 from imgcls.cli.output import json_command, print_json, stderr, stdout
 from imgcls.data.images import DEFAULT_MAX_PIXELS
 from imgcls.data.sources import Entry, expand_inputs
@@ -48,6 +48,7 @@ def predict(
         int, typer.Option(min=1, help="Refuse images with more pixels than this.")
     ] = DEFAULT_MAX_PIXELS,
     backend: BackendOption = Backend.auto,
+    precision: PrecisionOption = Precision.auto,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -81,7 +82,10 @@ def predict(
         batch_size=batch_size,
         max_pixels=max_pixels,
         backend=ray_backend(ray, backend),
+        precision=precision.value,
     )
+    if not json_output:
+        stderr.print(f"{classifier.name}: {classifier.runtime.backend}, {classifier.precision}")
     results: list[dict[str, Any]] = []
     with (
         ray_session(ray),

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from imgcls.cli.app import app
-from imgcls.cli.options import Backend, BackendOption
+from imgcls.cli.options import Backend, BackendOption, Precision, PrecisionOption
 from imgcls.data.images import DEFAULT_MAX_PIXELS
 from imgcls.models.registry import DEFAULT_MODEL
 from imgcls.serve.feedback import (
@@ -147,6 +147,7 @@ def serve(
     threads: Threads = None,
     workers: Workers = None,
     backend: BackendOption = Backend.auto,
+    precision: PrecisionOption = Precision.auto,
     api_key: ApiKeys = None,
     api_key_file: ApiKeyFile = None,
     no_auth: NoAuth = False,
@@ -182,6 +183,7 @@ def serve(
             threads=threads,
             workers=workers,
             backend=backend.value,
+            precision=precision.value,
             api_keys=keys,
             no_auth=no_auth,
             metrics_auth=metrics_auth,

@@ -2,9 +2,9 @@
 
 The settings come from the model's pretrained config (timm's `resolve_data_config`), so a
 model and the way to feed it travel together. The eval transform is timm's — resize the
-shorter side to size / crop_pct, center crop, normalize — done with OpenCV and numpy on the
-decoded uint8 image. Training puts its augmentation in front of the same normalisation
-(`imgcls.data.augment`).
+shorter side to size / crop_pct, center crop, normalize — with timm's own resize filter
+(Pillow's antialiased bicubic) and numpy on the decoded uint8 image. Training puts its
+augmentation in front of the same normalisation (`imgcls.data.augment`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image
 
 __all__ = [
     "Preprocess",
@@ -29,6 +30,18 @@ _CV2_INTERPOLATION = {
     "bilinear": cv2.INTER_LINEAR,
     "nearest": cv2.INTER_NEAREST,
 }
+
+
+_PIL_RESAMPLE = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+}
+
+# A JPEG is DCT-scaled while decoding only down to this many times the resize size: closer,
+# the decoder's own filter shows in the answers (top-1 agreement with timm's pipeline 96% at
+# 1x against 98% at 1.5x, docs/performance.md).
+_DECODE_MARGIN = 1.5
 
 
 @dataclass(frozen=True)
@@ -62,6 +75,11 @@ class Preprocess:
         return math.floor(min(self.size) / self.crop_pct)
 
     @property
+    def decode_min_side(self) -> int:
+        """The shorter side a large JPEG may be decoded down to (`load_image`'s min_side)."""
+        return math.ceil(self.resize_size * _DECODE_MARGIN)
+
+    @property
     def size(self) -> tuple[int, int]:
         """(height, width) of the model input."""
         return self.input_size[1], self.input_size[2]
@@ -71,34 +89,26 @@ class Preprocess:
         return replace(self, input_size=(self.input_size[0], size, size))
 
 
-# Below this shrink factor bilinear is as close to Pillow's antialiased bicubic (timm's eval
-# resize) as INTER_AREA's slow general path, at a sixth of its cost (docs/performance.md).
-_AREA_MIN_SHRINK = 1.25
-
-
 def preprocess_image(
     image: np.ndarray, config: Preprocess, out: np.ndarray | None = None
 ) -> np.ndarray:
     """RGB uint8 HxWx3 → normalized float32 3xHxW, as timm's eval transform.
 
-    Resize the shorter side to floor(size / crop_pct), center crop, normalize. Downscaling
-    uses INTER_AREA, an anti-aliasing filter like Pillow's resize (OpenCV's bicubic would
-    alias), or below a 1.25x shrink the 6x cheaper INTER_LINEAR, which every source pixel
-    still reaches; upscaling uses the configured interpolation. `out` may be a
-    preallocated (3, H, W) float32 slot of a batch.
+    Resize the shorter side to floor(size / crop_pct), center crop, normalize. The resize is
+    Pillow's, with the configured filter, antialiased when shrinking: timm's own, so the
+    answers are the reference's. `out` may be a preallocated (3, H, W) float32 slot of a batch.
     """
     crop_h, crop_w = config.size
-    height = image.shape[0]
-    resized_h, resized_w, top, left = crop_geometry(image.shape[:2], config)
-    shrink = height / resized_h
-    if shrink >= _AREA_MIN_SHRINK:
-        interpolation = cv2.INTER_AREA
-    elif shrink > 1:
-        interpolation = cv2.INTER_LINEAR
-    else:
-        interpolation = _CV2_INTERPOLATION[config.interpolation]
-    resized = cv2.resize(image, (resized_w, resized_h), interpolation=interpolation)
-    crop = resized[top : top + crop_h, left : left + crop_w]
+    height, width = image.shape[:2]
+    resized_h, resized_w, top, left = crop_geometry((height, width), config)
+    scale_y, scale_x = height / resized_h, width / resized_w
+    # Only the crop's region is resized (Pillow's `box`): the pixels of resizing the whole
+    # image and cropping, without resizing what the crop throws away. min(): rounding may
+    # put the far edge a hair past the image, which Pillow refuses.
+    right, bottom = min((left + crop_w) * scale_x, width), min((top + crop_h) * scale_y, height)
+    box = (left * scale_x, top * scale_y, right, bottom)
+    resample = _PIL_RESAMPLE[config.interpolation]
+    crop = np.asarray(Image.fromarray(image).resize((crop_w, crop_h), resample, box=box))
 
     mean = np.asarray(config.mean, dtype=np.float32)[:, None, None] * 255.0
     inv_std = 1.0 / (np.asarray(config.std, dtype=np.float32)[:, None, None] * 255.0)

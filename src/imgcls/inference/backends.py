@@ -1,7 +1,8 @@
 """Which runtime runs a model, and the export cache behind that choice.
 
-"auto" runs ONNX Runtime on the CPU (3x eager PyTorch there, docs/performance.md) and
-PyTorch on an accelerator or when a model does not export. The ONNX file is exported once
+"auto" runs the export on the CPU — ONNX Runtime (3x eager PyTorch there, docs/performance.md),
+or OpenVINO in bf16 where the CPU has it (`imgcls.inference.precision`) — and PyTorch on an
+accelerator or when a model does not export. The ONNX file is exported once
 into the cache, $IMGCLS_CACHE_DIR or else $XDG_CACHE_HOME/imgcls/onnx, named by a digest
 of its metadata and of every weight tensor, so a retrained run or other weights never meet
 a stale export. An index maps each model's key (its weights fingerprint, read from files
@@ -21,7 +22,8 @@ from typing import TYPE_CHECKING
 
 from imgcls.files import atomic_write, safe_filename
 from imgcls.inference.onnx_export import EXPORT_REVISION, OPSET, export_onnx
-from imgcls.inference.runtime import OnnxMetadata, OnnxRuntime, TorchRuntime
+from imgcls.inference.precision import with_precision
+from imgcls.inference.runtime import OnnxMetadata, OnnxRuntime, OpenVinoRuntime, TorchRuntime
 from imgcls.models.registry import weights_fingerprint
 
 if TYPE_CHECKING:
@@ -34,11 +36,12 @@ __all__ = [
     "cached_export",
     "cached_runtime",
     "choose_runtime",
+    "export_runtime",
     "recall_export",
     "remember_export",
 ]
 
-BACKENDS = ("auto", "torch", "onnx")
+BACKENDS = ("auto", "torch", "onnx", "openvino")
 _EXPORT_TAG = f"opset{OPSET}.r{EXPORT_REVISION}"  # what the file names and the index key on
 _INDEX = "index.json"
 
@@ -68,14 +71,25 @@ def cache_key(
 
 
 def cached_runtime(
-    key: str | None, *, device: str, backend: str, threads: int | None
-) -> OnnxRuntime | None:
-    """ONNX Runtime on the export recorded for `key`, when the choice is ONNX and a former
-    start left one; None otherwise (the model must then be built)."""
+    key: str | None, *, device: str, backend: str, threads: int | None, precision: str = "auto"
+) -> OnnxRuntime | OpenVinoRuntime | None:
+    """The export recorded for `key` on its runtime (`export_runtime`), when the choice is an
+    export and a former start left one; None otherwise (the model must then be built)."""
     if key is None or not _wants_onnx(device, backend):
         return None
     path = recall_export(key)
-    return None if path is None else OnnxRuntime(path, threads)
+    return None if path is None else export_runtime(path, backend, precision, threads)
+
+
+def export_runtime(
+    path: str | os.PathLike | bytes, backend: str, precision: str, threads: int | None
+) -> OnnxRuntime | OpenVinoRuntime:
+    """An exported file on the CPU: ONNX Runtime, or OpenVINO at the precision
+    `imgcls.inference.precision.with_precision` chooses."""
+    runtime = OnnxRuntime(path, threads)
+    return with_precision(
+        runtime, backend=backend, precision=precision, threads=threads, cache=cache_dir()
+    )
 
 
 def choose_runtime(
@@ -86,16 +100,17 @@ def choose_runtime(
     backend: str,
     threads: int | None,
     key: str | None,
-) -> TorchRuntime | OnnxRuntime:
-    """The runtime for a built model: PyTorch, or ONNX Runtime on its cached export (made
-    now on first use, and recorded under `key` for later starts). "auto" falls back to
-    PyTorch, with a warning, when the export fails; "onnx" raises."""
+    precision: str = "auto",
+) -> TorchRuntime | OnnxRuntime | OpenVinoRuntime:
+    """The runtime for a built model: PyTorch, or its cached export (made now on first use,
+    and recorded under `key` for later starts) on `export_runtime`. "auto" falls back to
+    PyTorch, with a warning, when the export fails; "onnx" and "openvino" raise."""
     if not _wants_onnx(device, backend):
         return TorchRuntime(module, device=device)
     try:
         path = cached_export(module, metadata)
     except Exception as exc:  # any exporter failure: "auto" still has a working path
-        if backend == "onnx":
+        if backend != "auto":
             raise
         warnings.warn(
             f"{metadata.name}: ONNX export failed ({type(exc).__name__}: {exc}); "
@@ -106,7 +121,7 @@ def choose_runtime(
         return TorchRuntime(module, device=device)
     if key is not None:
         remember_export(key, path)
-    return OnnxRuntime(path, threads)
+    return export_runtime(path, backend, precision, threads)
 
 
 def cached_export(module: nn.Module, metadata: OnnxMetadata) -> Path:
@@ -146,7 +161,7 @@ def remember_export(key: str, path: Path) -> None:
 
 
 def _wants_onnx(device: str, backend: str) -> bool:
-    return backend == "onnx" or (backend == "auto" and device == "cpu")
+    return backend in ("onnx", "openvino") or (backend == "auto" and device == "cpu")
 
 
 def _index_key(key: str) -> str:

@@ -12,17 +12,30 @@ import numpy as np
 from imgcls.data.images import DEFAULT_MAX_PIXELS, EncodedImage, ImageSource, load_image
 from imgcls.data.prefetch import Prefetcher, PreparedBatch
 from imgcls.data.preprocess import Preprocess, preprocess_image
-from imgcls.errors import ModelError
-from imgcls.inference.backends import BACKENDS, cache_key, cached_runtime, choose_runtime
+from imgcls.errors import ConfigError, ModelError
+from imgcls.inference.backends import (
+    BACKENDS,
+    cache_key,
+    cached_runtime,
+    choose_runtime,
+    export_runtime,
+)
 from imgcls.inference.heads import OnnxHead
-from imgcls.inference.runtime import HeadRuntime, OnnxMetadata, OnnxRuntime, TorchRuntime
+from imgcls.inference.precision import PRECISIONS
+from imgcls.inference.runtime import (
+    HeadRuntime,
+    OnnxMetadata,
+    OnnxRuntime,
+    OpenVinoRuntime,
+    TorchRuntime,
+)
 from imgcls.models.labels import Labels, labels_for
 from imgcls.models.registry import DEFAULT_MODEL, build_model, canonical_name
 from imgcls.models.run_dir import is_run_dir, read_run_config
 from imgcls.trust.calibration import Rejection, sigmoid, softmax
 from imgcls.validation import check_scalar
 
-__all__ = ["BACKENDS", "ImageClassifier", "ModelBundle", "Prediction", "Predictions"]
+__all__ = ["BACKENDS", "PRECISIONS", "ImageClassifier", "ModelBundle", "Prediction", "Predictions"]
 
 # A file to classify: its path, or its bytes read elsewhere (object storage, Ray).
 File = str | os.PathLike | EncodedImage
@@ -87,6 +100,7 @@ class ModelBundle:
     temperature: float = 1.0  # a run's calibration (see ImageClassifier.predict_proba)
     rejection: Rejection | None = None  # a run's "unknown" rule, k-NN reference included
     thresholds: tuple[float, ...] | None = None  # a multi-label run's, per class
+    precision: str = "fp32"  # what it ran at: the loaded bundle runs so unless told otherwise
 
 
 class ImageClassifier:
@@ -98,8 +112,11 @@ class ImageClassifier:
 
     `model` is a registry name, a run directory, an exported `.onnx` file or a
     `ModelBundle` (`device` "cuda" runs a bundle on ONNX Runtime's CUDA provider). `backend`
-    "auto" runs ONNX Runtime on the CPU (the model is exported once into the cache of
-    `imgcls.inference.backends.cache_dir()`) and PyTorch elsewhere; "torch" and "onnx" force one.
+    "auto" runs the model's export on the CPU (exported once into the cache of
+    `imgcls.inference.backends.cache_dir()`) and PyTorch elsewhere; "torch", "onnx" (ONNX
+    Runtime) and "openvino" force one. `precision` "auto" is bf16 on OpenVINO where the CPU
+    has it and the parity gate passes (`imgcls.inference.precision`), else fp32 ("fp32",
+    "bf16" force one; "int8" is an `imgcls export --int8` file's); `.precision` says which ran.
     `threads` caps ONNX Runtime's threads (default: the cores this process may use).
     `batch_size` is images per model call: 8 keeps a 2-core CPU's pipeline busiest
     (`predict DIR` on 500 photos: 80 images/s against 75 at 32); raise it on a GPU.
@@ -116,6 +133,7 @@ class ImageClassifier:
         pretrained: bool = True,
         device: str = "cpu",
         backend: str = "auto",
+        precision: str = "auto",
         batch_size: int = 8,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         threads: int | None = None,
@@ -124,28 +142,37 @@ class ImageClassifier:
         check_scalar(batch_size, "batch_size", int, min_val=1)
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if backend == "torch" and precision not in ("auto", "fp32"):
+            raise ConfigError(
+                f"backend torch runs fp32; precision {precision} runs on an export "
+                "(backend auto, onnx or openvino; bf16 on openvino)"
+            )
         check_scalar(img_size, "img_size", int, min_val=1, allow_none=True)
         exported = isinstance(model, ModelBundle) or str(model).endswith(".onnx")
         self._source = None if exported else (str(model), weights, pretrained)
         self._module = None
-        self.runtime: TorchRuntime | OnnxRuntime | HeadRuntime
+        self.runtime: TorchRuntime | OnnxRuntime | OpenVinoRuntime | HeadRuntime
         if isinstance(model, ModelBundle):
             if backend == "torch" or img_size is not None:
                 raise ValueError(f"{model.name}: a bundle runs on ONNX at its exported size")
-            self._load_bundle(model, threads, device)
+            self._load_bundle(model, threads, device, backend, precision)
         elif self._source is None:
             if img_size is not None:
                 raise ValueError(f"{model}: an .onnx file keeps its exported size; no img_size")
-            self._load_export(str(model), threads)
+            self._load_export(str(model), threads, backend, precision)
         else:
-            self._load(str(model), weights, pretrained, device, backend, threads, img_size)
+            self._load(
+                str(model), weights, pretrained, device, backend, threads, img_size, precision
+            )
         self.batch_size = batch_size
         self.max_pixels = max_pixels
 
-    def _load_export(self, path: str, threads: int | None) -> None:
+    def _load_export(self, path: str, threads: int | None, backend: str, precision: str) -> None:
         """An exported file: it carries its labels, preprocessing and calibration."""
         self.name = path
-        self.runtime = OnnxRuntime(path, threads)
+        self.runtime = export_runtime(path, backend, precision, threads)
         metadata = self.runtime.metadata
         self.labels, self.preprocess = metadata.labels, metadata.preprocess
         self.temperature = metadata.temperature
@@ -154,11 +181,17 @@ class ImageClassifier:
             None if metadata.threshold is None else Rejection("max_prob", metadata.threshold)
         )
 
-    def _load_bundle(self, bundle: ModelBundle, threads: int | None, device: str) -> None:
+    def _load_bundle(
+        self, bundle: ModelBundle, threads: int | None, device: str, backend: str, precision: str
+    ) -> None:
         self.name, self.labels, self.preprocess = bundle.name, bundle.labels, bundle.preprocess
         self.temperature, self.rejection = bundle.temperature, bundle.rejection
         self.thresholds = _as_array(bundle.thresholds)
-        self.runtime = OnnxRuntime(bundle.model, threads, device)
+        if device == "cpu":
+            precision = bundle.precision if precision == "auto" else precision
+            self.runtime = export_runtime(bundle.model, backend, precision, threads)
+        else:
+            self.runtime = OnnxRuntime(bundle.model, threads, device)
         if bundle.head is not None:
             self.runtime = HeadRuntime(self.runtime, OnnxHead(bundle.head), self.multi_label)
 
@@ -167,7 +200,7 @@ class ImageClassifier:
         runtime, head = self.runtime, None
         if isinstance(runtime, HeadRuntime):
             runtime, head = runtime.backbone, runtime.head.model_bytes()
-        if not isinstance(runtime, OnnxRuntime):
+        if not isinstance(runtime, OnnxRuntime | OpenVinoRuntime):
             raise ModelError(
                 f"{self.name}: runs on PyTorch, and only an ONNX Runtime classifier makes a "
                 "bundle (load it with backend='onnx')"
@@ -181,11 +214,12 @@ class ImageClassifier:
             self.temperature,
             self.rejection,
             _as_tuple(self.thresholds),
+            runtime.precision,
         )
 
     def _load(
         self, model: str, weights: str | os.PathLike | None, pretrained: bool, device: str,
-        backend: str, threads: int | None, img_size: int | None,
+        backend: str, threads: int | None, img_size: int | None, precision: str,
     ) -> None:  # fmt: skip
         """A registry model or a run directory, on the runtime `backend` chooses."""
         config = read_run_config(model) if is_run_dir(model) else None
@@ -198,7 +232,9 @@ class ImageClassifier:
         self.thresholds = _as_array(config["thresholds"]) if multi_label else None
         self.name = model if config is not None else canonical_name(model)
         key = cache_key(model, pretrained=pretrained, weights=weights, img_size=img_size)
-        cached = cached_runtime(key, device=device, backend=backend, threads=threads)
+        cached = cached_runtime(
+            key, device=device, backend=backend, threads=threads, precision=precision
+        )
         if cached is not None:  # a later start: no torch, no model to build
             self.runtime = cached
             self.labels, self.preprocess = cached.metadata.labels, cached.metadata.preprocess
@@ -216,6 +252,7 @@ class ImageClassifier:
                 backend=backend,
                 threads=threads,
                 key=key,
+                precision=precision,
             )
         if config is not None:  # a trained run: its class folder names are the labels
             self.labels = Labels.from_names(config["class_names"])
@@ -333,7 +370,7 @@ class ImageClassifier:
         """Decode and preprocess one image to the model's (3, H, W) float32 input, into
         `out` when given (a row of a batch)."""
         decoded = load_image(
-            image, max_pixels=self.max_pixels, min_side=self.preprocess.resize_size
+            image, max_pixels=self.max_pixels, min_side=self.preprocess.decode_min_side
         )
         return preprocess_image(decoded, self.preprocess, out)
 
@@ -425,8 +462,16 @@ class ImageClassifier:
         ]
 
     def __repr__(self) -> str:
-        backend = self.runtime.backend
-        return f"ImageClassifier({self.name!r}, classes={self.num_classes}, backend={backend!r})"
+        backend, precision = self.runtime.backend, self.runtime.precision
+        return (
+            f"ImageClassifier({self.name!r}, classes={self.num_classes}, "
+            f"backend={backend!r}, precision={precision!r})"
+        )
+
+    @property
+    def precision(self) -> str:
+        """The precision the model runs at: fp32, bf16 or int8."""
+        return self.runtime.precision
 
 
 def _as_array(thresholds: Sequence[float] | None) -> np.ndarray | None:

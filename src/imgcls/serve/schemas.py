@@ -18,6 +18,7 @@ class ModelInfo(BaseModel):
     num_classes: int
     input_size: list[int] = Field(description="[C, H, W] of the model input")
     backend: str
+    precision: str = Field(examples=["bf16"], description="fp32, bf16 or int8")
 
 
 class ModelList(BaseModel):

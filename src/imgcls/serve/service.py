@@ -76,7 +76,8 @@ class ServeConfig:
     max_upload_mb: float = 20.0  # request body cap, MB (10^6 bytes)
     max_pixels: int = DEFAULT_MAX_PIXELS  # decoded image cap (width x height)
     device: str = "cpu"
-    backend: str = "auto"  # auto (ONNX Runtime on the CPU) | torch | onnx
+    backend: str = "auto"  # auto (an export on the CPU) | torch | onnx | openvino
+    precision: str = "auto"  # auto | fp32 | bf16 | int8 (imgcls.inference.precision)
     threads: int | None = None  # threads per model call; None: see Service.load
     workers: int | None = None  # processes (serve/workers.py); None: by device
     # API keys a request must carry (auth.py); kept out of repr so that no log shows them.
@@ -245,7 +246,7 @@ class ServedModel:
             data,
             name=name or "request body",  # a raw-body upload has no file name
             max_pixels=self.max_pixels,
-            min_side=self.classifier.preprocess.resize_size,
+            min_side=self.classifier.preprocess.decode_min_side,
         )
 
 
@@ -340,13 +341,14 @@ class Service:
                 spec,
                 device=self.config.device,
                 backend=self.config.backend,
+                precision=self.config.precision,
                 max_pixels=self.config.max_pixels,
                 threads=threads,
             )
             name = classifier.name
             if name in self.models:
                 raise ValueError(f"two models are both called {name!r}; serve each once")
-            onnx = classifier.runtime.backend == "onnx"
+            onnx = classifier.runtime.backend in ("onnx", "openvino")  # an export
             alone = None  # the same model on every core, for a batch with nothing beside it
             if onnx and alone_threads > threads:
                 alone = await run_in_threadpool(
@@ -354,6 +356,7 @@ class Service:
                     spec,
                     device=self.config.device,
                     backend=self.config.backend,
+                    precision=self.config.precision,
                     max_pixels=self.config.max_pixels,
                     threads=alone_threads,
                 )

@@ -35,4 +35,5 @@ def model_info(model: ServedModel) -> ModelInfo:
         num_classes=model.classifier.num_classes,
         input_size=list(model.input_size),
         backend=model.classifier.runtime.backend,
+        precision=model.classifier.precision,
     )
