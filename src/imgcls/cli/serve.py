@@ -94,6 +94,22 @@ FeedbackDir = Annotated[
 FeedbackMaxMb = Annotated[
     float, typer.Option(help="Refuse corrections (507) once their images take this many MB.")
 ]
+DrainSeconds = Annotated[
+    float,
+    typer.Option(
+        min=0,
+        help="After SIGTERM, keep serving this long with readiness (/readyz, "
+        "/v2/health/ready) at 503, so load balancers stop sending requests first.",
+    ),
+]
+GracefulTimeout = Annotated[
+    float,
+    typer.Option(
+        min=0,
+        help="After SIGTERM, exit within this many seconds whatever clients do "
+        "(Kubernetes: at most terminationGracePeriodSeconds).",
+    ),
+]
 
 
 @app.command()
@@ -118,6 +134,8 @@ def serve(
     log_max_days: LogMaxDays = None,
     feedback_dir: FeedbackDir = Path(DEFAULT_FEEDBACK_DIR),
     feedback_max_mb: FeedbackMaxMb = DEFAULT_FEEDBACK_MAX_MB,
+    drain_seconds: DrainSeconds = 5.0,
+    graceful_timeout: GracefulTimeout = 30.0,
 ) -> None:
     """Serve models over HTTP: web page, REST, KServe v2, metrics."""
     # deferred: the server (FastAPI, uvicorn) loads only to serve
@@ -146,5 +164,7 @@ def serve(
             log_max_days=log_max_days,
             feedback_dir=str(feedback_dir),
             feedback_max_mb=feedback_max_mb,
+            drain_s=drain_seconds,
+            graceful_timeout_s=graceful_timeout,
         )
     )

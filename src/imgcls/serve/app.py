@@ -15,7 +15,9 @@ from fastapi import FastAPI
 from imgcls.serve import v2
 from imgcls.serve.auth import ApiKeys, protect
 from imgcls.serve.errors import install_error_handlers
-from imgcls.serve.limits import BodySizeLimitMiddleware
+from imgcls.serve.head import HeadAsGetMiddleware
+from imgcls.serve.lifecycle import KeepAliveOffMiddleware
+from imgcls.serve.limits import BodyLimitMiddleware
 from imgcls.serve.metrics import Metrics, RequestMetricsMiddleware
 from imgcls.serve.request_id import RequestIdMiddleware
 from imgcls.serve.routes import classify, explain, feedback, health, models, page
@@ -61,9 +63,16 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     # Added last, runs first: every response has its request ID; requests are timed and
     # counted including a 401 or a 413; a request without its key is refused before its
     # body is read. With no keys there is no check at all.
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.max_upload_bytes)
+    app.add_middleware(HeadAsGetMiddleware)  # innermost: the log and metrics say HEAD
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=config.max_upload_bytes,
+        idle_timeout_s=config.body_idle_timeout_s,
+        timeout_s=config.body_timeout_s,
+    )
     if app.state.api_keys is not None:
         protect(app, app.state.api_keys, metrics_auth=config.metrics_auth)
     app.add_middleware(RequestMetricsMiddleware, metrics=service.metrics)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(KeepAliveOffMiddleware, is_draining=lambda: service.draining)
     return app

@@ -1,4 +1,5 @@
-"""Running the app: bind the socket first, then uvicorn until SIGTERM or Ctrl-C."""
+"""Running the app: bind the socket first, then uvicorn until SIGTERM or Ctrl-C (the drain
+and SIGHUP: lifecycle.py; the bounds on request heads: protocol.py)."""
 
 from __future__ import annotations
 
@@ -8,35 +9,31 @@ import socket
 from dataclasses import replace
 
 import uvicorn
+from fastapi import FastAPI
 
 from imgcls.errors import StartupError
 from imgcls.serve.app import create_app
 from imgcls.serve.auth import resolve_auth
+from imgcls.serve.lifecycle import DrainingServer, exit_drained, graceful_shutdown_s
+from imgcls.serve.protocol import bounded_http_protocol
 from imgcls.serve.service import ServeConfig
 
 
 def run(config: ServeConfig) -> None:
-    """Serve until SIGTERM or Ctrl-C; in-flight requests finish first. Off loopback with
-    no API key (and no `no_auth`), a key is generated first (auth.resolve_auth)."""
+    """Serve until SIGTERM (drained, see lifecycle.py) or Ctrl-C. Off loopback with no API
+    key (and no `no_auth`), a key is generated first (auth.resolve_auth)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     listening = bind_socket(config.host, config.port)  # a taken port fails before models load
     config = replace(config, port=listening.getsockname()[1])  # --port 0: the one given
     app = create_app(resolve_auth(config))
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.host,
-            port=config.port,
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=None,
-        )
-    )
+    server = make_server(app, config)
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again; with this
     # handler in place that second delivery is a no-op, so a drained server exits 0.
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         server.run(sockets=[listening])
+        if server.draining:
+            exit_drained()
     except SystemExit:  # how uvicorn reports a failed start-up (a model that cannot load)
         cause = app.state.startup_error
         if isinstance(cause, ModuleNotFoundError):  # the inference-only install: the CLI
@@ -47,6 +44,30 @@ def run(config: ServeConfig) -> None:
     finally:
         signal.signal(signal.SIGTERM, previous)
         listening.close()
+
+
+def make_server(app: FastAPI, config: ServeConfig) -> DrainingServer:
+    """uvicorn for `app` with the timeouts and bounds of `config`, draining on SIGTERM
+    and rescanning the model repository on SIGHUP (one per process)."""
+    service = app.state.service
+    return DrainingServer(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            http=bounded_http_protocol(config.header_timeout_s, config.max_header_bytes),
+            timeout_keep_alive=config.keep_alive_s,
+            timeout_graceful_shutdown=graceful_shutdown_s(
+                config.drain_s, config.graceful_timeout_s
+            ),
+            log_config=None,
+            access_log=False,
+        ),
+        drain_s=config.drain_s,
+        graceful_timeout_s=config.graceful_timeout_s,
+        on_drain=service.start_drain,
+        on_hangup=service.rescan_soon,
+    )
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from imgcls.data.images import DEFAULT_MAX_PIXELS, decode_image_bytes
+from imgcls.data.images import DEFAULT_MAX_PIXELS, declared_pixels, decode_image_bytes
 from imgcls.data.preprocess import preprocess_image
 from imgcls.errors import (
     NotExplainable,
@@ -38,6 +38,7 @@ from imgcls.inference.classifier import ImageClassifier, Predictions
 from imgcls.inference.runtime import HeadRuntime
 from imgcls.models.registry import DEFAULT_MODEL
 from imgcls.serve.batching import Batcher
+from imgcls.serve.budget import DecodeBudget
 from imgcls.serve.feedback import (
     DEFAULT_FEEDBACK_DIR,
     DEFAULT_FEEDBACK_MAX_MB,
@@ -71,7 +72,16 @@ class ServeConfig:
     max_wait_ms: float = 0.0  # how long a batch's first image waits for company
     max_queue: int = 256  # images waiting for the model; beyond it, 503
     max_upload_mb: float = 20.0  # request body cap, MB (10^6 bytes)
+    # How long a client may take (seconds); beyond it the connection closes (or 408).
+    header_timeout_s: float = 10.0  # from connecting (or a request's first byte) to its headers
+    max_header_bytes: int = 64 * 1024  # request line and headers; beyond it, 431
+    body_idle_timeout_s: float = 10.0  # between two chunks of a body
+    body_timeout_s: float = 60.0  # for the whole body (20 MB at 2.7 Mbit/s)
+    keep_alive_s: float = 5.0  # an idle keep-alive connection
+    drain_s: float = 5.0  # after SIGTERM: readiness 503, still serving (lifecycle.py)
+    graceful_timeout_s: float = 30.0  # after SIGTERM: the process has ended by then
     max_pixels: int = DEFAULT_MAX_PIXELS  # decoded image cap (width x height)
+    decode_budget_pixels: int = DEFAULT_MAX_PIXELS  # pixels decoded at once, server-wide
     device: str = "cpu"
     backend: str = "auto"  # auto (ONNX Runtime on the CPU) | torch | onnx
     threads: int | None = None  # threads per model call; None: see Service.load
@@ -95,6 +105,10 @@ class ServeConfig:
             ("feedback_max_mb", self.feedback_max_mb),
         ):
             check_scalar(value, name, min_val=0, min_inclusive=False, allow_none=True)
+        for name in ("header_timeout_s", "body_idle_timeout_s", "body_timeout_s", "keep_alive_s"):
+            check_scalar(getattr(self, name), name, min_val=0, min_inclusive=False)
+        check_scalar(self.drain_s, "drain_s", min_val=0)
+        check_scalar(self.graceful_timeout_s, "graceful_timeout_s", min_val=self.drain_s)
 
     @property
     def max_upload_bytes(self) -> int:
@@ -109,6 +123,8 @@ class ServedModel:
     batcher: Batcher  # rows: probabilities, then the rejection score (see `scored_rows`)
     max_pixels: int
     decode_pool: Executor | None = None  # decodes and preprocesses uploads (None: asyncio's)
+    # Pixels decoded at once, shared by every model's decoding (budget.py).
+    budget: DecodeBudget = field(default_factory=lambda: DecodeBudget(DEFAULT_MAX_PIXELS))
     on_unknown: Callable[[int], None] = lambda count: None  # counts "unknown" answers
     torch_threads: int = 1  # PyTorch's threads once Grad-CAM loads it (see Service.load)
     _explainer: Explainer | None = field(default=None, init=False, repr=False)
@@ -218,7 +234,9 @@ class ServedModel:
             )
 
     def _prepare(self, name: str, data: bytes) -> np.ndarray:
-        return preprocess_image(self._decode(name, data), self.classifier.preprocess)
+        # The image and its model input are both alive until this returns.
+        with self.budget.hold(declared_pixels(data) or self.max_pixels):
+            return preprocess_image(self._decode(name, data), self.classifier.preprocess)
 
     def check_image(self, name: str, data: bytes) -> None:
         """Raise ImageError unless `data` decodes as an acceptable image."""
@@ -262,6 +280,7 @@ class Service:
     log: PredictionLog | None = None  # open while the service runs, when logging is on
     log_writer: LogWriter | None = None  # writes `log`'s prediction rows, off the request path
     feedback: FeedbackStore = field(init=False)  # corrected images, under their size cap
+    draining: bool = field(default=False, init=False)  # after SIGTERM: not ready, ending
     _warm_up: asyncio.Task | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -271,8 +290,22 @@ class Service:
         )
 
     @property
-    def ready(self) -> bool:
+    def loaded(self) -> bool:
+        """Whether the models are loaded (liveness: /healthz)."""
         return bool(self.models)
+
+    @property
+    def ready(self) -> bool:
+        """Whether to send traffic here (readiness): loaded, and not draining."""
+        return self.loaded and not self.draining
+
+    def start_drain(self) -> None:
+        """Called on SIGTERM: readiness answers 503 from now on (lifecycle.py)."""
+        self.draining = True
+
+    def rescan_soon(self) -> None:
+        """Called on SIGHUP: rescan the model repository, in the background."""
+        log.info("SIGHUP: no --model-repository to rescan; nothing to do")
 
     def get(self, name: str | None) -> ServedModel:
         """The model called `name` (the default for None); 404 for an unknown name."""
@@ -293,6 +326,7 @@ class Service:
         # Uploads decode in a pool of their own, one thread per core (docs/performance.md).
         decode_pool = ThreadPoolExecutor(cores, thread_name_prefix="imgcls-decode")
         stack.callback(decode_pool.shutdown)
+        budget = DecodeBudget(self.config.decode_budget_pixels)
         for spec in self.config.models:
             classifier = await run_in_threadpool(
                 ImageClassifier,
@@ -322,6 +356,7 @@ class Service:
                 batcher,
                 self.config.max_pixels,
                 decode_pool,
+                budget,
                 on_unknown=lambda count, n=name: self.metrics.count_unknown(n, count),
                 torch_threads=threads,
             )
@@ -358,7 +393,7 @@ class Service:
         """Start warming Grad-CAM for the default model in the background, once (the web
         page calls this when it is served: the page shows heat maps, API clients may never
         ask for one, and PyTorch costs about 1 GB of memory)."""
-        if self._warm_up is None and self.ready:
+        if self._warm_up is None and self.loaded:
             model = self.get(None)
             self._warm_up = asyncio.create_task(run_in_threadpool(model.warm_explainer))
 

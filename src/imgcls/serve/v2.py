@@ -21,6 +21,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from imgcls.serve.deps import ServiceDep
 from imgcls.serve.errors import REQUEST_ID_DOC, ApiError
+from imgcls.serve.limits import ascii_count
+from imgcls.serve.routes.health import not_ready
 from imgcls.serve.service import ServedModel
 from imgcls.version import __version__
 
@@ -157,7 +159,7 @@ async def live() -> Live:
 @router.get("/health/ready", response_model=Ready, responses=_errors(503))
 async def ready(service: ServiceDep) -> Ready:
     if not service.ready:
-        raise ApiError(503, "NotReady", "models are still loading")
+        raise not_ready(service)
     return Ready(ready=True)
 
 
@@ -212,12 +214,12 @@ def _parse_request(body: bytes, header_length: str | None) -> tuple[InferenceReq
     """The JSON part, validated, and the binary part after it (empty without one)."""
     split = len(body)
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        split = ascii_count(header_length)
+        if split is None or split > len(body):
             raise _bad(
                 f"{HEADER_LENGTH} must be a byte count within the body's "
                 f"{len(body)} bytes, got {header_length!r}"
             )
-        split = int(header_length)
     try:
         inference = InferenceRequest.model_validate_json(body[:split])
     except ValidationError as exc:
