@@ -94,6 +94,18 @@ FeedbackDir = Annotated[
 FeedbackMaxMb = Annotated[
     float, typer.Option(help="Refuse corrections (507) once their images take this many MB.")
 ]
+ModelRepository = Annotated[
+    Path | None,
+    typer.Option(
+        help="Serve DIR/<name>/<version>/ (a run directory or one .onnx each; the newest "
+        "version is live unless DIR/<name>/policy.json pins one) instead of --model; "
+        "SIGHUP rescans it.",
+    ),
+]
+PollRepository = Annotated[
+    float | None,
+    typer.Option(min=0.1, help="Also rescan --model-repository every this many seconds."),
+]
 DrainSeconds = Annotated[
     float,
     typer.Option(
@@ -134,6 +146,8 @@ def serve(
     log_max_days: LogMaxDays = None,
     feedback_dir: FeedbackDir = Path(DEFAULT_FEEDBACK_DIR),
     feedback_max_mb: FeedbackMaxMb = DEFAULT_FEEDBACK_MAX_MB,
+    model_repository: ModelRepository = None,
+    poll_repository: PollRepository = None,
     drain_seconds: DrainSeconds = 5.0,
     graceful_timeout: GracefulTimeout = 30.0,
 ) -> None:
@@ -146,7 +160,9 @@ def serve(
     keys = (*(api_key or ()), *(read_key_file(api_key_file) if api_key_file else ()))
     run(
         ServeConfig(
-            models=tuple(model or [DEFAULT_MODEL]),
+            models=tuple(model or ([] if model_repository else [DEFAULT_MODEL])),
+            model_repository=None if model_repository is None else str(model_repository),
+            poll_repository_s=poll_repository,
             host=host,
             port=port,
             max_batch=max_batch,

@@ -20,7 +20,7 @@ from imgcls.serve.lifecycle import KeepAliveOffMiddleware
 from imgcls.serve.limits import BodyLimitMiddleware
 from imgcls.serve.metrics import Metrics, RequestMetricsMiddleware
 from imgcls.serve.request_id import RequestIdMiddleware
-from imgcls.serve.routes import classify, explain, feedback, health, models, page
+from imgcls.serve.routes import classify, explain, feedback, health, models, page, repository
 from imgcls.serve.service import ServeConfig, Service
 from imgcls.version import __version__
 
@@ -43,7 +43,10 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
                 app.state.startup_error = exc
                 raise
             log.info(
-                "serving %s on http://%s:%d", ", ".join(service.models), config.host, config.port
+                "serving %s on http://%s:%d",
+                ", ".join(f"{m.name}:{m.version}" for m in service.models.values()),
+                config.host,
+                config.port,
             )
             yield  # batchers finish their queues when the stack closes
 
@@ -60,6 +63,7 @@ def create_app(config: ServeConfig | None = None) -> FastAPI:
     for routes in (health, models, classify, explain, feedback, page):
         app.include_router(routes.router)
     app.include_router(v2.router)
+    app.include_router(repository.router)
     # Added last, runs first: every response has its request ID; requests are timed and
     # counted including a 401 or a 413; a request without its key is refused before its
     # body is read. With no keys there is no check at all.

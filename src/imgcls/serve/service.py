@@ -14,10 +14,11 @@ import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from starlette.concurrency import run_in_threadpool
@@ -50,6 +51,7 @@ from imgcls.serve.feedback import (
 )
 from imgcls.serve.log_writer import LogWriter
 from imgcls.serve.metrics import Metrics
+from imgcls.serve.repository import RepositoryModel, scan_repository
 from imgcls.validation import check_scalar
 
 __all__ = ["ServeConfig", "ServedModel", "Service"]
@@ -66,6 +68,8 @@ class ServeConfig:
     """Settings of `imgcls serve`; the first model answers requests that name none."""
 
     models: tuple[str, ...] = (DEFAULT_MODEL,)  # registry names or run directories
+    model_repository: str | None = None  # DIR/<name>/<version>/ (repository.py); then not `models`
+    poll_repository_s: float | None = None  # rescan the repository this often; None: on SIGHUP
     host: str = "127.0.0.1"
     port: int = 8000
     max_batch: int | None = None  # images per model call; None: by backend (see load)
@@ -127,12 +131,21 @@ class ServedModel:
     budget: DecodeBudget = field(default_factory=lambda: DecodeBudget(DEFAULT_MAX_PIXELS))
     on_unknown: Callable[[int], None] = lambda count: None  # counts "unknown" answers
     torch_threads: int = 1  # PyTorch's threads once Grad-CAM loads it (see Service.load)
+    served_name: str | None = None  # the repository's name for it (None: the classifier's)
+    version: str = "1"  # its version in the repository
+    retired: bool = field(default=False, init=False)  # a newer version took over (swap)
+    active: int = field(default=0, init=False)  # requests using it now
     _explainer: Explainer | None = field(default=None, init=False, repr=False)
     _explain_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @property
     def name(self) -> str:
-        return self.classifier.name
+        return self.served_name or self.classifier.name
+
+    @property
+    def logged_name(self) -> str:
+        """The name the prediction log records: `name:version` for a repository's model."""
+        return self.name if self.served_name is None else f"{self.name}:{self.version}"
 
     @property
     def input_size(self) -> tuple[int, int, int]:
@@ -281,6 +294,19 @@ class Service:
     log_writer: LogWriter | None = None  # writes `log`'s prediction rows, off the request path
     feedback: FeedbackStore = field(init=False)  # corrected images, under their size cap
     draining: bool = field(default=False, init=False)  # after SIGTERM: not ready, ending
+    # The model repository (repository.py): what the last scan found, versions pinned
+    # through the API, models unloaded through it, versions that failed to load and why.
+    repository: dict[str, RepositoryModel] = field(default_factory=dict, init=False)
+    pins: dict[str, int] = field(default_factory=dict, init=False)
+    unloaded: set[str] = field(default_factory=set, init=False)
+    refused: dict[tuple[str, str], str] = field(default_factory=dict, init=False)
+    _rescan_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
+    _tasks: set[asyncio.Task] = field(default_factory=set, init=False, repr=False)
+    _threads: int = field(default=1, init=False, repr=False)
+    _decode_pool: Executor | None = field(default=None, init=False, repr=False)
+    _budget: DecodeBudget = field(
+        default_factory=lambda: DecodeBudget(DEFAULT_MAX_PIXELS), init=False, repr=False
+    )
     _warm_up: asyncio.Task | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -305,16 +331,47 @@ class Service:
 
     def rescan_soon(self) -> None:
         """Called on SIGHUP: rescan the model repository, in the background."""
-        log.info("SIGHUP: no --model-repository to rescan; nothing to do")
+        if self.config.model_repository is None:
+            log.info("SIGHUP: no --model-repository to rescan; nothing to do")
+            return
+        log.info("SIGHUP: rescanning %s", self.config.model_repository)
+        task = asyncio.create_task(self.rescan())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-    def get(self, name: str | None) -> ServedModel:
-        """The model called `name` (the default for None); 404 for an unknown name."""
+    def get(self, name: str | None, version: str | None = None) -> ServedModel:
+        """The live model called `name` (the default for None); with `version`, only if
+        that is the live one. 404 for an unknown name or a version not loaded."""
         if name is None:
-            return next(iter(self.models.values()))
-        model = self.models.get(name)
-        if model is None:
-            raise UnknownModel(f"no model named {name!r}; served: {', '.join(self.models)}")
+            model = next(iter(self.models.values()), None)
+            if model is None:
+                raise UnknownModel("no model is loaded (all unloaded through the repository API)")
+        else:
+            model = self.models.get(name)
+            if model is None:
+                raise UnknownModel(
+                    f"no model named {name!r}; served: {', '.join(self.models) or 'none'}"
+                )
+        if version is not None and version != model.version:
+            raise UnknownModel(
+                f"version {version!r} of {model.name!r} is not loaded (live: {model.version})"
+            )
         return model
+
+    @asynccontextmanager
+    async def using(self, model: ServedModel, pinned: bool = False) -> AsyncIterator[ServedModel]:
+        """`model`, or the version that replaced it since the request looked it up (unless
+        the request asked for that version), held while the request uses it: a swapped-out
+        version is released only once no request holds it."""
+        if model.retired:
+            if pinned:
+                raise UnknownModel(f"version {model.version} of {model.name!r} was unloaded")
+            model = self.get(model.name)
+        model.active += 1
+        try:
+            yield model
+        finally:
+            model.active -= 1
 
     async def load(self, stack: AsyncExitStack) -> None:
         """Load every configured model and start its batcher (stopped when `stack` closes)."""
@@ -326,40 +383,25 @@ class Service:
         # Uploads decode in a pool of their own, one thread per core (docs/performance.md).
         decode_pool = ThreadPoolExecutor(cores, thread_name_prefix="imgcls-decode")
         stack.callback(decode_pool.shutdown)
-        budget = DecodeBudget(self.config.decode_budget_pixels)
-        for spec in self.config.models:
-            classifier = await run_in_threadpool(
-                ImageClassifier,
-                spec,
-                device=self.config.device,
-                backend=self.config.backend,
-                max_pixels=self.config.max_pixels,
-                threads=threads,
-            )
-            name = classifier.name
-            if name in self.models:
-                raise ValueError(f"two models are both called {name!r}; serve each once")
-            onnx = classifier.runtime.backend == "onnx"
-            batcher = Batcher(
-                scored_rows(classifier),
-                max_batch=self.config.max_batch or (ONNX_MAX_BATCH if onnx else 16),
-                max_wait_ms=self.config.max_wait_ms,
-                max_queue=self.config.max_queue,
-                on_batch=self._observer(name, classifier.labels.names),
-                name=name,
-                workers=ONNX_WORKERS if onnx else 1,
-            )
-            await stack.enter_async_context(batcher)
-            self.metrics.track_queue(name, lambda b=batcher: b.depth)
-            self.models[name] = ServedModel(
-                classifier,
-                batcher,
-                self.config.max_pixels,
-                decode_pool,
-                budget,
-                on_unknown=lambda count, n=name: self.metrics.count_unknown(n, count),
-                torch_threads=threads,
-            )
+        self._threads, self._decode_pool = threads, decode_pool
+        self._budget = DecodeBudget(self.config.decode_budget_pixels)
+        stack.push_async_callback(self._stop_all)
+        if self.config.model_repository is not None:
+            await self.rescan()
+            if not self.models:
+                raise StartupError(
+                    f"--model-repository {self.config.model_repository}: no model loaded "
+                    "(see the log above for each version's problem)"
+                )
+            if self.config.poll_repository_s:
+                poller = asyncio.create_task(self._poll(self.config.poll_repository_s))
+                stack.callback(poller.cancel)
+        for spec in self.config.models if self.config.model_repository is None else ():
+            served = await self._load_model(spec)
+            if served.name in self.models:
+                await served.batcher.stop()
+                raise ValueError(f"two models are both called {served.name!r}; serve each once")
+            self.models[served.name] = served
         torch = sys.modules.get("torch")  # loaded by a torch backend (or by this process)
         if torch is not None:  # process-wide; restored on exit
             stack.callback(torch.set_num_threads, torch.get_num_threads())
@@ -389,6 +431,142 @@ class Service:
             # Closed before the log: the rows still queued are written first.
             stack.push_async_callback(run_in_threadpool, self.log_writer.close)
 
+    async def _load_model(
+        self, spec: str, name: str | None = None, version: str = "1"
+    ) -> ServedModel:
+        """Load `spec`, run one batch through it (a model that cannot answer is refused
+        here, not by a request) and start its batcher."""
+        classifier = await run_in_threadpool(
+            ImageClassifier,
+            spec,
+            device=self.config.device,
+            backend=self.config.backend,
+            max_pixels=self.config.max_pixels,
+            threads=self._threads,
+        )
+        name = name or classifier.name
+        blank = np.zeros((1, *classifier.preprocess.input_size), np.float32)
+        await run_in_threadpool(classifier.predict_scored, blank)
+        onnx = classifier.runtime.backend == "onnx"
+        batcher = Batcher(
+            scored_rows(classifier),
+            max_batch=self.config.max_batch or (ONNX_MAX_BATCH if onnx else 16),
+            max_wait_ms=self.config.max_wait_ms,
+            max_queue=self.config.max_queue,
+            on_batch=self._observer(name, classifier.labels.names),
+            name=name,
+            workers=ONNX_WORKERS if onnx else 1,
+        )
+        await batcher.__aenter__()
+        self.metrics.track_queue(name, lambda b=batcher: b.depth)
+        return ServedModel(
+            classifier,
+            batcher,
+            self.config.max_pixels,
+            self._decode_pool,
+            self._budget,
+            on_unknown=lambda count, n=name: self.metrics.count_unknown(n, count),
+            torch_threads=self._threads,
+            served_name=name,
+            version=version,
+        )
+
+    async def rescan(self) -> None:
+        """Bring the repository's live versions up: each one that changed loads and warms
+        beside the one serving, then takes over between two batches; the old one finishes
+        its requests and is released. A version that fails is refused, said in the log,
+        and the live one keeps serving. Models unloaded through the API stay unloaded."""
+        root = Path(self.config.model_repository)
+        async with self._rescan_lock:
+            found = await run_in_threadpool(scan_repository, root)
+            self.repository = found
+            for name, entry in found.items():
+                for problem in entry.problems:
+                    log.warning("model repository: %s", problem)
+                version = self.pins.get(name, entry.live)
+                if name in self.unloaded or version is None or version not in entry.versions:
+                    continue
+                current = self.models.get(name)
+                if current is not None and current.version == str(version):
+                    continue
+                await self._swap(name, str(version), entry.versions[version])
+
+    async def _swap(self, name: str, version: str, path: Path) -> None:
+        current = self.models.get(name)
+        started = time.perf_counter()
+        try:
+            served = await self._load_model(str(path), name, version)
+        except Exception as exc:  # any failure of a candidate: the live one stays
+            self.refused[(name, version)] = f"{type(exc).__name__}: {exc}"
+            log.error(
+                "model %s version %s refused (%s: %s); %s",
+                name,
+                version,
+                type(exc).__name__,
+                exc,
+                f"version {current.version} keeps serving" if current else "not served",
+            )
+            return
+        self.refused.pop((name, version), None)
+        self.models[name] = served  # requests that look it up from now on get this one
+        log.info(
+            "model %s version %s live (loaded and warmed in %.1f s)%s",
+            name,
+            version,
+            time.perf_counter() - started,
+            f"; version {current.version} drains" if current else "",
+        )
+        if current is not None:
+            await self._release(current)
+
+    async def unload(self, name: str) -> None:
+        """Stop serving `name` (the repository API); a load or rescan brings it back only
+        through `load`."""
+        model = self.models.pop(name, None)
+        if model is None:
+            raise UnknownModel(f"no model named {name!r} is loaded")
+        self.unloaded.add(name)
+        log.info("model %s version %s unloaded", name, model.version)
+        await self._release(model)
+
+    async def load_from_repository(self, name: str, version: int | None = None) -> None:
+        """Load `name` (pinned to `version` when given) from the repository, now."""
+        if self.config.model_repository is None:
+            raise RequestError("this server has no --model-repository to load from")
+        self.unloaded.discard(name)
+        if version is not None:
+            self.pins[name] = version
+        await self.rescan()
+        entry = self.repository.get(name)
+        live = self.models.get(name)
+        if entry is None:
+            raise UnknownModel(f"no model {name!r} in {self.config.model_repository}")
+        wanted = str(self.pins.get(name, entry.live))
+        if live is None or live.version != wanted:
+            reason = self.refused.get((name, wanted), f"version {wanted} is not in the repository")
+            raise RequestError(f"model {name!r} version {wanted} not loaded: {reason}")
+
+    async def _release(self, model: ServedModel) -> None:
+        """Retire `model`: wait for the requests holding it, finish its queue, stop it."""
+        model.retired = True
+        while model.active:
+            await asyncio.sleep(0.01)
+        await model.batcher.stop()
+
+    async def _poll(self, every_s: float) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.rescan()
+            except OSError as exc:  # the directory vanished or cannot be read: try again
+                log.error("model repository rescan failed: %s", exc)
+
+    async def _stop_all(self) -> None:
+        for task in list(self._tasks):
+            await task
+        for model in list(self.models.values()):
+            await model.batcher.stop()
+
     def warm_explainer(self) -> None:
         """Start warming Grad-CAM for the default model in the background, once (the web
         page calls this when it is served: the page shows heat maps, API clients may never
@@ -410,10 +588,13 @@ class Service:
         files: Sequence[tuple[str, bytes]],
         top_k: int,
         min_score: float | None = None,
-    ) -> list[Predictions]:
-        """`model.classify`, each image's top-1 then queued for the prediction log."""
+        pinned: bool = False,
+    ) -> tuple[ServedModel, list[Predictions]]:
+        """`model.classify` (by the version live now unless `pinned`; see `using`), each
+        image's top-1 then queued for the prediction log with the version that answered."""
         start = time.perf_counter()
-        predictions = await model.classify(files, top_k=top_k, min_score=min_score)
+        async with self.using(model, pinned) as model:
+            predictions = await model.classify(files, top_k=top_k, min_score=min_score)
         if self.log_writer is not None:
             latency_ms = (time.perf_counter() - start) * 1000
             # Hashed here, on the event loop: about 0.7 ms per MB, less than a thread
@@ -421,7 +602,7 @@ class Service:
             self.log_writer.put(
                 [
                     LoggedPrediction(
-                        model.name,
+                        model.logged_name,
                         sha256_hex(data),
                         name,
                         top[0].label,
@@ -432,7 +613,7 @@ class Service:
                     for (name, data), top in zip(files, predictions, strict=True)
                 ]
             )
-        return predictions
+        return model, predictions
 
     async def add_feedback(self, model: ServedModel, name: str, data: bytes, label: str) -> dict:
         """Keep a corrected label for an image: the file under the feedback directory, a
