@@ -444,7 +444,7 @@ class Service:
             max_pixels=self.config.max_pixels,
             threads=self._threads,
         )
-        name = name or classifier.name
+        served_name, name = name, name or classifier.name
         blank = np.zeros((1, *classifier.preprocess.input_size), np.float32)
         await run_in_threadpool(classifier.predict_scored, blank)
         onnx = classifier.runtime.backend == "onnx"
@@ -467,7 +467,7 @@ class Service:
             self._budget,
             on_unknown=lambda count, n=name: self.metrics.count_unknown(n, count),
             torch_threads=self._threads,
-            served_name=name,
+            served_name=served_name,
             version=version,
         )
 
@@ -521,7 +521,9 @@ class Service:
 
     async def unload(self, name: str) -> None:
         """Stop serving `name` (the repository API); a load or rescan brings it back only
-        through `load`."""
+        through `load`. Only a repository's models: others could not come back."""
+        if self.config.model_repository is None:
+            raise RequestError("this server has no --model-repository: its models stay loaded")
         model = self.models.pop(name, None)
         if model is None:
             raise UnknownModel(f"no model named {name!r} is loaded")
