@@ -160,3 +160,58 @@ def test_the_repository_api_needs_the_api_key(repository: Path) -> None:
             client.unload_model("tiny")
         headers = {"Authorization": "Bearer k3y"}
         assert client.get_model_repository_index(headers=headers)[0]["state"] == "READY"
+
+
+def test_a_shadow_sees_the_live_requests_and_compare_matches_the_offline_figures(
+    repository: Path, tiny_run: Path, tmp_path: Path
+) -> None:
+    import torch  # deferred: a training install's; the test changes a run's weights
+    from helpers import write_photo_crops
+    from safetensors.torch import load_file, save_file
+
+    from imgcls.inference.classifier import ImageClassifier
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run, other)  # version 2: other weights (a seeded perturbation)
+    generator = torch.Generator().manual_seed(1)
+    tensors = load_file(other / "best.safetensors")
+    for key, value in tensors.items():
+        if value.ndim >= 2:  # conv and linear weights; norms keep their statistics
+            tensors[key] = value + 0.3 * torch.randn(value.shape, generator=generator)
+    save_file(tensors, other / "best.safetensors")
+    shutil.copytree(other, repository / "tiny" / "2")
+    (repository / "tiny" / "policy.json").write_text(
+        '{"version": 1, "shadow": {"version": 2, "sample": 1.0}}'
+    )
+    images = sorted(write_photo_crops(tmp_path / "crops", per_class=3, size=48).rglob("*.jpg"))
+    with thread_server(model_repository=str(repository), models=()) as url:
+        for image in images:
+            response = httpx.post(
+                f"{url}/v1/classify",
+                content=image.read_bytes(),
+                headers={"content-type": "image/jpeg"},
+            )
+            assert response.json()["model_version"] == "1"  # the shadow never answers
+            time.sleep(0.05)  # one at a time: the shadow is never shed
+        label = images[0].parent.name
+        form = {"label": label}
+        assert (
+            httpx.post(
+                f"{url}/v1/feedback", files={"file": images[0].read_bytes()}, data=form
+            ).status_code
+            == 200
+        )
+        figures = httpx.get(f"{url}/v1/models/tiny/compare").json()
+
+    live = ImageClassifier(str(repository / "tiny" / "1")).classify_images(images, top_k=1)
+    shadow = ImageClassifier(str(other)).classify_images(images, top_k=1)
+    agree = np.mean([a[0].label == b[0].label for a, b in zip(live, shadow, strict=True)])
+    assert figures["images"] == len(images) and figures["shed"] == 0
+    assert figures["top1_agreement"] == pytest.approx(agree)
+    assert figures["live"]["mean_confidence"] == pytest.approx(np.mean([p[0].score for p in live]))
+    assert figures["shadow"]["mean_confidence"] == pytest.approx(
+        np.mean([p[0].score for p in shadow])
+    )
+    assert figures["labelled"] == 1
+    assert figures["live"]["accuracy"] == float(live[0][0].label == label)
+    assert figures["shadow"]["accuracy"] == float(shadow[0][0].label == label)

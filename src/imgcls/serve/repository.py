@@ -1,7 +1,9 @@
 """A model repository on disk, in Triton's and TorchServe's layout:
 
     DIR/<name>/<version>/        a run directory, or a folder holding one .onnx file
-    DIR/<name>/policy.json       optional: {"version": N} pins the live version
+    DIR/<name>/policy.json       optional: {"version": N} pins the live version;
+                                 {"shadow": {"version": M, "sample": 0.1}} runs M as a
+                                 shadow on that share of the live requests (compare.py)
 
 Versions are positive integers; the newest is live unless the policy (or the repository
 API, which writes nothing) pins one. Scanning only reads the folders; loading and the
@@ -31,6 +33,8 @@ class RepositoryModel:
     name: str
     versions: dict[int, Path] = field(default_factory=dict)
     pinned: int | None = None
+    shadow: int | None = None  # a version that sees a sampled copy of live requests
+    shadow_sample: float = 1.0  # the share of requests copied to it
     problems: tuple[str, ...] = ()  # what was skipped, and why (said in the log and index)
 
     @property
@@ -66,10 +70,22 @@ def _scan_model(folder: Path) -> RepositoryModel:
             problems.append(f"{entry}: neither a run directory nor a folder with one .onnx")
             continue
         versions[int(entry.name)] = target
-    pinned = _pinned(folder, problems)
+    policy = _policy(folder, problems)
+    pinned = _version(policy, "version", folder, problems)
     if pinned is not None and pinned not in versions:
         problems.append(f"{folder / POLICY_FILE}: pins version {pinned}, which is not there")
-    return RepositoryModel(folder.name, versions, pinned, tuple(problems))
+    shadow_policy = policy.get("shadow") or {}
+    shadow = _version(shadow_policy, "version", folder, problems)
+    sample = shadow_policy.get("sample", 1.0)
+    if isinstance(sample, bool) or not isinstance(sample, int | float) or not 0 < sample <= 1:
+        problems.append(
+            f"{folder / POLICY_FILE}: shadow 'sample' must be in (0, 1], got {sample!r}"
+        )
+        shadow = None
+    if shadow is not None and shadow not in versions:
+        problems.append(f"{folder / POLICY_FILE}: shadow version {shadow} is not there")
+        shadow = None
+    return RepositoryModel(folder.name, versions, pinned, shadow, float(sample), tuple(problems))
 
 
 def _loadable(version_dir: Path) -> Path | None:
@@ -79,16 +95,28 @@ def _loadable(version_dir: Path) -> Path | None:
     return onnx[0] if len(onnx) == 1 else None
 
 
-def _pinned(folder: Path, problems: list[str]) -> int | None:
+def _policy(folder: Path, problems: list[str]) -> dict:
     path = folder / POLICY_FILE
     if not path.is_file():
-        return None
+        return {}
     try:
-        version = json.loads(path.read_text("utf-8")).get("version")
-    except (OSError, ValueError, AttributeError) as exc:
-        problems.append(f"{path}: not a JSON object ({exc}); the newest version is live")
+        policy = json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        problems.append(f"{path}: not JSON ({exc}); the newest version is live")
+        return {}
+    if not isinstance(policy, dict):
+        problems.append(f"{path}: not a JSON object; the newest version is live")
+        return {}
+    return policy
+
+
+def _version(policy: dict, key: str, folder: Path, problems: list[str]) -> int | None:
+    if not isinstance(policy, dict) or key not in policy:
         return None
+    version = policy[key]
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        problems.append(f"{path}: 'version' must be a positive integer, got {version!r}")
+        problems.append(
+            f"{folder / POLICY_FILE}: {key!r} must be a positive integer, got {version!r}"
+        )
         return None
     return version

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import sqlite3
 import sys
 import threading
@@ -40,6 +41,7 @@ from imgcls.inference.runtime import HeadRuntime
 from imgcls.models.registry import DEFAULT_MODEL
 from imgcls.serve.batching import Batcher
 from imgcls.serve.budget import DecodeBudget
+from imgcls.serve.compare import Comparison
 from imgcls.serve.feedback import (
     DEFAULT_FEEDBACK_DIR,
     DEFAULT_FEEDBACK_MAX_MB,
@@ -300,6 +302,8 @@ class Service:
     pins: dict[str, int] = field(default_factory=dict, init=False)
     unloaded: set[str] = field(default_factory=set, init=False)
     refused: dict[tuple[str, str], str] = field(default_factory=dict, init=False)
+    shadows: dict[str, ServedModel] = field(default_factory=dict, init=False)
+    comparisons: dict[str, Comparison] = field(default_factory=dict, init=False)
     _rescan_lock: asyncio.Lock = field(default_factory=asyncio.Lock, init=False, repr=False)
     _tasks: set[asyncio.Task] = field(default_factory=set, init=False, repr=False)
     _threads: int = field(default=1, init=False, repr=False)
@@ -487,9 +491,9 @@ class Service:
                 if name in self.unloaded or version is None or version not in entry.versions:
                     continue
                 current = self.models.get(name)
-                if current is not None and current.version == str(version):
-                    continue
-                await self._swap(name, str(version), entry.versions[version])
+                if current is None or current.version != str(version):
+                    await self._swap(name, str(version), entry.versions[version])
+                await self._set_shadow(name, entry)
 
     async def _swap(self, name: str, version: str, path: Path) -> None:
         current = self.models.get(name)
@@ -518,6 +522,69 @@ class Service:
         )
         if current is not None:
             await self._release(current)
+
+    async def _set_shadow(self, name: str, entry: RepositoryModel) -> None:
+        """Start, change or stop `name`'s shadow as the policy says; a new pair of
+        versions starts a new comparison."""
+        live, current = self.models.get(name), self.shadows.get(name)
+        wanted = None if live is None or entry.shadow is None else str(entry.shadow)
+        if current is not None and current.version != wanted:
+            del self.shadows[name]
+            await self._release(current)
+            current = None
+        if wanted is not None and current is None:
+            try:
+                current = await self._load_model(str(entry.versions[entry.shadow]), name, wanted)
+            except Exception as exc:  # the live version is untouched
+                self.refused[(name, wanted)] = f"{type(exc).__name__}: {exc}"
+                log.error("model %s shadow version %s refused (%s)", name, wanted, exc)
+                return
+            self.shadows[name] = current
+            log.info("model %s version %s shadows version %s", name, wanted, live.version)
+        comparison = self.comparisons.get(name)
+        if wanted is None:
+            self.comparisons.pop(name, None)
+        elif comparison is None or (comparison.live_version, comparison.shadow_version) != (
+            live.version,
+            wanted,
+        ):
+            self.comparisons[name] = Comparison(live.version, wanted, entry.shadow_sample)
+        else:
+            comparison.sample = entry.shadow_sample
+
+    def _copy_to_shadow(
+        self,
+        model: ServedModel,
+        files: Sequence[tuple[str, bytes]],
+        predictions: list[Predictions],
+        latency_ms: float,
+        top_k: int,
+    ) -> None:
+        """Send a sampled copy of a live request to the model's shadow, in the background;
+        shed it when either queue is busy, so that the live model never waits for it."""
+        shadow, comparison = self.shadows.get(model.name), self.comparisons.get(model.name)
+        if shadow is None or comparison is None or random.random() >= comparison.sample:
+            return
+        if shadow.batcher.depth or model.batcher.depth or shadow.active:
+            comparison.shed += 1
+            return
+
+        async def run() -> None:
+            start = time.perf_counter()
+            async with self.using(shadow, pinned=True) as candidate:
+                answers = await candidate.classify(files, top_k=top_k)
+            digests = [sha256_hex(data) for _, data in files]
+            shadow_ms = (time.perf_counter() - start) * 1000
+            comparison.add(digests, predictions, answers, latency_ms, shadow_ms)
+
+        task = asyncio.create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._shadow_done)
+
+    def _shadow_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # never the client's
+            log.warning("shadow request failed: %s", task.exception())
 
     async def unload(self, name: str) -> None:
         """Stop serving `name` (the repository API); a load or rescan brings it back only
@@ -566,7 +633,7 @@ class Service:
     async def _stop_all(self) -> None:
         for task in list(self._tasks):
             await task
-        for model in list(self.models.values()):
+        for model in [*self.models.values(), *self.shadows.values()]:
             await model.batcher.stop()
 
     def warm_explainer(self) -> None:
@@ -597,6 +664,9 @@ class Service:
         start = time.perf_counter()
         async with self.using(model, pinned) as model:
             predictions = await model.classify(files, top_k=top_k, min_score=min_score)
+        if self.shadows and min_score is None:
+            elapsed_ms = (time.perf_counter() - start) * 1000
+            self._copy_to_shadow(model, files, predictions, elapsed_ms, top_k)
         if self.log_writer is not None:
             latency_ms = (time.perf_counter() - start) * 1000
             # Hashed here, on the event loop: about 0.7 ms per MB, less than a thread
@@ -640,6 +710,9 @@ class Service:
             ) from None
         digest = path.stem
         relative = path.relative_to(self.feedback.root).as_posix()
+        comparison = self.comparisons.get(model.name)
+        if comparison is not None:
+            comparison.add_label(digest, label)
         if self.log_writer is not None:
             await run_in_threadpool(
                 self.log_writer.record_feedback, model.name, digest, label, relative
