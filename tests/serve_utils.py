@@ -15,10 +15,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import uvicorn
 from helpers import SAMPLES, cli_env
 
 from imgcls.serve.app import create_app
+from imgcls.serve.server import make_server
 from imgcls.serve.service import ServeConfig
 
 CAT = (SAMPLES / "cat.jpg").read_bytes()
@@ -45,9 +45,7 @@ def thread_server(**settings) -> Iterator[str]:
 
 @contextmanager
 def _thread_server(config: ServeConfig) -> Iterator[str]:
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(config), host="127.0.0.1", port=config.port, log_level="warning")
-    )
+    server = make_server(create_app(config), config)  # as `imgcls serve` runs it
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + STARTUP_TIMEOUT_S

@@ -132,7 +132,7 @@ class Explainer:
         index = labels.index_of(label)
         if index is not None:
             return index
-        if label.isdigit() and int(label) < len(labels):
+        if label.isascii() and label.isdigit() and int(label) < len(labels):
             return int(label)
         raise NotExplainable(
             f"class {label!r} is not one of the {len(labels)} classes of {self.name} "

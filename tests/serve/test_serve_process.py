@@ -34,7 +34,7 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0() -> None:
         body_may_finish.wait(timeout=30)
         yield CAT + b"\r\n--b--\r\n"
 
-    with process_server("--max-wait-ms", "1") as (process, url):
+    with process_server("--max-wait-ms", "1", "--drain-seconds", "0.5") as (process, url):
 
         def send() -> None:
             outcome["response"] = httpx.post(

@@ -113,6 +113,34 @@ FeedbackDir = Annotated[
 FeedbackMaxMb = Annotated[
     float, typer.Option(help="Refuse corrections (507) once their images take this many MB.")
 ]
+ModelRepository = Annotated[
+    Path | None,
+    typer.Option(
+        help="Serve DIR/<name>/<version>/ (a run directory or one .onnx each; the newest "
+        "version is live unless DIR/<name>/policy.json pins one) instead of --model; "
+        "SIGHUP rescans it.",
+    ),
+]
+PollRepository = Annotated[
+    float | None,
+    typer.Option(min=0.1, help="Also rescan --model-repository every this many seconds."),
+]
+DrainSeconds = Annotated[
+    float,
+    typer.Option(
+        min=0,
+        help="After SIGTERM, keep serving this long with readiness (/readyz, "
+        "/v2/health/ready) at 503, so load balancers stop sending requests first.",
+    ),
+]
+GracefulTimeout = Annotated[
+    float,
+    typer.Option(
+        min=0,
+        help="After SIGTERM, exit within this many seconds whatever clients do "
+        "(Kubernetes: at most terminationGracePeriodSeconds).",
+    ),
+]
 
 Index = Annotated[
     Path | None,
@@ -162,6 +190,10 @@ def serve(
     keep_images_mb: KeepImagesMb = None,
     keep_dir: KeepDir = Path(DEFAULT_KEEP_DIR),
     label_queue: LabelQueueFile = None,
+    model_repository: ModelRepository = None,
+    poll_repository: PollRepository = None,
+    drain_seconds: DrainSeconds = 5.0,
+    graceful_timeout: GracefulTimeout = 30.0,
 ) -> None:
     """Serve models over HTTP: web page, REST, KServe v2, metrics."""
     # deferred: the server (FastAPI, uvicorn) loads only to serve
@@ -172,7 +204,9 @@ def serve(
     keys = (*(api_key or ()), *(read_key_file(api_key_file) if api_key_file else ()))
     run(
         ServeConfig(
-            models=tuple(model or [DEFAULT_MODEL]),
+            models=tuple(model or ([] if model_repository else [DEFAULT_MODEL])),
+            model_repository=None if model_repository is None else str(model_repository),
+            poll_repository_s=poll_repository,
             host=host,
             port=port,
             max_batch=max_batch,
@@ -196,5 +230,7 @@ def serve(
             keep_images_mb=keep_images_mb,
             keep_dir=str(keep_dir),
             label_queue=None if label_queue is None else str(label_queue),
+            drain_s=drain_seconds,
+            graceful_timeout_s=graceful_timeout,
         )
     )

@@ -30,6 +30,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "EncodedImage",
     "ImageSource",
+    "declared_pixels",
     "decode_workers",
     "list_images",
     "load_image",
@@ -150,6 +151,19 @@ def decode_image_bytes(
     if header is not None and header.orientation != 1:
         image = _apply_orientation(image, header.orientation)
     return np.ascontiguousarray(image)
+
+
+def declared_pixels(data: bytes) -> int | None:
+    """Width x height as the header declares it, without decoding; None when Pillow does
+    not know the format or cannot read the header (decoding then says what is wrong)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+    except Exception:  # any type on corrupt input (see the note at the top)
+        return None
+    return width * height
 
 
 def list_images(directory: str | os.PathLike) -> list[Path]:

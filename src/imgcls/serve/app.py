@@ -18,11 +18,23 @@ from imgcls.serve import v2
 from imgcls.serve.auth import ApiKeys, protect
 from imgcls.serve.balance import RebalanceMiddleware
 from imgcls.serve.errors import install_error_handlers
+from imgcls.serve.head import HeadAsGetMiddleware
 from imgcls.serve.inflight import InFlight
-from imgcls.serve.limits import BodySizeLimitMiddleware
+from imgcls.serve.lifecycle import KeepAliveOffMiddleware
+from imgcls.serve.limits import BodyLimitMiddleware
 from imgcls.serve.metrics import REFRESH_S, Metrics, RequestMetricsMiddleware
 from imgcls.serve.request_id import RequestIdMiddleware
-from imgcls.serve.routes import classify, explain, feedback, health, models, page, queue, similar
+from imgcls.serve.routes import (
+    classify,
+    explain,
+    feedback,
+    health,
+    models,
+    page,
+    queue,
+    repository,
+    similar,
+)
 from imgcls.serve.service import ServeConfig, Service
 from imgcls.version import __version__
 
@@ -48,7 +60,10 @@ def create_app(config: ServeConfig | None = None, in_flight: InFlight | None = N
                 app.state.startup_error = exc
                 raise
             log.info(
-                "serving %s on http://%s:%d", ", ".join(service.models), config.host, config.port
+                "serving %s on http://%s:%d",
+                ", ".join(f"{m.name}:{m.version}" for m in service.models.values()),
+                config.host,
+                config.port,
             )
             if service.metrics.multiprocess:
                 refreshing = asyncio.create_task(_refresh(service.metrics))
@@ -68,16 +83,24 @@ def create_app(config: ServeConfig | None = None, in_flight: InFlight | None = N
     for routes in (health, models, classify, explain, feedback, similar, queue, page):
         app.include_router(routes.router)
     app.include_router(v2.router)
+    app.include_router(repository.router)
     # Added last, runs first: every response has its request ID; requests are timed and
     # counted including a 401 or a 413; a request without its key is refused before its
     # body is read. With no keys there is no check at all.
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.max_upload_bytes)
+    app.add_middleware(HeadAsGetMiddleware)  # innermost: the log and metrics say HEAD
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=config.max_upload_bytes,
+        idle_timeout_s=config.body_idle_timeout_s,
+        timeout_s=config.body_timeout_s,
+    )
     if app.state.api_keys is not None:
         protect(app, app.state.api_keys, metrics_auth=config.metrics_auth)
     if (config.workers or 1) > 1:
         app.add_middleware(RebalanceMiddleware, in_flight=service.in_flight)
     app.add_middleware(RequestMetricsMiddleware, metrics=service.metrics)
     app.add_middleware(RequestIdMiddleware)
+    app.add_middleware(KeepAliveOffMiddleware, is_draining=lambda: service.draining)
     return app
 
 

@@ -57,7 +57,7 @@ METRICS_PATH = "/metrics"
 # only code: the web page asks for the key itself, and /docs needs the schema to offer its
 # "Authorize" button. Exact paths, as the router matches them.
 OPEN_PATHS = frozenset(
-    {"/healthz", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    {"/healthz", "/readyz", "/", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
 )
 OPEN_PREFIX = "/v2/health/"  # live, ready
 

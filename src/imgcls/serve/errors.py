@@ -152,11 +152,13 @@ def install_error_handlers(app: FastAPI) -> None:
             "unexpected error on %s %s (request %s)", request.method, request.url.path, request_id
         )
         # This handler answers outside the middleware (Starlette runs it outermost), so
-        # the request ID header is added here.
+        # the request ID header is added here. The exception's text stays in the log: it
+        # can name files, settings or data the client has no business seeing.
         error = ApiError(
             500,
             "InternalError",
-            f"{type(exc).__name__}: {exc}",
+            f"internal server error; the server's log has the details under request ID "
+            f"{request_id}",
             headers={REQUEST_ID_HEADER: request_id},
         )
         return error_response(request.url.path, error)

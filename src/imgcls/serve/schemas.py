@@ -52,6 +52,7 @@ class FileResult(BaseModel):
 
 class ClassifyResponse(BaseModel):
     model: str
+    model_version: str  # the version that answered ("1" outside a model repository)
     results: list[FileResult]
 
 

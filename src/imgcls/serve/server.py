@@ -1,5 +1,6 @@
 """Running the app: bind the socket first, then uvicorn until SIGTERM or Ctrl-C, in this
-process or in worker processes that share the socket (serve/workers.py)."""
+process or in worker processes that share the socket (serve/workers.py). The drain and
+SIGHUP: lifecycle.py; the bounds on request heads: protocol.py."""
 
 from __future__ import annotations
 
@@ -12,19 +13,22 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import uvicorn
+from fastapi import FastAPI
 
 from imgcls.errors import StartupError
 from imgcls.serve.app import create_app
 from imgcls.serve.auth import resolve_auth
 from imgcls.serve.inflight import InFlight
+from imgcls.serve.lifecycle import DrainingServer, exit_drained, graceful_shutdown_s
+from imgcls.serve.protocol import bounded_http_protocol
 from imgcls.serve.service import ServeConfig
 from imgcls.serve.workers import LOG_FORMAT, Supervisor, default_workers
 
 
 def run(config: ServeConfig) -> None:
-    """Serve until SIGTERM or Ctrl-C; in-flight requests finish first. Off loopback with
-    no API key (and no `no_auth`), a key is generated first (auth.resolve_auth), one for
-    every worker. `config.workers` processes serve (None: `default_workers`)."""
+    """Serve until SIGTERM (drained, see lifecycle.py) or Ctrl-C. Off loopback with no API
+    key (and no `no_auth`), a key is generated first (auth.resolve_auth), one for every
+    worker. `config.workers` processes serve (None: `default_workers`)."""
     workers = config.workers or default_workers(config)
     logging.basicConfig(
         level=logging.INFO,
@@ -48,19 +52,10 @@ def serve_socket(
     in_flight: InFlight | None = None,
     on_started: Callable[[], None] | None = None,
 ) -> None:
-    """The app for `config` under uvicorn on `listening`, until SIGTERM; `on_started()`
-    once it accepts requests (its models loaded)."""
+    """The app for `config` under uvicorn on `listening`, until SIGTERM (then drained and
+    the process ended, lifecycle.py); `on_started()` once it accepts requests."""
     app = create_app(config, in_flight)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.host,
-            port=config.port,
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=None,
-        )
-    )
+    server = make_server(app, config)
     if on_started is not None:
         threading.Thread(target=_tell_started, args=(server, on_started), daemon=True).start()
     # uvicorn shuts down gracefully on SIGTERM, then raises the signal again; with this
@@ -68,6 +63,8 @@ def serve_socket(
     previous = signal.signal(signal.SIGTERM, lambda *_: None)
     try:
         server.run(sockets=[listening])
+        if server.draining:
+            exit_drained()
     except SystemExit:  # how uvicorn reports a failed start-up (a model that cannot load)
         cause = app.state.startup_error
         if isinstance(cause, ModuleNotFoundError):  # the inference-only install: the CLI
@@ -85,6 +82,30 @@ def _tell_started(server: uvicorn.Server, on_started: Callable[[], None]) -> Non
             return
         time.sleep(0.05)
     on_started()
+
+
+def make_server(app: FastAPI, config: ServeConfig) -> DrainingServer:
+    """uvicorn for `app` with the timeouts and bounds of `config`, draining on SIGTERM
+    and rescanning the model repository on SIGHUP (one per process)."""
+    service = app.state.service
+    return DrainingServer(
+        uvicorn.Config(
+            app,
+            host=config.host,
+            port=config.port,
+            http=bounded_http_protocol(config.header_timeout_s, config.max_header_bytes),
+            timeout_keep_alive=config.keep_alive_s,
+            timeout_graceful_shutdown=graceful_shutdown_s(
+                config.drain_s, config.graceful_timeout_s
+            ),
+            log_config=None,
+            access_log=False,
+        ),
+        drain_s=config.drain_s,
+        graceful_timeout_s=config.graceful_timeout_s,
+        on_drain=service.start_drain,
+        on_hangup=service.rescan_soon,
+    )
 
 
 def bind_socket(host: str, port: int) -> socket.socket:

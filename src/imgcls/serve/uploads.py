@@ -58,15 +58,11 @@ def is_raw_image(content_type: str) -> bool:
 
 
 async def read_body(request: Request) -> bytearray:
-    """The whole body, read as it streams in (under the body cap, see limits.py), into
-    one buffer sized from Content-Length when the client sends it. Not copied again into
-    `bytes`: decoding and hashing take any bytes-like object."""
-    declared = request.headers.get("content-length", "")
-    body = bytearray(int(declared)) if declared.isdigit() else bytearray()
-    size = 0
+    """The whole body, appended chunk by chunk as it streams in (under the body cap and
+    its timeouts, see limits.py). Never sized from Content-Length: a client that declares
+    20 MB and sends 2 bytes costs 2 bytes. Not copied again into `bytes`: decoding and
+    hashing take any bytes-like object."""
+    body = bytearray()
     async for chunk in request.stream():
-        end = size + len(chunk)
-        body[size:end] = chunk  # the server stops a body at its Content-Length
-        size = end
-    del body[size:]
+        body += chunk
     return body

@@ -21,6 +21,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from imgcls.serve.deps import ServiceDep
 from imgcls.serve.errors import REQUEST_ID_DOC, ApiError
+from imgcls.serve.limits import ascii_count
+from imgcls.serve.routes.health import not_ready
 from imgcls.serve.service import ServedModel
 from imgcls.version import __version__
 
@@ -28,7 +30,6 @@ __all__ = ["router"]
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 INPUT_TENSOR, IMAGE_TENSOR, OUTPUT_TENSOR = "input", "image", "probabilities"
-MODEL_VERSION = "1"
 
 
 class TensorMetadata(BaseModel):
@@ -157,17 +158,22 @@ async def live() -> Live:
 @router.get("/health/ready", response_model=Ready, responses=_errors(503))
 async def ready(service: ServiceDep) -> Ready:
     if not service.ready:
-        raise ApiError(503, "NotReady", "models are still loading")
+        raise not_ready(service)
     return Ready(ready=True)
 
 
 @router.get("/models/{name}", response_model=ModelMetadata, responses=_errors(404))
-async def model_metadata(name: str, service: ServiceDep) -> ModelMetadata:
-    model = service.get(name)
+@router.get(
+    "/models/{name}/versions/{version}", response_model=ModelMetadata, responses=_errors(404)
+)
+async def model_metadata(
+    name: str, service: ServiceDep, version: str | None = None
+) -> ModelMetadata:
+    model = service.get(name, version)
     _, height, width = model.input_size
     return ModelMetadata(
         name=model.name,
-        versions=[MODEL_VERSION],
+        versions=[model.version],
         platform=model.classifier.runtime.backend,
         inputs=[
             TensorMetadata(name=INPUT_TENSOR, datatype="FP32", shape=[-1, 3, height, width]),
@@ -182,29 +188,38 @@ async def model_metadata(name: str, service: ServiceDep) -> ModelMetadata:
 
 
 @router.get("/models/{name}/ready", response_model=ModelReady, responses=_errors(404))
-async def model_ready(name: str, service: ServiceDep) -> ModelReady:
-    return ModelReady(name=service.get(name).name, ready=True)
-
-
-@router.post(
-    "/models/{name}/infer",
-    response_model=None,
-    responses={200: {"model": InferenceResponse}, **_errors(400, 404, 413, 422, 503)},
-    openapi_extra=_INFER_BODY,
+@router.get(
+    "/models/{name}/versions/{version}/ready", response_model=ModelReady, responses=_errors(404)
 )
-async def infer(name: str, request: Request, service: ServiceDep) -> Response:
+async def model_ready(name: str, service: ServiceDep, version: str | None = None) -> ModelReady:
+    return ModelReady(name=service.get(name, version).name, ready=True)
+
+
+_INFER = {
+    "response_model": None,
+    "responses": {200: {"model": InferenceResponse}, **_errors(400, 404, 408, 413, 422, 503)},
+    "openapi_extra": _INFER_BODY,
+}
+
+
+@router.post("/models/{name}/infer", **_INFER)
+@router.post("/models/{name}/versions/{version}/infer", **_INFER)
+async def infer(
+    name: str, request: Request, service: ServiceDep, version: str | None = None
+) -> Response:
     """Class probabilities for a batch given as FP32 `input` or BYTES `image`."""
-    model = service.get(name)
+    model = service.get(name, version)
     body = b"".join([chunk async for chunk in request.stream()])
     inference, binary = _parse_request(body, request.headers.get(HEADER_LENGTH))
     tensor, data = _single_input(inference, binary)
     binary_output = _binary_output(inference)
-    if tensor.name == INPUT_TENSOR:
-        probabilities = await model.probabilities(_fp32_input(tensor, data, model))
-    else:
-        images = _bytes_input(tensor, data, model)
-        files = [(f"image[{i}]", image) for i, image in enumerate(images)]
-        probabilities = await model.probabilities_for_images(files)
+    async with service.using(model, pinned=version is not None) as model:
+        if tensor.name == INPUT_TENSOR:
+            probabilities = await model.probabilities(_fp32_input(tensor, data, model))
+        else:
+            images = _bytes_input(tensor, data, model)
+            files = [(f"image[{i}]", image) for i, image in enumerate(images)]
+            probabilities = await model.probabilities_for_images(files)
     return _response(inference, model, probabilities.astype(np.float32), binary_output)
 
 
@@ -212,12 +227,12 @@ def _parse_request(body: bytes, header_length: str | None) -> tuple[InferenceReq
     """The JSON part, validated, and the binary part after it (empty without one)."""
     split = len(body)
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        split = ascii_count(header_length)
+        if split is None or split > len(body):
             raise _bad(
                 f"{HEADER_LENGTH} must be a byte count within the body's "
                 f"{len(body)} bytes, got {header_length!r}"
             )
-        split = int(header_length)
     try:
         inference = InferenceRequest.model_validate_json(body[:split])
     except ValidationError as exc:
@@ -332,7 +347,7 @@ def _response(
         output.data = probabilities.ravel().tolist()
     header = (
         InferenceResponse(
-            model_name=model.name, model_version=MODEL_VERSION, id=inference.id, outputs=[output]
+            model_name=model.name, model_version=model.version, id=inference.id, outputs=[output]
         )
         .model_dump_json(exclude_none=True)
         .encode()

@@ -30,6 +30,9 @@ async def classify(
     service: ServiceDep,
     top_k: Annotated[int, Query(ge=1, description="Predictions per image.")] = 5,
     model: Annotated[str | None, Query(description="Model name; default: the first.")] = None,
+    version: Annotated[
+        str | None, Query(description="Only this version of the model (404 unless it is live).")
+    ] = None,
     min_score: Annotated[
         float | None,
         Query(
@@ -43,17 +46,20 @@ async def classify(
     """Top-k labels for each uploaded `file` (multipart; several `file` fields: a batch),
     or for one image sent as the raw body (`Content-Type: image/jpeg`, ...; its result's
     filename is empty)."""
-    served = service.get(model)
+    served = service.get(model, version)
     if is_raw_image(request.headers.get("content-type", "")):
         files = [("", await read_body(request))]
     else:
         files = await read_files(request, max_files=service.config.max_queue)
-    predictions = await service.classify_and_log(served, files, top_k=top_k, min_score=min_score)
+    served, predictions = await service.classify_and_log(
+        served, files, top_k=top_k, min_score=min_score, pinned=version is not None
+    )
     # A ClassifyResponse, written directly: built as models and validated once more by
     # FastAPI, a one-image answer took 41 µs of the event loop instead of 10.
     return JSONResponse(
         {
             "model": served.name,
+            "model_version": served.version,
             "results": [
                 {"filename": name, **preds.to_dict()}
                 for (name, _), preds in zip(files, predictions, strict=True)
