@@ -96,7 +96,9 @@ def _process_server(
     env: dict[str, str],
 ) -> Iterator[tuple[subprocess.Popen, str]]:
     port = free_port()
-    output = open(log, "w") if log is not None else subprocess.PIPE  # noqa: SIM115
+    # The server's output goes to a file: a pipe nobody reads fills up (64 KB of access
+    # lines) and then blocks the server's event loop on its next log line.
+    output = open(log, "w") if log is not None else tempfile.TemporaryFile("w+")  # noqa: SIM115
     process = subprocess.Popen(
         [sys.executable, *launcher, "serve", "--host", host, "--port", str(port), *args],
         env=cli_env(**env),
@@ -106,22 +108,27 @@ def _process_server(
     )
     url = f"http://{host}:{port}"
     try:
-        wait_healthy(url, process)
+        wait_healthy(url, process, output)
         yield process, url
     finally:
         if process.poll() is None:
             process.kill()
             process.wait(timeout=30)
-        if log is not None:
-            output.close()
+        output.close()
 
 
-def wait_healthy(url: str, process: subprocess.Popen) -> None:
+def wait_healthy(url: str, process: subprocess.Popen, output=None) -> None:
+    """Until `url` answers /healthz; RuntimeError with the server's `output` (a file it
+    writes to, or its stdout pipe) if it exits first."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            output = process.stdout.read() if process.stdout else "(see its log file)"
-            raise RuntimeError(f"server exited with {process.returncode}: {output}")
+            if output is not None and output.readable():
+                output.seek(0)
+                said = output.read()
+            else:
+                said = process.stdout.read() if process.stdout else "(see its log file)"
+            raise RuntimeError(f"server exited with {process.returncode}: {said}")
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                 return

@@ -23,7 +23,7 @@ from serve_utils import CAT, CAT_LABELS, process_server, wait_healthy
 MB = 1_000_000
 
 
-def test_sigterm_lets_the_request_in_flight_finish_then_exits_0() -> None:
+def test_sigterm_lets_the_request_in_flight_finish_then_exits_0(tmp_path) -> None:
     body_may_finish = threading.Event()
     first_part_sent = threading.Event()
     outcome: dict[str, httpx.Response] = {}
@@ -34,7 +34,11 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0() -> None:
         body_may_finish.wait(timeout=30)
         yield CAT + b"\r\n--b--\r\n"
 
-    with process_server("--max-wait-ms", "1", "--drain-seconds", "0.5") as (process, url):
+    server_log = tmp_path / "server.log"
+    with process_server("--max-wait-ms", "1", "--drain-seconds", "0.5", log=server_log) as (
+        process,
+        url,
+    ):
 
         def send() -> None:
             outcome["response"] = httpx.post(
@@ -53,7 +57,7 @@ def test_sigterm_lets_the_request_in_flight_finish_then_exits_0() -> None:
         body_may_finish.set()
         client.join(timeout=60)
         assert process.wait(timeout=60) == 0
-        log = process.stdout.read()
+        log = server_log.read_text()
 
     response = outcome["response"]
     assert response.status_code == 200, response.text

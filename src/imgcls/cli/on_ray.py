@@ -56,9 +56,8 @@ def imgcls_ray() -> ModuleType:
 
 
 def ray_backend(address: str | None, backend: Enum) -> str:
-    """The backend a command runs: --ray ships an ONNX Runtime export to its actors."""
-    if address is None:
-        return backend.value
-    if backend.value == "torch":
-        raise ConfigError("--ray runs ONNX Runtime exports; --backend torch does not go with it")
-    return "onnx"
+    """The backend a command runs: --ray ships an ONNX export to its actors, which run it
+    as the driver's classifier does (ONNX Runtime, or OpenVINO at the precision chosen)."""
+    if address is not None and backend.value == "torch":
+        raise ConfigError("--ray runs ONNX exports; --backend torch does not go with it")
+    return backend.value

@@ -40,8 +40,10 @@ def tune(
     workers: Workers = _TRAIN.workers,
     json_output: Annotated[bool, typer.Option("--json", help="Print a final JSON object.")] = False,
 ) -> None:
-    """Search learning rate, weight decay, augmentation, label smoothing, a frozen
-    backbone and the classical heads for the best validation score.
+    """Search training settings for the best validation score.
+
+    The search covers learning rate, weight decay, augmentation, label smoothing, a frozen
+    backbone and the classical heads.
 
     The study resumes when run again on the same --out, and several processes (or
     machines, with --storage) can work on one study at once."""

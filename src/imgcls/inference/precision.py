@@ -86,7 +86,12 @@ def with_precision(
     agreement = verdicts.get(key)
     candidate = None
     if not isinstance(agreement, float):  # not checked yet: compile, compare, remember
-        candidate = OpenVinoRuntime(runtime.model_bytes(), runtime.metadata, threads, "bf16")
+        try:
+            candidate = OpenVinoRuntime(runtime.model_bytes(), runtime.metadata, threads, "bf16")
+        except RuntimeError:  # ops OpenVINO cannot convert (a scikit-learn head's ai.onnx.ml)
+            if backend == "openvino":
+                raise
+            return runtime
         inputs = gate if gate is not None else gate_images(runtime.metadata.preprocess)
         agreement = top1_agreement(runtime, candidate, inputs)
         if gate is None and cache is not None:
