@@ -90,8 +90,9 @@ def test_other_levels_come_from_the_stored_scores_after_a_round_trip():
     np.testing.assert_array_equal(
         loaded.sets(probabilities, 0.85), fitted.sets(probabilities, 0.85)
     )
-    with pytest.raises(ValueError, match="coverage must be between 0 and 1"):
-        loaded.threshold(1.0)
+    assert loaded.threshold(1.0) == math.inf  # every label: the only sure set
+    with pytest.raises(ValueError, match=r"coverage must be in \(0, 1\]"):
+        loaded.threshold(0.0)
 
 
 def test_multi_label_runs_get_a_threshold_per_class_with_per_class_coverage():

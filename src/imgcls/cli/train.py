@@ -14,6 +14,7 @@ from imgcls.cli.app import app
 from imgcls.cli.options import (
     Augment,
     Classifier,
+    ConformalScore,
     LabelDelim,
     Optimizer,
     RejectScore,
@@ -91,6 +92,19 @@ TargetCoverage = Annotated[
     float | None,
     typer.Option(help="'unknown' threshold: share of images answered (default 0.95)."),
 ]
+ConformalScoreOption = Annotated[
+    ConformalScore, typer.Option(help="Score of the conformal prediction sets.")
+]
+Taxonomy = Annotated[
+    str | None,
+    typer.Option(
+        help="Hierarchical answers: 'folders' (DATA/train/<parent>/<class>/*) or a CSV of "
+        "child,parent rows."
+    ),
+]
+AnswerConfidence = Annotated[
+    float, typer.Option(help="Probability a hierarchical answer's node must reach.")
+]
 FindLr = Annotated[bool, typer.Option(help="Run an LR range test instead.")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print a final JSON object.")]
 
@@ -136,6 +150,9 @@ def train(
     reject_score: RejectScoreOption = _TRAIN.reject_score,
     target_precision: TargetPrecision = _TRAIN.target_precision,
     target_coverage: TargetCoverage = _TRAIN.target_coverage,
+    conformal_score: ConformalScoreOption = _TRAIN.conformal_score,
+    taxonomy: Taxonomy = _TRAIN.taxonomy,
+    answer_confidence: AnswerConfidence = _TRAIN.answer_confidence,
     find_lr: FindLr = False,
     json_output: JsonOutput = False,
 ) -> None:

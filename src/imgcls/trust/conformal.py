@@ -84,9 +84,10 @@ class Conformal:
     thresholds: dict[float, Any] = field(default_factory=dict)
 
     def threshold(self, level: float) -> float | np.ndarray:
-        """The score threshold at coverage `level` (per class for a multi-label run)."""
-        if not 0.0 < level < 1.0:
-            raise ValueError(f"coverage must be between 0 and 1 (exclusive), got {level!r}")
+        """The score threshold at coverage `level` in (0, 1] (per class for a multi-label
+        run); infinite (every label) where the calibration images are too few for it."""
+        if not 0.0 < level <= 1.0:
+            raise ValueError(f"coverage must be in (0, 1], got {level!r}")
         if level in self.thresholds:
             return self.thresholds[level]
         if self.multi_label:

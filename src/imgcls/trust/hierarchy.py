@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from imgcls.errors import DataError
+from imgcls.models.labels import Labels
 
 __all__ = [
     "DEFAULT_ANSWER_CONFIDENCE",
@@ -31,6 +32,7 @@ __all__ = [
     "Taxonomy",
     "read_taxonomy_file",
     "wordnet_parents",
+    "wordnet_taxonomy",
 ]
 
 DEFAULT_ANSWER_CONFIDENCE = 0.9  # docs/trust.md has the measurement
@@ -156,3 +158,17 @@ def wordnet_parents() -> tuple[dict[str, str], dict[str, str]]:
     """WordNet 3.0's first-hypernym tree of the ImageNet-1k classes, up to `entity`:
     (wnid -> parent wnid, wnid -> name), from the file shipped in this package."""
     return _wordnet()
+
+
+def wordnet_taxonomy(labels: Labels) -> Taxonomy | None:
+    """WordNet's taxonomy of `labels` when every class id is a WordNet id of the ImageNet
+    tree (ImageNet models, and runs trained on folders named by those ids); else None."""
+    return _wordnet_taxonomy(labels.class_ids, labels.names)
+
+
+@lru_cache(maxsize=4)
+def _wordnet_taxonomy(class_ids: tuple[str, ...], names: tuple[str, ...]) -> Taxonomy | None:
+    parents, inner = wordnet_parents()
+    if not all(c in inner for c in class_ids):
+        return None
+    return Taxonomy(parents, class_ids, names, inner)
