@@ -134,3 +134,23 @@ def test_two_nested_classes_of_one_name_are_refused(tmp_path):
         (tmp_path / "train" / parent / "hearts").mkdir(parents=True)
     with pytest.raises(DataError, match="two class folders named 'hearts'"):
         find_splits(tmp_path, nested=True)
+
+
+def test_the_server_adds_sets_on_request_and_answers_always(nested_run):
+    import httpx
+    from serve_utils import thread_server
+
+    image = cv2.imencode(".png", card("clubs", np.random.default_rng(3))[..., ::-1])[1].tobytes()
+    with thread_server(models=(str(nested_run),)) as url:
+        plain = httpx.post(f"{url}/v1/classify", files={"file": ("c.png", image)}, timeout=60)
+        with_set = httpx.post(
+            f"{url}/v1/classify", params={"coverage": 0.9}, files={"file": ("c.png", image)},
+            timeout=60,
+        )  # fmt: skip
+        wrong = httpx.post(f"{url}/v1/classify", params={"coverage": 1.5},
+                           files={"file": ("c.png", image)}, timeout=60)  # fmt: skip
+    assert plain.status_code == 200 and with_set.status_code == 200, with_set.text
+    [result] = plain.json()["results"]
+    assert "prediction_set" not in result and result["answer"]["path"][0] == "blue"
+    assert "clubs" in with_set.json()["results"][0]["prediction_set"]
+    assert wrong.status_code == 422 and "coverage" in wrong.text

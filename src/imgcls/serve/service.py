@@ -123,15 +123,20 @@ class ServedModel:
         return self.classifier.preprocess.input_size
 
     async def classify(
-        self, files: Sequence[tuple[str, bytes]], top_k: int, min_score: float | None = None
+        self,
+        files: Sequence[tuple[str, bytes]],
+        top_k: int,
+        min_score: float | None = None,
+        coverage: float | None = None,
     ) -> list[Predictions]:
         """Top-k predictions for each (filename, encoded bytes) pair, in order, each marked
-        unknown by the model's rule (or by `min_score` when given)."""
+        unknown by the model's rule (or by `min_score` when given), with prediction sets
+        at `coverage` when given."""
         outputs = await self._outputs(await self._prepare_all(files))
         probabilities, scores = split_outputs(outputs)
         unknown = self.classifier.unknown(probabilities, scores, min_score)
         self.on_unknown(int(unknown.sum()))
-        return self.classifier.top_predictions(probabilities, top_k, unknown, min_score)
+        return self.classifier.top_predictions(probabilities, top_k, unknown, min_score, coverage)
 
     async def explain(self, name: str, data: bytes, label: str | None) -> Explanation:
         """Grad-CAM of one encoded image for `label` (default: the top-1 class)."""
@@ -375,10 +380,13 @@ class Service:
         files: Sequence[tuple[str, bytes]],
         top_k: int,
         min_score: float | None = None,
+        coverage: float | None = None,
     ) -> list[Predictions]:
         """`model.classify`, each image's top-1 then queued for the prediction log."""
         start = time.perf_counter()
-        predictions = await model.classify(files, top_k=top_k, min_score=min_score)
+        predictions = await model.classify(
+            files, top_k=top_k, min_score=min_score, coverage=coverage
+        )
         if self.log_writer is not None:
             latency_ms = (time.perf_counter() - start) * 1000
             # Hashed here, on the event loop: about 0.7 ms per MB, less than a thread
