@@ -154,3 +154,19 @@ def test_the_server_adds_sets_on_request_and_answers_always(nested_run):
     assert "prediction_set" not in result and result["answer"]["path"][0] == "blue"
     assert "clubs" in with_set.json()["results"][0]["prediction_set"]
     assert wrong.status_code in (400, 422) and "coverage" in wrong.text  # never a 500
+
+
+def test_evaluate_reports_each_level_and_draws_it(nested_run, tmp_path):
+    result = CliRunner().invoke(app, [
+        "evaluate", str(nested_run), str(nested_run.parent / "data"), "--split", "val",
+        "--json", "--out", str(tmp_path / "report"),
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)["conformal"]
+    assert report["score"] == "lac" and list(report["levels"]) == ["0.8", "0.9", "0.95"]
+    at_90 = report["levels"]["0.9"]
+    # the calibration split itself: by construction at least the level is covered
+    assert at_90["coverage"] >= 0.9 and 1 <= at_90["max_set_size"] <= 4
+    assert set(at_90["per_class_coverage"]) == set(CARDS)
+    assert at_90["weakest_class_coverage"] == min(at_90["per_class_coverage"].values())
+    assert (tmp_path / "report" / "conformal.png").stat().st_size > 10_000

@@ -15,6 +15,7 @@ from imgcls.cli.options import Backend, BackendOption, LabelDelim, SkipMissing
 from imgcls.cli.output import json_command, print_json, stderr, stdout
 from imgcls.files import safe_filename
 from imgcls.inference.classifier import ImageClassifier
+from imgcls.models.run_dir import is_run_dir, read_run_config
 from imgcls.progress import ProgressBar
 
 
@@ -58,7 +59,9 @@ def evaluate(
     from imgcls.evaluate import evaluate, read_split, write_report
 
     ray = ray_address(ray)
-    samples, skipped = read_split(data, split, label_delim=label_delim, skip_missing=skip_missing)
+    samples, skipped = read_split(
+        data, split, label_delim=label_delim, skip_missing=skip_missing, nested=_nested(model)
+    )
     names = [model, *(compare or [])]
     reports = []
     with ray_session(ray):
@@ -89,6 +92,14 @@ def evaluate(
     else:
         _print_evaluations(reports)
     raise typer.Exit(EXIT_INPUT_FAILED if any(r["failed"] for r in reports) else EXIT_OK)
+
+
+def _nested(model: str) -> bool:
+    """Whether MODEL is a run trained on nested class folders (`--taxonomy folders`): its
+    data is read the same way."""
+    if not is_run_dir(model):
+        return False
+    return read_run_config(model).get("train", {}).get("taxonomy") == "folders"
 
 
 def _print_evaluations(reports: list[dict[str, Any]]) -> None:
@@ -132,6 +143,7 @@ def _print_multilabel(reports: list[dict[str, Any]]) -> None:
                 f"{m['threshold']:.3f}",
             )
         stdout.print(per_class)
+        _print_conformal(reports[0])
 
 
 def _print_single_label(reports: list[dict[str, Any]]) -> None:
@@ -164,6 +176,29 @@ def _print_single_label(reports: list[dict[str, Any]]) -> None:
             )
         stdout.print(per_class)
         _print_trust(reports[0])
+        _print_conformal(reports[0])
+
+
+def _print_conformal(report: dict[str, Any]) -> None:
+    """The prediction sets at each standard level: coverage, sizes, the weakest class."""
+    conformal = report.get("conformal")
+    if not conformal:
+        return
+    table = Table(title=f"prediction sets ({conformal['score']})", title_justify="left")
+    columns = ("level", "coverage", "mean size", "largest", "singletons", "weakest class")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "weakest class" else "right")
+    for level, m in conformal["levels"].items():
+        weakest = m["weakest_class"]
+        table.add_row(
+            level,
+            f"{m['coverage']:.1%}",
+            f"{m['mean_set_size']:.2f}",
+            str(m["max_set_size"]),
+            f"{m['singleton_share']:.1%}",
+            "-" if weakest is None else f"{weakest} ({m['weakest_class_coverage']:.1%})",
+        )
+    stdout.print(table)
 
 
 def _print_trust(report: dict[str, Any]) -> None:

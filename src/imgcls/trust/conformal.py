@@ -29,6 +29,7 @@ __all__ = [
     "Conformal",
     "conformal_quantile",
     "fit_conformal",
+    "level_report",
     "set_metrics",
 ]
 
@@ -198,4 +199,22 @@ def set_metrics(
         "per_class_coverage": per_class,
         "weakest_class": weakest,
         "weakest_class_coverage": per_class[weakest] if weakest else None,
+    }
+
+
+def level_report(
+    conformal: Conformal,
+    probabilities: np.ndarray,
+    labels: np.ndarray,
+    class_names: list[str] | tuple[str, ...],
+    levels: tuple[float, ...] = STANDARD_LEVELS,
+) -> dict[str, Any]:
+    """What `imgcls evaluate` reports of a model's prediction sets: `set_metrics` at each
+    coverage level, under its score."""
+    return {
+        "score": conformal.score,
+        "levels": {
+            f"{level:g}": set_metrics(conformal.sets(probabilities, level), labels, class_names)
+            for level in levels
+        },
     }
