@@ -199,8 +199,8 @@ class ImageClassifier:
         if coverage is not None and self.conformal is None:
             raise ModelError(
                 f"{self.name}: has no calibration split, so no prediction set with a coverage "
-                "guarantee; fit one on labelled images with `imgcls calibrate MODEL DATA --out "
-                "RUN` (or train a run, which calibrates on its validation split)",
+                "guarantee; train a run on labelled images (`imgcls train DATA --out RUN`): "
+                "its validation split calibrates its sets",
                 parameters=("coverage",),
             )
 
