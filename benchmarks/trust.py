@@ -21,14 +21,20 @@ heads_vs_finetune.py. Nothing is downloaded.
    5-fold logistic regression): precision at k = 90 of the ranking, and how many of the 90
    are among the flagged images.
 
-4. prediction sets (step "sets"): on the digits and on Fashion-MNIST (Debian's
+4. conformal scores (step "scores"): LAC, APS and RAPS compared at equal coverage on
+   EfficientNet-Lite0 features (64 px) of 6,000 Fashion-MNIST t10k images and of all
+   1,797 digits: a logistic regression fitted on the first 300 or 2,000 (fashion), 150 or
+   600 (digits) of a seeded permutation, the rest split in random calibration/test halves
+   30 times (temperature fitted on the calibration half, as a run does); mean coverage,
+   set size, singleton share and the coverage of the class covered least.
+5. prediction sets (step "sets"): on the digits and on Fashion-MNIST (Debian's
    `dataset-fashion-mnist`, /usr/share/datasets/fashion-mnist: its t10k file, 200 train /
    100 val / 200 test images per class, 28 px as 32 px PNGs, seed 0), a logreg head on
    EfficientNet-Lite0 features at 64 px and a simple_cnn trained end to end (32 px, 15
    epochs). Each run fits its conformal thresholds (LAC) on its validation split; on the
    test split, per level: coverage, mean and largest set size, singleton share, the class
    covered least. No test uses these two data sets.
-5. hierarchy (step "hierarchy"): the Fashion-MNIST logreg head trained with a taxonomy
+6. hierarchy (step "hierarchy"): the Fashion-MNIST logreg head trained with a taxonomy
    file (tops < clothing, footwear, bag); on the test split, for answer confidences 0.8,
    0.9, 0.95: the share answered at a leaf, the share with no answer, and the accuracy of
    the answers (right when the true class is under the answer node) against top-1.
@@ -88,6 +94,65 @@ def write_fashion(root: Path, per_class: tuple[int, int, int] = (200, 100, 200))
                 big = cv2.resize(images[i], (32, 32), interpolation=cv2.INTER_LINEAR)
                 cv2.imwrite(str(folder / f"{i}.png"), big)
     return root
+
+
+def _fashion_arrays(count: int = 6000) -> tuple[np.ndarray, np.ndarray]:
+    import gzip
+
+    with gzip.open(FASHION / "t10k-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(FASHION / "t10k-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    chosen = np.random.default_rng(0).permutation(len(images))[:count]
+    return images[chosen], labels[chosen]
+
+
+def score_comparison(data: Path, out: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from imgcls.trust.calibration import fit_temperature, softmax
+    from imgcls.trust.conformal import CONFORMAL_SCORES, fit_conformal, set_metrics
+
+    digits = load_digits()
+    sets = {
+        "Fashion-MNIST": (*_fashion_arrays(), (300, 2000)),
+        "digits": ((digits.images * 255 / 16).astype(np.uint8), digits.target, (150, 600)),
+    }
+    classifier = ImageClassifier(img_size=64)
+    print("| data | training images | top-1 | level | score | coverage | mean size "
+          "| singletons | class covered least |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, (images, labels, sizes) in sets.items():
+        rgb = [np.repeat(cv2.resize(im, (64, 64))[..., None], 3, 2) for im in images]
+        features = np.concatenate([
+            classifier.runtime.features(np.stack([classifier.prepare(im) for im in rgb[s:s + 64]]))
+            for s in range(0, len(rgb), 64)
+        ])  # fmt: skip
+        order = np.random.default_rng(0).permutation(len(labels))
+        for size in sizes:
+            train_idx, rest = order[:size], order[size:]
+            model = LogisticRegression(max_iter=2000).fit(features[train_idx], labels[train_idx])
+            log_p, truth = model.predict_log_proba(features[rest]), labels[rest]
+            results: dict[tuple[float, str], list] = {}
+            for repeat in range(30):
+                split = np.random.default_rng(repeat).permutation(len(rest))
+                cal, test = split[: len(rest) // 2], split[len(rest) // 2 :]
+                t = fit_temperature(log_p[cal], truth[cal])
+                p_cal, p_test = softmax(log_p[cal] / t), softmax(log_p[test] / t)
+                for score in CONFORMAL_SCORES:
+                    conformal = fit_conformal(p_cal, truth[cal], score)
+                    for level in (0.8, 0.9, 0.95):
+                        m = set_metrics(conformal.sets(p_test, level), truth[test],
+                                        [str(c) for c in range(10)])  # fmt: skip
+                        results.setdefault((level, score), []).append(
+                            (m["coverage"], m["mean_set_size"], m["singleton_share"],
+                             m["weakest_class_coverage"])
+                        )  # fmt: skip
+            top1 = (log_p.argmax(axis=1) == truth).mean()
+            for (level, score), rows in sorted(results.items()):
+                mean = np.mean(rows, axis=0)
+                print(f"| {name} | {size} | {top1:.1%} | {level} | {score} | {mean[0]:.3f} "
+                      f"| {mean[1]:.2f} | {mean[2]:.0%} | {mean[3]:.2f} |", flush=True)  # fmt: skip
 
 
 SET_MODELS = {
@@ -326,7 +391,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("/tmp/trust-bench"))
     parser.add_argument(
         "--only",
-        choices=("unknown", "calibration", "heads", "audit", "sets", "hierarchy"),
+        choices=("unknown", "calibration", "heads", "audit", "scores", "sets", "hierarchy"),
         default=None,
     )
     args = parser.parse_args()
@@ -338,6 +403,7 @@ def main() -> None:
         "calibration": calibration,
         "heads": head_calibration,
         "audit": label_audit,
+        "scores": score_comparison,
         "sets": prediction_sets,
         "hierarchy": hierarchy,
     }
