@@ -21,9 +21,29 @@ heads_vs_finetune.py. Nothing is downloaded.
    5-fold logistic regression): precision at k = 90 of the ranking, and how many of the 90
    are among the flagged images.
 
+4. conformal scores (step "scores"): LAC, APS and RAPS compared at equal coverage on
+   EfficientNet-Lite0 features (64 px) of 6,000 Fashion-MNIST t10k images and of all
+   1,797 digits: a logistic regression fitted on the first 300 or 2,000 (fashion), 150 or
+   600 (digits) of a seeded permutation, the rest split in random calibration/test halves
+   30 times (temperature fitted on the calibration half, as a run does); mean coverage,
+   set size, singleton share and the coverage of the class covered least.
+5. prediction sets (step "sets"): on the digits and on Fashion-MNIST (Debian's
+   `dataset-fashion-mnist`, /usr/share/datasets/fashion-mnist: its t10k file, 200 train /
+   100 val / 200 test images per class, 28 px as 32 px PNGs, seed 0), a logreg head on
+   EfficientNet-Lite0 features at 64 px and a simple_cnn trained end to end (32 px, 15
+   epochs). Each run fits its conformal thresholds (LAC) on its validation split; on the
+   test split, per level: coverage, mean and largest set size, singleton share, the class
+   covered least. No test uses these two data sets.
+6. hierarchy (step "hierarchy"): the Fashion-MNIST logreg head trained with a taxonomy
+   file (tops < clothing, footwear, bag); on the test split, for answer confidences 0.8,
+   0.9, 0.95: the share answered at a leaf, the share with no answer, and the accuracy of
+   the answers (right when the true class is under the answer node) against top-1.
+
     PYTHONPATH=src .venv/bin/python benchmarks/trust.py [--out /tmp/trust-bench]
 
 Measured on 2 shared cores of an AMD EPYC (Zen 4), no GPU; the figures are in docs/trust.md.
+Step "scores" (2026-12-08, other work running): at 0.9, LAC's sets are 0.92-1.59 labels on
+average against APS's 3.97-4.20 and RAPS's 1.28-2.65, at the same coverage (0.896-0.902).
 """
 
 from __future__ import annotations
@@ -46,6 +66,165 @@ from imgcls.training.config import TrainConfig
 from imgcls.training.loop import train
 
 UNSEEN = ("8", "9")
+FASHION = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
+                   "sneaker", "bag", "ankle_boot")  # fmt: skip
+FASHION_TAXONOMY = {  # child: parent
+    **{name: "tops" for name in ("tshirt", "pullover", "coat", "shirt")},
+    **{name: "clothing" for name in ("tops", "trouser", "dress")},
+    **{name: "footwear" for name in ("sandal", "sneaker", "ankle_boot")},
+    "bag": "accessory",
+}
+
+
+def write_fashion(root: Path, per_class: tuple[int, int, int] = (200, 100, 200)) -> Path:
+    """root/{train,val,test}/<class>/*.png from Fashion-MNIST's t10k file (seeded)."""
+    import gzip
+
+    with gzip.open(FASHION / "t10k-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(FASHION / "t10k-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    rng = np.random.default_rng(0)
+    bounds = np.cumsum((0, *per_class))
+    for label, name in enumerate(FASHION_CLASSES):
+        chosen = rng.permutation(np.flatnonzero(labels == label))[: bounds[-1]]
+        for split, start, stop in zip(("train", "val", "test"), bounds, bounds[1:], strict=False):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in chosen[start:stop]:
+                big = cv2.resize(images[i], (32, 32), interpolation=cv2.INTER_LINEAR)
+                cv2.imwrite(str(folder / f"{i}.png"), big)
+    return root
+
+
+def _fashion_arrays(count: int = 6000) -> tuple[np.ndarray, np.ndarray]:
+    import gzip
+
+    with gzip.open(FASHION / "t10k-images-idx3-ubyte.gz") as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(-1, 28, 28)
+    with gzip.open(FASHION / "t10k-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    chosen = np.random.default_rng(0).permutation(len(images))[:count]
+    return images[chosen], labels[chosen]
+
+
+def score_comparison(data: Path, out: Path) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    from imgcls.trust.calibration import fit_temperature, softmax
+    from imgcls.trust.conformal import CONFORMAL_SCORES, fit_conformal, set_metrics
+
+    digits = load_digits()
+    sets = {
+        "Fashion-MNIST": (*_fashion_arrays(), (300, 2000)),
+        "digits": ((digits.images * 255 / 16).astype(np.uint8), digits.target, (150, 600)),
+    }
+    classifier = ImageClassifier(img_size=64)
+    print("| data | training images | top-1 | level | score | coverage | mean size "
+          "| singletons | class covered least |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, (images, labels, sizes) in sets.items():
+        rgb = [np.repeat(cv2.resize(im, (64, 64))[..., None], 3, 2) for im in images]
+        features = np.concatenate([
+            classifier.runtime.features(np.stack([classifier.prepare(im) for im in rgb[s:s + 64]]))
+            for s in range(0, len(rgb), 64)
+        ])  # fmt: skip
+        order = np.random.default_rng(0).permutation(len(labels))
+        for size in sizes:
+            train_idx, rest = order[:size], order[size:]
+            model = LogisticRegression(max_iter=2000).fit(features[train_idx], labels[train_idx])
+            log_p, truth = model.predict_log_proba(features[rest]), labels[rest]
+            results: dict[tuple[float, str], list] = {}
+            for repeat in range(30):
+                split = np.random.default_rng(repeat).permutation(len(rest))
+                cal, test = split[: len(rest) // 2], split[len(rest) // 2 :]
+                t = fit_temperature(log_p[cal], truth[cal])
+                p_cal, p_test = softmax(log_p[cal] / t), softmax(log_p[test] / t)
+                for score in CONFORMAL_SCORES:
+                    conformal = fit_conformal(p_cal, truth[cal], score)
+                    for level in (0.8, 0.9, 0.95):
+                        m = set_metrics(conformal.sets(p_test, level), truth[test],
+                                        [str(c) for c in range(10)])  # fmt: skip
+                        results.setdefault((level, score), []).append(
+                            (m["coverage"], m["mean_set_size"], m["singleton_share"],
+                             m["weakest_class_coverage"])
+                        )  # fmt: skip
+            top1 = (log_p.argmax(axis=1) == truth).mean()
+            for (level, score), rows in sorted(results.items()):
+                mean = np.mean(rows, axis=0)
+                print(f"| {name} | {size} | {top1:.1%} | {level} | {score} | {mean[0]:.3f} "
+                      f"| {mean[1]:.2f} | {mean[2]:.0%} | {mean[3]:.2f} |", flush=True)  # fmt: skip
+
+
+SET_MODELS = {
+    "logreg head (EfficientNet-Lite0, 64 px)": dict(classifier="logreg", img_size=64),
+    "simple_cnn (end to end, 32 px, 15 epochs)": dict(
+        model="simple_cnn", pretrained=False, img_size=32, epochs=15, augment="none"
+    ),
+}
+
+
+def prediction_sets(data: Path, out: Path) -> None:
+    print("| data | model | top-1 | level | coverage | mean size | largest | singletons "
+          "| class covered least |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
+    for data_name, root in (("digits", data), ("Fashion-MNIST", write_fashion(out / "fashion"))):
+        for name, settings in SET_MODELS.items():
+            run = out / "runs" / f"sets-{data_name}-{settings.get('model', 'head')}"
+            train(TrainConfig(data=str(root), out=str(run), reject_score="max_prob",
+                              progress=False, **settings))  # fmt: skip
+            classifier = ImageClassifier(str(run))
+            metrics = evaluate(classifier, find_labelled_images(root, "test")).metrics()
+            for level, m in metrics["conformal"]["levels"].items():
+                print(
+                    f"| {data_name} | {name} | {metrics['accuracy']:.1%} | {level} "
+                    f"| {m['coverage']:.1%} | {m['mean_set_size']:.2f} | {m['max_set_size']} "
+                    f"| {m['singleton_share']:.1%} | {m['weakest_class']} "
+                    f"({m['weakest_class_coverage']:.0%}) |",
+                    flush=True,
+                )
+
+
+def hierarchy(data: Path, out: Path) -> None:
+    root = out / "fashion"
+    if not root.exists():
+        write_fashion(root)
+    taxonomy = out / "fashion-taxonomy.csv"
+    taxonomy.write_text("".join(f"{c},{p}\n" for c, p in FASHION_TAXONOMY.items()))
+    run = out / "runs" / "hierarchy-fashion-head"
+    train(TrainConfig(data=str(root), out=str(run), classifier="logreg", img_size=64,
+                      reject_score="max_prob", taxonomy=str(taxonomy), progress=False))  # fmt: skip
+    classifier = ImageClassifier(str(run))
+    samples = find_labelled_images(root, "test")
+    scored = dict(classifier.scored_paths([str(p) for p, _ in samples]))
+    probabilities = np.stack([scored[str(p)][0] for p, _ in samples])
+    truth = [names[0] for _, names in samples]
+    top1 = np.mean([classifier.labels.names[i] == t
+                    for i, t in zip(probabilities.argmax(axis=1), truth, strict=True)])  # fmt: skip
+    print(f"Fashion-MNIST, logreg head: top-1 accuracy {top1:.1%} on {len(truth)} test images")
+    print("| answer confidence | answered at a leaf | no answer | answers right "
+          "| leaf answers right |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    for target in (0.8, 0.9, 0.95):
+        answers = classifier.taxonomy.answers(probabilities, target)
+        given = [(a, t) for a, t in zip(answers, truth, strict=True) if a is not None]
+        leaf = [(a, t) for a, t in given if a.label in FASHION_CLASSES]
+        print(
+            f"| {target} | {len(leaf) / len(truth):.1%} | {1 - len(given) / len(truth):.1%} "
+            f"| {np.mean([a.label in _ancestry(t) for a, t in given]):.1%} "
+            f"| {np.mean([a.label == t for a, t in leaf]):.1%} |",
+            flush=True,
+        )
+
+
+def _ancestry(name: str) -> set[str]:
+    """`name` and the nodes above it in FASHION_TAXONOMY."""
+    nodes = {name}
+    while name in FASHION_TAXONOMY:
+        name = FASHION_TAXONOMY[name]
+        nodes.add(name)
+    return nodes
 
 
 def write_digits(root: Path, size: int = 64) -> Path:
@@ -213,7 +392,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("/tmp/trust-bench"))
     parser.add_argument(
-        "--only", choices=("unknown", "calibration", "heads", "audit"), default=None
+        "--only",
+        choices=("unknown", "calibration", "heads", "audit", "scores", "sets", "hierarchy"),
+        default=None,
     )
     args = parser.parse_args()
     if args.out.exists():
@@ -224,6 +405,9 @@ def main() -> None:
         "calibration": calibration,
         "heads": head_calibration,
         "audit": label_audit,
+        "scores": score_comparison,
+        "sets": prediction_sets,
+        "hierarchy": hierarchy,
     }
     for name, step in steps.items():
         if args.only in (None, name):

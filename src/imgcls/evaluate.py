@@ -33,6 +33,7 @@ from imgcls.trust.calibration import (
     operating_points,
     uncalibrated,
 )
+from imgcls.trust.conformal import Conformal, level_report
 from imgcls.trust.multilabel import multilabel_metrics
 
 __all__ = [
@@ -75,6 +76,23 @@ class Evaluation:
     temperature: float = 1.0
     reject: dict[str, Any] | None = None  # the model's rule: score, threshold
     skipped: list[dict[str, str]] = field(default_factory=list)  # rows of missing files
+    # A model with prediction sets: its conformal calibration, each image's probabilities
+    # (over the model's classes) and true class (a model output index).
+    conformal: Conformal | None = None
+    model_classes: tuple[str, ...] = ()
+    probabilities: list[np.ndarray] = field(default_factory=list)
+    true_outputs: list[int] = field(default_factory=list)
+
+    def conformal_report(self) -> dict[str, Any] | None:
+        """Coverage, set sizes and per-class coverage at each standard level."""
+        if self.conformal is None or not self.probabilities:
+            return None
+        return level_report(
+            self.conformal,
+            np.stack(self.probabilities),
+            np.asarray(self.true_outputs),
+            self.model_classes,
+        )
 
     @property
     def true(self) -> list[int]:
@@ -127,6 +145,8 @@ class Evaluation:
             "skipped": self.skipped,
         }
         result.update(self.trust_metrics())
+        if self.conformal is not None:
+            result["conformal"] = self.conformal_report()
         if len([c for c in self.classes if c != OTHER]) >= TOP_K:
             top_k_hit = self.column("top_k_hit", bool)
             result["top5_accuracy"] = float(np.mean(top_k_hit)) if num_images else 0.0
@@ -169,12 +189,21 @@ class MultiLabelEvaluation:
     failed: list[dict[str, str]] = field(default_factory=list)  # {"path", "error"}
     skipped: list[dict[str, str]] = field(default_factory=list)  # rows of missing files
     seconds: float = 0.0
+    conformal: Conformal | None = None  # the model's per-class conformal thresholds
+
+    def conformal_report(self) -> dict[str, Any] | None:
+        """Per-class coverage of the present classes and set sizes at each standard level."""
+        if self.conformal is None or not self.paths:
+            return None
+        return level_report(self.conformal, self.probabilities, self.targets, self.classes)
 
     def metrics(self) -> dict[str, Any]:
         """The multi-label JSON object of INTERFACE.md (see `multilabel_metrics`)."""
 
         num_images = len(self.paths)
+        conformal = {} if self.conformal is None else {"conformal": self.conformal_report()}
         return {
+            **conformal,
             "model": self.model,
             "multi_label": True,
             "num_images": num_images,
@@ -212,17 +241,20 @@ def read_split(
     *,
     label_delim: str | None = None,
     skip_missing: bool = False,
+    nested: bool = False,
 ) -> tuple[list[LabelledFile], list[dict[str, str]]]:
     """(image, class names) rows from DATA/<split>/<class>/*, DATA/<class>/* when DATA
     holds class folders only, or a label file's `split` rows (all rows without a split
     column); read as training reads them (`imgcls.data.datasets`). And the rows of missing files
-    that `skip_missing` set aside, as {"path", "reason"}."""
+    that `skip_missing` set aside, as {"path", "reason"}. `nested`: class folders inside
+    parent folders, as a run trained with `--taxonomy folders` reads them."""
     try:
         layout = scan_dataset(
             data,
             SPLITS if split in SPLITS else (*SPLITS, split),
             label_delim=label_delim,
             skip_missing=skip_missing,
+            nested=nested,
         )
     except DataError as exc:
         raise EvaluationError(str(exc), parameters=exc.parameters) from None
@@ -277,6 +309,8 @@ def evaluate(
     by_path = {str(path): name for path, name in samples}
 
     evaluation = Evaluation(classifier.name, classes, temperature=classifier.temperature)
+    evaluation.conformal = classifier.conformal
+    evaluation.model_classes = classifier.labels.names
     if classifier.rejection is not None:
         rule = classifier.rejection
         evaluation.reject = {"score": rule.score, "threshold": rule.threshold}
@@ -296,6 +330,9 @@ def evaluate(
         else:
             predicted = model_to_data[top.index]
         raw_score = uncalibrated(probabilities[None], classifier.temperature).max()
+        if evaluation.conformal is not None:
+            evaluation.probabilities.append(probabilities.astype(np.float32))
+            evaluation.true_outputs.append(true_model_index)
         evaluation.images.append(
             ImageResult(
                 path=path,
@@ -325,6 +362,7 @@ def _evaluate_multilabel(
     evaluation = MultiLabelEvaluation(
         classifier.name, list(classifier.labels.names), classifier.thresholds
     )
+    evaluation.conformal = classifier.conformal
     rows, targets = [], []
     start = time.perf_counter()
     for path, (probabilities, _) in _scored(
@@ -413,6 +451,29 @@ def write_report(
         before=evaluation.column("raw_score") if evaluation.temperature != 1.0 else None,
     )
     plots.coverage_accuracy(scores, correct, out / "coverage_accuracy.png")
+    if evaluation.conformal is not None and evaluation.probabilities:
+        _plot_conformal(
+            evaluation.conformal,
+            np.stack(evaluation.probabilities),
+            np.asarray(evaluation.true_outputs),
+            out / "conformal.png",
+        )
+
+
+def _plot_conformal(
+    conformal: Conformal, probabilities: np.ndarray, true: np.ndarray, path: Path
+) -> None:
+    """Empirical coverage and mean set size against the level asked for."""
+    from imgcls.reports import plots
+
+    levels = np.round(np.arange(0.5, 0.995, 0.01), 2)
+    rows = np.arange(len(true))
+    coverage, sizes = [], []
+    for level in levels:
+        sets = conformal.sets(probabilities, float(level))
+        coverage.append(float(sets[rows, true].mean()))
+        sizes.append(float(sets.sum(axis=1).mean()))
+    plots.conformal_levels(levels, np.array(coverage), np.array(sizes), path)
 
 
 def _write_multilabel_report(evaluation: MultiLabelEvaluation, out: Path) -> None:

@@ -49,7 +49,8 @@ from imgcls.data.sources import is_uri, list_uri
 from imgcls.errors import ConfigError, ImageError
 from imgcls.inference.classifier import File, ImageClassifier, ModelBundle, Prediction, Predictions
 from imgcls.models.registry import DEFAULT_MODEL
-from imgcls.results import arrow_error, arrow_prediction, error_fields
+from imgcls.results import arrow_answer, arrow_error, arrow_prediction, error_fields
+from imgcls.trust.hierarchy import Answer
 from imgcls.validation import check_scalar
 
 __all__ = [
@@ -80,7 +81,8 @@ PREDICTION, ERROR = arrow_prediction(), arrow_error()
 PREDICTIONS = pa.schema(
     [("path", pa.string())]
     + [(field.name, field.type) for field in PREDICTION]
-    + [("top_k", pa.list_(PREDICTION)), ("labels", pa.list_(pa.string())), ("error", ERROR)]
+    + [("top_k", pa.list_(PREDICTION)), ("labels", pa.list_(pa.string()))]
+    + [("prediction_set", pa.list_(pa.string())), ("answer", arrow_answer()), ("error", ERROR)]
 )
 FEATURES = pa.schema(
     [("path", pa.string()), ("features", pa.list_(pa.float32())), ("error", ERROR)]
@@ -176,7 +178,8 @@ class Predictor(_ModelActor):
 
     Columns out: `path`; the top-1's `label`, `class_id`, `index`, `score`, `unknown` and
     `present`; `top_k`, the list of predictions (each with those fields); `labels`, the
-    classes the model asserts; `error` (`type`, `message`) for a file that did not
+    classes the model asserts; `prediction_set` (with `coverage`) and `answer` (a model
+    with a taxonomy), else null; `error` (`type`, `message`) for a file that did not
     decode, whose other columns are null."""
 
     def __init__(
@@ -185,11 +188,17 @@ class Predictor(_ModelActor):
         *,
         top_k: int = 5,
         min_score: float | None = None,
+        coverage: float | None = None,
+        answer_confidence: float | None = None,
         **options: Any,
     ) -> None:
         check_scalar(top_k, "top_k", int, min_val=1)
         super().__init__(model, **options)
         self.top_k, self.min_score = top_k, min_score
+        self.classifier.check_coverage(coverage)
+        self.classifier.coverage = coverage
+        if answer_confidence is not None:
+            self.classifier.answer_confidence = answer_confidence
 
     def __call__(self, batch: Mapping[str, Any]) -> pa.Table:
         outcomes = self.classifier.classify_paths(self.files(batch), self.top_k, self.min_score)
@@ -231,7 +240,14 @@ def _table(
 
 def _prediction_columns(predictions: Predictions) -> dict[str, Any]:
     ranked = [p.to_dict() for p in predictions]
-    return {**ranked[0], "top_k": ranked, "labels": list(predictions.labels)}
+    answer = predictions.answer
+    return {
+        **ranked[0],
+        "top_k": ranked,
+        "labels": list(predictions.labels),
+        "prediction_set": predictions.prediction_set,
+        "answer": None if answer is None else answer.to_dict(),
+    }
 
 
 def _failure(error: Mapping[str, str]) -> Exception:
@@ -264,6 +280,12 @@ class RayClassifier:
             "batch_size": classifier.batch_size,
             "max_pixels": classifier.max_pixels,
         }
+        # What the Predictor actors add: the classifier's sets and answers.
+        self.sets = {
+            "coverage": classifier.coverage,
+            "answer_confidence": classifier.answer_confidence,
+        }
+        self.hierarchical = classifier.taxonomy is not None
         if num_gpus is None:
             num_gpus = 1 if ray.cluster_resources().get("GPU") else 0
         self.map_options = map_options(num_gpus=num_gpus, batch_size=batch_size, actors=actors)
@@ -271,10 +293,21 @@ class RayClassifier:
     def classify_paths(
         self, paths: Iterable[str], top_k: int = 5, min_score: float | None = None
     ) -> Iterator[tuple[str, Predictions | Exception]]:
-        def predictions(row: dict[str, Any]) -> Predictions:
-            return Predictions([Prediction(**p) for p in row["top_k"]], row["labels"])
+        hierarchical = self.hierarchical
 
-        return self._outcomes(Predictor, paths, predictions, top_k=top_k, min_score=min_score)
+        def predictions(row: dict[str, Any]) -> Predictions:
+            answer = row["answer"]
+            return Predictions(
+                [Prediction(**p) for p in row["top_k"]],
+                row["labels"],
+                row["prediction_set"],
+                None if answer is None else Answer(**{**answer, "path": tuple(answer["path"])}),
+                hierarchical,
+            )
+
+        return self._outcomes(
+            Predictor, paths, predictions, top_k=top_k, min_score=min_score, **self.sets
+        )
 
     def features_paths(self, paths: Iterable[str]) -> Iterator[tuple[str, np.ndarray | Exception]]:
         return self._outcomes(

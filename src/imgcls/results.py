@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PART_ROWS",
     "ResultsFile",
+    "arrow_answer",
     "arrow_error",
     "arrow_prediction",
     "error_fields",
@@ -46,6 +47,14 @@ def arrow_prediction() -> pa.DataType:
     pa = require_pyarrow()
     fields = dataclasses.fields(Prediction)
     return pa.struct([(f.name, getattr(pa, _ARROW_TYPES[str(f.type)])()) for f in fields])
+
+
+def arrow_answer() -> pa.DataType:
+    """A hierarchical `answer` (imgcls.trust.hierarchy.Answer) as an Arrow struct."""
+    pa = require_pyarrow()
+    return pa.struct(
+        [("label", pa.string()), ("probability", pa.float64()), ("path", pa.list_(pa.string()))]
+    )
 
 
 def arrow_error() -> pa.DataType:
@@ -96,6 +105,8 @@ class ResultsFile:
                     ("path", pa.string()),
                     ("predictions", pa.list_(arrow_prediction())),
                     ("labels", pa.list_(pa.string())),
+                    ("prediction_set", pa.list_(pa.string())),  # null without --coverage
+                    ("answer", arrow_answer()),  # null without a taxonomy
                     ("error", arrow_error()),
                 ]
             )

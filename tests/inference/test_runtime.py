@@ -40,3 +40,23 @@ def test_features_command_writes_paths_labels_and_vectors(tmp_path, samples):
     assert list(saved["labels"]) == ["cats", "cups", ""]
     assert saved["features"].shape == (3, 1280) and np.isfinite(saved["features"]).all()
     assert not np.allclose(saved["features"][0], saved["features"][1])
+
+
+def test_onnx_metadata_carries_the_conformal_entry_and_the_taxonomy():
+    from imgcls.data.preprocess import Preprocess
+    from imgcls.inference.runtime import OnnxMetadata
+    from imgcls.models.labels import Labels
+    from imgcls.trust.conformal import Conformal, fit_conformal
+
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(3), 200)
+    conformal = fit_conformal(probabilities, rng.integers(0, 3, 200), "aps").to_config()
+    taxonomy = {"parents": {"a": "x", "b": "x", "c": "y"}, "answer_confidence": 0.8}
+    metadata = OnnxMetadata("run", Labels.from_names(["a", "b", "c"]),
+                            Preprocess.from_config({"input_size": [3, 32, 32]}),
+                            conformal=conformal, taxonomy=taxonomy)  # fmt: skip
+    loaded = OnnxMetadata.from_json(metadata.to_json())
+    assert loaded.taxonomy == taxonomy and loaded.conformal == conformal
+    assert Conformal.from_config(loaded.conformal).threshold(0.9) == pytest.approx(
+        Conformal.from_config(conformal).threshold(0.9)
+    )

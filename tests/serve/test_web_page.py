@@ -142,6 +142,21 @@ def test_upload_shows_top5_heat_map_and_takes_a_correction(browser, server, arti
     page.screenshot(path=str(artifacts / "web-page-feedback.png"), full_page=True)
 
 
+def test_the_hierarchical_answer_sits_above_the_bars(browser, server) -> None:
+    """The bundled ImageNet model splits the cat photo between three cat classes; the
+    WordNet answer above the bars is the node that holds them."""
+    from playwright.sync_api import expect
+
+    url, _, _ = server
+    page = _page(browser, locale="en-US")
+    page.goto(_with_key(url))
+    page.set_input_files("#file", str(SAMPLES / "cat.jpg"))
+    answer = page.locator(".card .answer")
+    expect(answer).to_contain_text("domestic cat")
+    assert answer.get_attribute("title").endswith("feline › cat › domestic cat")
+    expect(page.locator(".card .row")).to_have_count(5)
+
+
 def test_a_text_file_shows_a_readable_error(browser, server, artifacts) -> None:
     from playwright.sync_api import expect
 

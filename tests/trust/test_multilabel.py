@@ -195,6 +195,20 @@ def test_rest_and_v2_answer_with_labels_and_sigmoid_probabilities(
     assert probabilities.sum() != pytest.approx(1.0, abs=1e-3)
 
 
+def test_multi_label_sets_hold_each_present_class_by_its_own_threshold(logreg, collages):
+    out, _ = logreg
+    conformal = read_run_config(out)["conformal"]
+    assert conformal["multi_label"] and len(conformal["levels"]["0.9"]) == len(COLLAGE_CLASSES)
+    result = CliRunner().invoke(app, [
+        "predict", str(collages.parent / "img" / "131.png"), "--model", str(out),
+        "--coverage", "0.9", "--json",
+    ])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    [record] = json.loads(result.stdout)
+    assert set(record) == {"path", "predictions", "labels", "prediction_set"}  # no answer
+    assert set(record["prediction_set"]) <= set(COLLAGE_CLASSES)
+
+
 def test_multi_label_flag_turns_single_label_data_into_sigmoid_outputs(tmp_path):
     write_photo_crops(tmp_path / "data", per_class=8, size=32)
     config = TrainConfig(data=str(tmp_path / "data"), out=str(tmp_path / "run"),

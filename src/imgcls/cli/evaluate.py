@@ -22,6 +22,7 @@ from imgcls.cli.options import (
 from imgcls.cli.output import json_command, print_json, stderr, stdout
 from imgcls.files import safe_filename
 from imgcls.inference.classifier import ImageClassifier
+from imgcls.models.run_dir import is_run_dir, read_run_config
 from imgcls.progress import ProgressBar
 
 
@@ -69,7 +70,9 @@ def evaluate(
     from imgcls.evaluate import evaluate, read_split, write_report
 
     ray = ray_address(ray)
-    samples, skipped = read_split(data, split, label_delim=label_delim, skip_missing=skip_missing)
+    samples, skipped = read_split(
+        data, split, label_delim=label_delim, skip_missing=skip_missing, nested=_nested(model)
+    )
     names = [model, *(compare or [])]
     reports = []
     with ray_session(ray):
@@ -121,6 +124,14 @@ def _log_to_mlflow(
     stderr.print(f"logged the evaluation to MLflow run {run_id}")
 
 
+def _nested(model: str) -> bool:
+    """Whether MODEL is a run trained on nested class folders (`--taxonomy folders`): its
+    data is read the same way."""
+    if not is_run_dir(model):
+        return False
+    return read_run_config(model).get("train", {}).get("taxonomy") == "folders"
+
+
 def _print_evaluations(reports: list[dict[str, Any]]) -> None:
     multi = [r for r in reports if r.get("multi_label")]
     if multi:
@@ -162,6 +173,7 @@ def _print_multilabel(reports: list[dict[str, Any]]) -> None:
                 f"{m['threshold']:.3f}",
             )
         stdout.print(per_class)
+        _print_conformal(reports[0])
 
 
 def _print_single_label(reports: list[dict[str, Any]]) -> None:
@@ -194,6 +206,29 @@ def _print_single_label(reports: list[dict[str, Any]]) -> None:
             )
         stdout.print(per_class)
         _print_trust(reports[0])
+        _print_conformal(reports[0])
+
+
+def _print_conformal(report: dict[str, Any]) -> None:
+    """The prediction sets at each standard level: coverage, sizes, the weakest class."""
+    conformal = report.get("conformal")
+    if not conformal:
+        return
+    table = Table(title=f"prediction sets ({conformal['score']})", title_justify="left")
+    columns = ("level", "coverage", "mean size", "largest", "singletons", "weakest class")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "weakest class" else "right")
+    for level, m in conformal["levels"].items():
+        weakest = m["weakest_class"]
+        table.add_row(
+            level,
+            f"{m['coverage']:.1%}",
+            f"{m['mean_set_size']:.2f}",
+            str(m["max_set_size"]),
+            f"{m['singleton_share']:.1%}",
+            "-" if weakest is None else f"{weakest} ({m['weakest_class_coverage']:.1%})",
+        )
+    stdout.print(table)
 
 
 def _print_trust(report: dict[str, Any]) -> None:

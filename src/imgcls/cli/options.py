@@ -14,12 +14,14 @@ from imgcls.export import EXPORT_FORMATS
 from imgcls.inference.classifier import BACKENDS, PRECISIONS
 from imgcls.training.config import CLASSIFIERS, OPTIMIZERS
 from imgcls.trust.calibration import REJECT_SCORES
+from imgcls.trust.conformal import CONFORMAL_SCORES
 
 __all__ = [
     "Augment",
     "Backend",
     "BackendOption",
     "Classifier",
+    "ConformalScore",
     "ExportFormat",
     "LabelDelim",
     "Optimizer",
@@ -41,6 +43,7 @@ Optimizer = _choices("Optimizer", OPTIMIZERS)
 Augment = _choices("Augment", AUGMENT_PRESETS)
 Classifier = _choices("Classifier", CLASSIFIERS)
 RejectScore = _choices("RejectScore", REJECT_SCORES)
+ConformalScore = _choices("ConformalScore", CONFORMAL_SCORES)
 
 # Reading a label file, the same options wherever DATA may be one.
 LabelDelim = Annotated[

@@ -67,6 +67,24 @@ def predict(
             help="Answer unknown when the top score is below this (replaces a run's own rule).",
         ),
     ] = None,
+    coverage: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Add each image's prediction set: the labels that hold the true one with "
+            "this probability (a run's conformal calibration).",
+        ),
+    ] = None,
+    answer_confidence: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="A taxonomy's answer: the deepest node at least this probable (default: the "
+            "run's, else 0.9).",
+        ),
+    ] = None,
     ray: RayAddress = None,
 ) -> None:
     """Classify images: top-k labels and probabilities for each INPUT.
@@ -83,6 +101,8 @@ def predict(
         max_pixels=max_pixels,
         backend=ray_backend(ray, backend),
         precision=precision.value,
+        coverage=coverage,
+        answer_confidence=answer_confidence,
     )
     if not json_output:
         stderr.print(f"{classifier.name}: {classifier.runtime.backend}, {classifier.precision}")
@@ -147,6 +167,11 @@ def _parse_shard(shard: str) -> slice:
     return slice(int(k), None, int(n))
 
 
+def _set_text(record: dict[str, Any]) -> str:
+    labels = record["prediction_set"]
+    return "{" + ", ".join(labels) + "}" if labels else "{} (no label is likely enough)"
+
+
 def _error_record(path: str, exc: Exception) -> dict[str, Any]:
     return {"path": str(path), "error": error_fields(exc)}
 
@@ -170,6 +195,10 @@ def _print_predictions(results: list[dict[str, Any]]) -> None:
         ]
         if beyond:
             table.caption = f"also present: {', '.join(beyond)}"
+        if "prediction_set" in record:
+            table.caption = "; ".join(
+                filter(None, [table.caption, f"prediction set: {_set_text(record)}"])
+            )
         for rank, p in enumerate(record["predictions"], 1):
             bar = "█" * max(1, round(p["score"] * 20)) if p["score"] >= 0.025 else ""
             table.add_row(
@@ -181,4 +210,10 @@ def _print_predictions(results: list[dict[str, Any]]) -> None:
                 "✓" if p["present"] else "",
             )
         stdout.print(table)
+        if record.get("answer"):  # the hierarchical answer, under the leaves it sums
+            answer = record["answer"]
+            trail = " › ".join(answer["path"][-4:])
+            stdout.print(
+                f"answer: [bold]{answer['label']}[/bold] {answer['probability']:.1%} ({trail})"
+            )
         stdout.print()

@@ -14,6 +14,7 @@ from imgcls.cli.app import app
 from imgcls.cli.options import (
     Augment,
     Classifier,
+    ConformalScore,
     LabelDelim,
     Optimizer,
     RejectScore,
@@ -113,6 +114,19 @@ TeacherOption = Annotated[
 ]
 DistillTemperature = Annotated[float, typer.Option(help="Distillation temperature.")]
 DistillWeight = Annotated[float, typer.Option(help="Weight of the teacher's soft targets.")]
+ConformalScoreOption = Annotated[
+    ConformalScore, typer.Option(help="Score of the conformal prediction sets.")
+]
+Taxonomy = Annotated[
+    str | None,
+    typer.Option(
+        help="Hierarchical answers: 'folders' (DATA/train/<parent>/<class>/*) or a CSV of "
+        "child,parent rows."
+    ),
+]
+AnswerConfidence = Annotated[
+    float, typer.Option(help="Probability a hierarchical answer's node must reach.")
+]
 FindLr = Annotated[bool, typer.Option(help="Run an LR range test instead.")]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print a final JSON object.")]
 
@@ -164,6 +178,9 @@ def train(
     teacher: TeacherOption = _TRAIN.teacher,
     distill_temperature: DistillTemperature = _TRAIN.distill_temperature,
     distill_weight: DistillWeight = _TRAIN.distill_weight,
+    conformal_score: ConformalScoreOption = _TRAIN.conformal_score,
+    taxonomy: Taxonomy = _TRAIN.taxonomy,
+    answer_confidence: AnswerConfidence = _TRAIN.answer_confidence,
     find_lr: FindLr = False,
     json_output: JsonOutput = False,
 ) -> None:

@@ -16,6 +16,8 @@ image with its labels. The folders are read once, by these rules, and nothing is
   extension (any case) is an image extension; symbolic links to files and class folders
   are followed, links to sub-folders inside a class are not (no loops);
 - a name that starts with "." (a hidden file or folder, at any depth) is skipped.
+- with `nested` (a run trained with `--taxonomy folders`), class folders sit one level
+  deeper, `DATA/train/<parent>/<class>/*`; the parent folders make the class taxonomy.
 
 A folder gives each image one label; a label file may give several, and a data set with
 any such image is multi-label (`DataSplits.multi_label`). Training then checks every file
@@ -84,6 +86,8 @@ class DatasetLayout:
     ignored: list[Path] = field(default_factory=list)  # folders beside train/ val/ test/
     label_file: Path | None = None  # the CSV or JSON Lines file the rows come from
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # missing (skip_missing)
+    # Nested class folders (DATA/train/<parent>/<class>/*): each class's parent folder.
+    parents: dict[str, str] = field(default_factory=dict)
 
     @property
     def multi_label(self) -> bool:
@@ -111,6 +115,7 @@ class DataSplits:
     test: list[Sample]
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (file, reason)
     multi_label: bool = False  # samples hold tuples of class indices
+    parents: dict[str, str] = field(default_factory=dict)  # class -> parent (a taxonomy)
 
     @property
     def targets_size(self) -> int | None:
@@ -133,9 +138,11 @@ def scan_dataset(
     *,
     label_delim: str | None = None,
     skip_missing: bool = False,
+    nested: bool = False,
 ) -> DatasetLayout:
     """Read the folders or the label file of a data set by the rules of this module's
-    docstring.
+    docstring. `nested`: class folders sit one level deeper, in parent folders
+    (DATA/train/red/hearts/*), whose names make the layout's `parents`.
 
     `split_names`: the folder names (or `split` values) that make DATA the split layout
     (`imgcls evaluate --split NAME` adds its own). `label_delim` and `skip_missing`: see
@@ -160,6 +167,8 @@ def scan_dataset(
         entries = _visible(split_root)
         class_dirs = [p for p in entries if p.is_dir()]
         layout.stray += [p for p in entries if p.is_file()]
+        if nested:
+            class_dirs = _nested_class_dirs(class_dirs, layout)
         layout.classes[split] = [p.name for p in class_dirs]
         layout.splits[split] = []
         for class_dir in class_dirs:
@@ -169,6 +178,24 @@ def scan_dataset(
                 else:
                     layout.non_images.append(path)
     return layout
+
+
+def _nested_class_dirs(parent_dirs: list[Path], layout: DatasetLayout) -> list[Path]:
+    """The class folders inside `parent_dirs`, by name, each parent noted in
+    `layout.parents` (files beside them go to `layout.stray`). DataError when two parents
+    hold a class of the same name."""
+    class_dirs: dict[str, Path] = {}
+    for parent in parent_dirs:
+        entries = _visible(parent)
+        layout.stray += [p for p in entries if p.is_file()]
+        for folder in (p for p in entries if p.is_dir()):
+            if class_dirs.setdefault(folder.name, folder) != folder:
+                raise DataError(
+                    f"{folder} and {class_dirs[folder.name]}: two class folders named "
+                    f"{folder.name!r}; nested class names must be unique"
+                )
+            layout.parents[folder.name] = parent.name
+    return [class_dirs[name] for name in sorted(class_dirs)]
 
 
 def _label_file_layout(
@@ -226,6 +253,7 @@ def find_splits(
     multi_label: bool = False,
     label_delim: str | None = None,
     skip_missing: bool = False,
+    nested: bool = False,
 ) -> DataSplits:
     """Find the training, validation and test samples of the data folder or label file
     `root`.
@@ -235,7 +263,7 @@ def find_splits(
     counts for its rarest class. The samples hold tuples of class indices when an image
     has several labels or `multi_label` is set.
     """
-    layout = scan_dataset(root, label_delim=label_delim, skip_missing=skip_missing)
+    layout = scan_dataset(root, label_delim=label_delim, skip_missing=skip_missing, nested=nested)
     if layout.kind == "splits" and "train" not in layout.splits:
         raise DataError(
             f"{layout.label_file}: has {', '.join(layout.splits)} rows but no train rows to "
@@ -273,7 +301,7 @@ def find_splits(
     test = decodable(layout.splits.get("test", []))
     if not val and val_split > 0:
         train, val = _stratified_split(train, val_split, seed, multi_label)
-    return DataSplits(class_names, train, val, test, skipped, multi_label)
+    return DataSplits(class_names, train, val, test, skipped, multi_label, layout.parents)
 
 
 def _decodable(

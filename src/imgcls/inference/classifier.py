@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +34,8 @@ from imgcls.models.labels import Labels, labels_for
 from imgcls.models.registry import DEFAULT_MODEL, build_model, canonical_name
 from imgcls.models.run_dir import is_run_dir, read_run_config
 from imgcls.trust.calibration import Rejection, sigmoid, softmax
+from imgcls.trust.conformal import Conformal
+from imgcls.trust.hierarchy import DEFAULT_ANSWER_CONFIDENCE, Answer, Taxonomy, wordnet_taxonomy
 from imgcls.validation import check_scalar
 
 __all__ = ["BACKENDS", "PRECISIONS", "ImageClassifier", "ModelBundle", "Prediction", "Predictions"]
@@ -74,15 +77,36 @@ class Prediction:
 class Predictions(list[Prediction]):
     """One image's top-k `Prediction`s, best first (a plain list to every caller), and
     `labels`: the names the model asserts, best first — every class marked `present`,
-    also those ranked below the top k; none when the image is unknown."""
+    also those ranked below the top k; none when the image is unknown. With a coverage
+    level, `prediction_set`: the conformal set, most probable first; with a taxonomy,
+    `answer`: the deepest node sure enough (None when none is; `hierarchical` says the
+    model has a taxonomy)."""
 
-    def __init__(self, predictions: Iterable[Prediction] = (), labels: Iterable[str] = ()):
+    def __init__(
+        self,
+        predictions: Iterable[Prediction] = (),
+        labels: Iterable[str] = (),
+        prediction_set: Iterable[str] | None = None,
+        answer: Answer | None = None,
+        hierarchical: bool = False,
+    ):
         super().__init__(predictions)
         self.labels = tuple(labels)
+        self.prediction_set = None if prediction_set is None else tuple(prediction_set)
+        self.answer, self.hierarchical = answer, hierarchical
 
-    def to_dict(self) -> dict[str, list]:
-        """The JSON of one result: `predictions` and `labels` (INTERFACE.md)."""
-        return {"predictions": [p.to_dict() for p in self], "labels": list(self.labels)}
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON of one result: `predictions` and `labels` (INTERFACE.md), and
+        `prediction_set` and `answer` when the model gives them."""
+        result: dict[str, Any] = {
+            "predictions": [p.to_dict() for p in self],
+            "labels": list(self.labels),
+        }
+        if self.prediction_set is not None:
+            result["prediction_set"] = list(self.prediction_set)
+        if self.hierarchical:
+            result["answer"] = None if self.answer is None else self.answer.to_dict()
+        return result
 
 
 @dataclass(frozen=True)
@@ -101,6 +125,8 @@ class ModelBundle:
     rejection: Rejection | None = None  # a run's "unknown" rule, k-NN reference included
     thresholds: tuple[float, ...] | None = None  # a multi-label run's, per class
     precision: str = "fp32"  # what it ran at: the loaded bundle runs so unless told otherwise
+    conformal: Conformal | None = None  # a run's conformal calibration (prediction sets)
+    taxonomy: dict[str, Any] | None = None  # a run's taxonomy entry (hierarchical answers)
 
 
 class ImageClassifier:
@@ -123,6 +149,11 @@ class ImageClassifier:
     `img_size` makes the inputs square images of that many pixels instead of the model's
     own size (smaller is faster, e.g. for features of small images); an `.onnx` file keeps
     the size it was exported with.
+    `coverage` (e.g. 0.9) adds each result's conformal `prediction_set`: the labels that
+    hold the true one with that probability (a run fitted them on its calibration split;
+    ModelError for a model without one). A model with a taxonomy (a run's, or WordNet for
+    ImageNet classes) answers the deepest node whose probability reaches
+    `answer_confidence` (default: the run's, else 0.9).
     """
 
     def __init__(
@@ -138,8 +169,12 @@ class ImageClassifier:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         threads: int | None = None,
         img_size: int | None = None,
+        coverage: float | None = None,
+        answer_confidence: float | None = None,
     ) -> None:
         check_scalar(batch_size, "batch_size", int, min_val=1)
+        _check_level(coverage, "coverage")
+        _check_level(answer_confidence, "answer_confidence")
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if precision not in PRECISIONS:
@@ -168,6 +203,33 @@ class ImageClassifier:
             )
         self.batch_size = batch_size
         self.max_pixels = max_pixels
+        self.taxonomy, stored = self._taxonomy(self._taxonomy_entry)
+        self.answer_confidence = answer_confidence or stored
+        self.check_coverage(coverage)
+        self.coverage = coverage
+
+    def _taxonomy(self, entry: dict[str, Any] | None) -> tuple[Taxonomy | None, float]:
+        """A run's taxonomy (its config entry), or WordNet's for ImageNet classes; and the
+        answer confidence it stores."""
+        confidence = DEFAULT_ANSWER_CONFIDENCE
+        if self.multi_label:  # summed probabilities mean nothing for independent sigmoids
+            return None, confidence
+        if entry:
+            names = entry.get("names")
+            taxonomy = Taxonomy(entry["parents"], self.labels.class_ids, self.labels.names, names)
+            return taxonomy, float(entry.get("answer_confidence", confidence))
+        return wordnet_taxonomy(self.labels), confidence
+
+    def check_coverage(self, coverage: float | None) -> None:
+        """ModelError when `coverage` is asked of a model without a conformal calibration."""
+        _check_level(coverage, "coverage")
+        if coverage is not None and self.conformal is None:
+            raise ModelError(
+                f"{self.name}: has no calibration split, so no prediction set with a coverage "
+                "guarantee; train a run on labelled images (`imgcls train DATA --out RUN`): "
+                "its validation split calibrates its sets",
+                parameters=("coverage",),
+            )
 
     def _load_export(self, path: str, threads: int | None, backend: str, precision: str) -> None:
         """An exported file: it carries its labels, preprocessing and calibration."""
@@ -180,6 +242,8 @@ class ImageClassifier:
         self.rejection = (
             None if metadata.threshold is None else Rejection("max_prob", metadata.threshold)
         )
+        self.conformal = _conformal(metadata.conformal)
+        self._taxonomy_entry = metadata.taxonomy
 
     def _load_bundle(
         self, bundle: ModelBundle, threads: int | None, device: str, backend: str, precision: str
@@ -187,6 +251,7 @@ class ImageClassifier:
         self.name, self.labels, self.preprocess = bundle.name, bundle.labels, bundle.preprocess
         self.temperature, self.rejection = bundle.temperature, bundle.rejection
         self.thresholds = _as_array(bundle.thresholds)
+        self.conformal, self._taxonomy_entry = bundle.conformal, bundle.taxonomy
         if device == "cpu":
             precision = bundle.precision if precision == "auto" else precision
             self.runtime = export_runtime(bundle.model, backend, precision, threads)
@@ -215,6 +280,8 @@ class ImageClassifier:
             self.rejection,
             _as_tuple(self.thresholds),
             runtime.precision,
+            self.conformal,
+            self._taxonomy_entry,
         )
 
     def _load(
@@ -230,6 +297,9 @@ class ImageClassifier:
         # A multi-label run's per-class thresholds (imgcls.trust.multilabel), else None.
         multi_label = config is not None and config.get("multi_label", False)
         self.thresholds = _as_array(config["thresholds"]) if multi_label else None
+        # Its conformal calibration and taxonomy (imgcls.trust.conformal, .hierarchy).
+        self.conformal = _conformal(config.get("conformal")) if config else None
+        self._taxonomy_entry = config.get("taxonomy") if config else None
         self.name = model if config is not None else canonical_name(model)
         key = cache_key(model, pretrained=pretrained, weights=weights, img_size=img_size)
         cached = cached_runtime(
@@ -285,9 +355,11 @@ class ImageClassifier:
         if self.rejection is not None and not self.rejection.needs_features:
             threshold = self.rejection.threshold
         thresholds = _as_tuple(self.thresholds)
+        conformal = None if self.conformal is None else self.conformal.to_config()
         return OnnxMetadata(
-            self.name, self.labels, self.preprocess, self.temperature, threshold, thresholds
-        )
+            self.name, self.labels, self.preprocess, self.temperature, threshold, thresholds,
+            conformal, self._taxonomy_entry,
+        )  # fmt: skip
 
     @property
     def num_classes(self) -> int:
@@ -377,11 +449,17 @@ class ImageClassifier:
     def predict_batch(
         self, batch: np.ndarray, top_k: int = 5, min_score: float | None = None
     ) -> list[Predictions]:
-        """Top-k predictions for a preprocessed (N, 3, H, W) batch."""
+        """Top-k predictions for a preprocessed (N, 3, H, W) batch (with the classifier's
+        `coverage`, prediction sets)."""
         _check_min_score(min_score)
         probabilities, scores = self.predict_scored(batch)
         unknown = self.unknown(probabilities, scores, min_score)
         return self.top_predictions(probabilities, top_k, unknown, min_score)
+
+    def prediction_sets(self, probabilities: np.ndarray, coverage: float) -> np.ndarray:
+        """(N, num_classes) bool: each image's conformal prediction set at `coverage`."""
+        self.check_coverage(coverage)
+        return self.conformal.sets(probabilities, coverage)
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities, (N, num_classes) float64, for a preprocessed batch:
@@ -439,10 +517,12 @@ class ImageClassifier:
         top_k: int = 5,
         unknown: np.ndarray | None = None,
         min_score: float | None = None,
+        coverage: float | None = None,
     ) -> list[Predictions]:
         """The top-k `Prediction`s of each row of a (N, num_classes) probability array,
         with the labels the model asserts; `unknown` as `self.unknown` gives it (default:
-        the model's thresholds, or `min_score`, alone)."""
+        the model's thresholds, or `min_score`, alone). The prediction set at `coverage`
+        (default: the classifier's) and the hierarchical answer when there are any."""
         check_scalar(top_k, "top_k", int, min_val=1)
         if unknown is None:
             unknown = self.unknown(probabilities, None, min_score)
@@ -450,6 +530,13 @@ class ImageClassifier:
         order = np.argsort(-probabilities, axis=1, kind="stable")
         k = min(top_k, self.num_classes)
         names, ids = self.labels.names, self.labels.class_ids
+        coverage = self.coverage if coverage is None else coverage
+        sets = None if coverage is None else self.prediction_sets(probabilities, coverage)
+        answers = (
+            self.taxonomy.answers(probabilities, self.answer_confidence)
+            if self.taxonomy is not None
+            else [None] * len(probabilities)
+        )
         return [
             Predictions(
                 (
@@ -457,8 +544,13 @@ class ImageClassifier:
                     for i in ranked[:k]
                 ),
                 (names[i] for i in ranked if shown[i]),
+                None if sets is None else [names[i] for i in ranked if sets[n, i]],
+                answers[n],
+                self.taxonomy is not None,
             )
-            for row, ranked, flag, shown in zip(probabilities, order, unknown, present, strict=True)
+            for n, (row, ranked, flag, shown) in enumerate(
+                zip(probabilities, order, unknown, present, strict=True)
+            )
         ]
 
     def __repr__(self) -> str:
@@ -481,6 +573,15 @@ def _as_array(thresholds: Sequence[float] | None) -> np.ndarray | None:
 def _as_tuple(thresholds: np.ndarray | None) -> tuple[float, ...] | None:
     """What a bundle and the ONNX metadata keep of `_as_array`'s array."""
     return None if thresholds is None else tuple(thresholds.tolist())
+
+
+def _conformal(entry: dict[str, Any] | None) -> Conformal | None:
+    return None if not entry else Conformal.from_config(entry)
+
+
+def _check_level(value: float | None, name: str) -> None:
+    """A coverage level or answer confidence: in (0, 1]."""
+    check_scalar(value, name, min_val=0.0, max_val=1.0, min_inclusive=False, allow_none=True)
 
 
 def _check_min_score(min_score: float | None) -> None:

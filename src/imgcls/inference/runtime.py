@@ -49,6 +49,11 @@ class OnnxMetadata:
     # A multi-label run: probabilities = sigmoid(logits), class i present when its
     # probability reaches thresholds[i].
     thresholds: tuple[float, ...] | None = None
+    # A run's conformal calibration: the score, thresholds at standard coverage levels and
+    # the calibration scores (imgcls.trust.conformal; docs/trust.md says how a client
+    # computes sets from them), and its taxonomy (parents, answer confidence).
+    conformal: dict[str, Any] | None = None
+    taxonomy: dict[str, Any] | None = None
 
     @property
     def multi_label(self) -> bool:
@@ -65,6 +70,10 @@ class OnnxMetadata:
             data.update(temperature=self.temperature, threshold=self.threshold)
         if self.thresholds is not None:
             data.update(multi_label=True, thresholds=list(self.thresholds))
+        if self.conformal is not None:
+            data["conformal"] = self.conformal
+        if self.taxonomy is not None:
+            data["taxonomy"] = self.taxonomy
         return json.dumps(data, ensure_ascii=False)
 
     @classmethod
@@ -78,6 +87,8 @@ class OnnxMetadata:
             float(data.get("temperature", 1.0)),
             data.get("threshold"),
             None if thresholds is None else tuple(float(t) for t in thresholds),
+            data.get("conformal"),
+            data.get("taxonomy"),
         )
 
 

@@ -20,6 +20,7 @@ from imgcls.files import atomic_write
 from imgcls.trust.calibration import MIN_SCORE_GRID, expected_calibration_error, operating_points
 
 __all__ = [
+    "conformal_levels",
     "confusion_matrix",
     "coverage_accuracy",
     "curves",
@@ -207,6 +208,27 @@ def coverage_accuracy(scores: np.ndarray, correct: np.ndarray, path: str | os.Pa
     ax.set_xlim(0, 1.02)
     ax.grid(alpha=0.3)
     ax.set_title("Coverage vs accuracy (dots: --min-score)")
+    _save(fig, path)
+
+
+def conformal_levels(
+    levels: np.ndarray, coverage: np.ndarray, sizes: np.ndarray, path: str | os.PathLike
+) -> None:
+    """Prediction sets against the coverage level asked for: the empirical coverage (on
+    the diagonal when the guarantee holds) and the mean set size."""
+    fig = Figure(figsize=(9, 4))
+    left, right = fig.subplots(1, 2)
+    left.plot(levels, coverage, "o-", markersize=3, label="measured")
+    left.plot([levels[0], 1], [levels[0], 1], "--", color="gray", label="asked (guarantee)")
+    left.set_xlabel("coverage level asked")
+    left.set_ylabel("share of true labels in the set")
+    left.legend(loc="upper left")
+    left.grid(alpha=0.3)
+    right.plot(levels, sizes, "o-", markersize=3, color="darkorange")
+    right.set_xlabel("coverage level asked")
+    right.set_ylabel("mean prediction set size")
+    right.grid(alpha=0.3)
+    fig.suptitle("Conformal prediction sets")
     _save(fig, path)
 
 

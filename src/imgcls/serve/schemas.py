@@ -41,12 +41,29 @@ class PredictionOut(BaseModel):
     )
 
 
+class AnswerOut(BaseModel):
+    label: str
+    probability: float = Field(description="The summed probability of the node's classes.")
+    path: list[str] = Field(description="The nodes from the root down to the answer.")
+
+
 class FileResult(BaseModel):
     filename: str
     predictions: list[PredictionOut]
     labels: list[str] = Field(
         description="The classes the model asserts, best first (every present class, even "
         "beyond top_k); empty when the image is unknown."
+    )
+    prediction_set: list[str] | None = Field(
+        None,
+        description="With ?coverage=L: the conformal prediction set, most probable first; "
+        "it holds the true label with probability at least L on data like the model's "
+        "calibration split.",
+    )
+    answer: AnswerOut | None = Field(
+        None,
+        description="A model with a taxonomy: the deepest node whose summed probability "
+        "reaches its answer confidence (null when none does).",
     )
 
 

@@ -168,16 +168,21 @@ class ServedModel:
         return self.classifier.preprocess.input_size
 
     async def classify(
-        self, files: Sequence[tuple[str, bytes]], top_k: int, min_score: float | None = None
+        self,
+        files: Sequence[tuple[str, bytes]],
+        top_k: int,
+        min_score: float | None = None,
+        coverage: float | None = None,
     ) -> list[Predictions]:
         """Top-k predictions for each (filename, encoded bytes) pair, in order, each marked
-        unknown by the model's rule (or by `min_score` when given)."""
+        unknown by the model's rule (or by `min_score` when given), with prediction sets
+        at `coverage` when given."""
         with self.in_flight.holding(len(files)):
             outputs = await self._outputs(await self._prepare_all(files))
         probabilities, scores = split_outputs(outputs)
         unknown = self.classifier.unknown(probabilities, scores, min_score)
         self.on_unknown(int(unknown.sum()))
-        return self.classifier.top_predictions(probabilities, top_k, unknown, min_score)
+        return self.classifier.top_predictions(probabilities, top_k, unknown, min_score, coverage)
 
     async def explain(self, name: str, data: bytes, label: str | None) -> Explanation:
         """Grad-CAM of one encoded image for `label` (default: the top-1 class)."""
@@ -721,13 +726,16 @@ class Service:
         files: Sequence[tuple[str, bytes]],
         top_k: int,
         min_score: float | None = None,
+        coverage: float | None = None,
         pinned: bool = False,
     ) -> tuple[ServedModel, list[Predictions]]:
         """`model.classify` (by the version live now unless `pinned`; see `using`), each
         image's top-1 then queued for the prediction log with the version that answered."""
         start = time.perf_counter()
         async with self.using(model, pinned) as model:
-            predictions = await model.classify(files, top_k=top_k, min_score=min_score)
+            predictions = await model.classify(
+                files, top_k=top_k, min_score=min_score, coverage=coverage
+            )
         if self.shadows and min_score is None:
             elapsed_ms = (time.perf_counter() - start) * 1000
             self._copy_to_shadow(model, files, predictions, elapsed_ms, top_k)

@@ -44,6 +44,9 @@ class ModelMetadata(BaseModel):
     platform: str
     inputs: list[TensorMetadata]
     outputs: list[TensorMetadata]
+    # A run's conformal calibration ({"conformal": ...}, as in the ONNX metadata), so that
+    # a client computes prediction sets from `probabilities` (docs/trust.md).
+    parameters: dict[str, Any] | None = None
 
 
 class ServerMetadata(BaseModel):
@@ -184,7 +187,13 @@ async def model_metadata(
                 name=OUTPUT_TENSOR, datatype="FP32", shape=[-1, model.classifier.num_classes]
             )
         ],
+        parameters=_conformal_parameters(model.classifier),
     )
+
+
+def _conformal_parameters(classifier) -> dict[str, Any] | None:
+    conformal = classifier.conformal
+    return None if conformal is None else {"conformal": conformal.to_config()}
 
 
 @router.get("/models/{name}/ready", response_model=ModelReady, responses=_errors(404))

@@ -1,6 +1,7 @@
 """Calibration after training: the temperature and the "unknown" rule (single-label) or
-each class's threshold (multi-label), fitted on the validation split and written into the
-run's config.json. A trained network and a fitted head both end here."""
+each class's threshold (multi-label), and the conformal prediction sets, fitted on the
+validation split and written into the run's config.json. A trained network and a fitted
+head both end here."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from imgcls.models.run_dir import RUN_CONFIG, read_run_config
 from imgcls.training.config import TrainConfig
 from imgcls.training.report import reporter
 from imgcls.training.setup import eval_loader
-from imgcls.trust.calibration import KNN_REFERENCE, fit_trust, sigmoid
+from imgcls.trust.calibration import KNN_REFERENCE, fit_trust, sigmoid, softmax
+from imgcls.trust.conformal import fit_conformal
 from imgcls.trust.multilabel import choose_thresholds, multilabel_metrics
 
 __all__ = ["calibrate_network", "calibrate_run"]
@@ -73,7 +75,9 @@ def calibrate_run(
     the k-NN reference file in `out`) and return them for the TrainResult. A multi-label
     run (labels: (N, C) 0/1) gets its per-class thresholds instead (docs/trust.md)."""
     if config_json.get("multi_label"):
-        return _fit_thresholds(config_json, config, sigmoid(val_logits), val_y)
+        probabilities = sigmoid(val_logits)
+        _fit_conformal(config_json, config, probabilities, val_y)
+        return _fit_thresholds(config_json, config, probabilities, val_y)
     calibration, reject, knn = fit_trust(
         val_logits,
         val_y,
@@ -89,6 +93,9 @@ def calibrate_run(
     config_json.update(
         temperature=calibration["temperature"], calibration=calibration, reject=reject
     )
+    _fit_conformal(
+        config_json, config, softmax(np.asarray(val_logits) / calibration["temperature"]), val_y
+    )
     say = reporter(config)  # (rank 0 alone calibrates)
     say(
         f"calibration: temperature {calibration['temperature']:.3f}, validation ECE "
@@ -97,6 +104,23 @@ def calibrate_run(
         f"(answers {reject['val_coverage']:.0%} of validation images)"
     )
     return {"calibration": calibration, "reject": reject}
+
+
+def _fit_conformal(
+    config_json: dict[str, Any], config: TrainConfig, probabilities: Any, labels: Any
+) -> None:
+    """The conformal calibration (thresholds at the standard levels and the scores) of the
+    calibrated validation probabilities, into `config_json` (imgcls.trust.conformal)."""
+    conformal = fit_conformal(probabilities, labels, config.conformal_score, seed=config.seed)
+    config_json["conformal"] = conformal.to_config()
+    sizes = [
+        f"{level:.0%} {conformal.sets(probabilities, level).sum(axis=1).mean():.2f}"
+        for level in conformal.thresholds
+    ]
+    reporter(config)(
+        f"prediction sets ({conformal.score}) fitted on {len(labels)} validation images; "
+        f"mean size there at {', '.join(sizes)}"
+    )
 
 
 def _fit_thresholds(

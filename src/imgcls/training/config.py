@@ -18,6 +18,8 @@ from imgcls.errors import ConfigError
 from imgcls.models.registry import DEFAULT_MODEL
 from imgcls.training.head_fit import HEAD_KINDS
 from imgcls.trust.calibration import REJECT_SCORES
+from imgcls.trust.conformal import CONFORMAL_SCORES, DEFAULT_CONFORMAL_SCORE
+from imgcls.trust.hierarchy import DEFAULT_ANSWER_CONFIDENCE
 
 __all__ = ["CLASSIFIERS", "DEFAULT_LR", "OPTIMIZERS", "TrainConfig", "TrainResult"]
 
@@ -87,6 +89,12 @@ class TrainConfig:
     teacher: str | None = None
     distill_temperature: float = 4.0  # T (Hinton et al.'s range; benchmarks/distill.py)
     distill_weight: float = 0.5
+    # Conformal prediction sets, fitted on the validation split (imgcls.trust.conformal).
+    conformal_score: str = DEFAULT_CONFORMAL_SCORE  # lac | aps | raps (docs/trust.md)
+    # Hierarchical answers: "folders" (DATA/train/<parent>/<class>/*), a CSV file of
+    # child,parent rows, or None; and the probability an answer's node must reach.
+    taxonomy: str | None = None
+    answer_confidence: float = DEFAULT_ANSWER_CONFIDENCE
 
     def check(self) -> None:
         """Refuse values out of range with a ConfigError that names the field."""
@@ -122,6 +130,24 @@ class TrainConfig:
             " or ".join(REJECT_SCORES),
             self.reject_score,
         )
+        _check(
+            self.conformal_score in CONFORMAL_SCORES,
+            "conformal_score",
+            "|".join(CONFORMAL_SCORES),
+            self.conformal_score,
+        )
+        _check(
+            0 < self.answer_confidence <= 1,
+            "answer_confidence",
+            "in (0, 1]",
+            self.answer_confidence,
+        )
+        if self.taxonomy not in (None, "folders") and not Path(self.taxonomy).is_file():
+            raise ConfigError(
+                f"`taxonomy`: no such file {self.taxonomy} (give a CSV of child,parent rows, "
+                "or 'folders' for DATA/train/<parent>/<class>/)",
+                parameters=("taxonomy",),
+            )
         for name in ("target_precision", "target_coverage"):
             value = getattr(self, name)
             _check(value is None or 0 < value <= 1, name, "in (0, 1]", value)

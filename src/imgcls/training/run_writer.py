@@ -91,6 +91,17 @@ def new_run_config(
             if splits.multi_label
             else {}
         ),
+        # Hierarchical answers (imgcls.trust.hierarchy): the parents of the classes.
+        **(
+            {
+                "taxonomy": {
+                    "parents": splits.parents,
+                    "answer_confidence": train["answer_confidence"],
+                }
+            }
+            if splits.parents
+            else {}
+        ),
         "preprocess": preprocess.to_dict(),
         "img_size": preprocess.size[0],
         "weights": "best.safetensors",

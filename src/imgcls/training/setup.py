@@ -25,6 +25,7 @@ from imgcls.models.registry import (
     load_initial_weights,
 )
 from imgcls.training.config import TrainConfig
+from imgcls.trust.hierarchy import read_taxonomy_file
 
 __all__ = [
     "check_same_run",
@@ -58,15 +59,26 @@ def init_distributed(device: str | None) -> tuple[int, int, torch.device]:
 
 
 def read_splits(config: TrainConfig) -> DataSplits:
-    """The samples of `config.data`, a data folder or a label file."""
-    return find_splits(
+    """The samples of `config.data`, a data folder or a label file; with a `taxonomy`
+    file, its parents of the classes (with "folders", the parent folders')."""
+    splits = find_splits(
         config.data,
         config.val_split,
         config.seed,
         multi_label=config.multi_label,
         label_delim=config.label_delim,
         skip_missing=config.skip_missing,
+        nested=config.taxonomy == "folders",
     )
+    if config.taxonomy not in (None, "folders"):
+        splits.parents = read_taxonomy_file(config.taxonomy, splits.class_names)
+    if splits.parents and splits.multi_label:
+        raise ConfigError(
+            "`taxonomy`: hierarchical answers sum one image's class probabilities, which a "
+            "multi-label run does not have; leave the taxonomy off",
+            parameters=("taxonomy",),
+        )
+    return splits
 
 
 def check_same_run(saved: dict[str, Any], config: TrainConfig, splits: DataSplits) -> None:
