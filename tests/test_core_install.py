@@ -123,14 +123,19 @@ def test_predict_an_onnx_file_without_the_training_stack(onnx_file, blocked) -> 
 
 
 @pytest.mark.parametrize("blocked", BLOCKS.values(), ids=BLOCKS.keys())
-def test_serve_an_onnx_file_without_the_training_stack(onnx_file, blocked) -> None:
-    with process_server("--model", str(onnx_file), launcher=_launcher(blocked)) as (process, url):
+def test_serve_an_onnx_file_without_the_training_stack(onnx_file, blocked, tmp_path) -> None:
+    server_log = tmp_path / "server.log"
+    launcher = _launcher(blocked)
+    with process_server("--model", str(onnx_file), launcher=launcher, log=server_log) as (
+        process,
+        url,
+    ):
         classified = httpx.post(f"{url}/v1/classify", files={"file": ("e.jpg", ESPRESSO)})
         page = httpx.get(url)  # the page warms Grad-CAM, which an ONNX file does not have
         explained = httpx.post(f"{url}/v1/explain", files={"file": ("e.jpg", ESPRESSO)})
         process.terminate()
         assert process.wait(timeout=60) == 0
-    output = process.stdout.read()
+    output = server_log.read_text()
     assert classified.status_code == 200, classified.text
     top = classified.json()["results"][0]["predictions"][0]
     assert (top["label"], top["class_id"]) == ("espresso", ESPRESSO_ID)

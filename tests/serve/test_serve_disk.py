@@ -196,6 +196,8 @@ def test_a_log_whose_disk_turns_read_only_mid_run_never_fails_a_classification(
         written = _count(db)
         classify()
         _wait_until(lambda: _count(db) == written + 1)
+        # The writer says so once the write has committed: the line may follow the row.
+        _wait_until(lambda: "succeed again" in log.read_text())
     text = log.read_text()
     assert text.count("failed (OperationalError: disk I/O error)") == 1  # said once
     assert text.count("writes to") == 1 and "succeed again" in text
